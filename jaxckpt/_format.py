@@ -1,0 +1,112 @@
+"""The on-disk layout of one checkpoint, written down in one place.
+
+A checkpoint is a directory (or object prefix) holding:
+
+    _CHECKPOINT     the manifest; its presence is the commit record
+    packed/         one zarr3 uint8 array: small leaves' bytes back to back
+    a/<n>/          one zarr3 array per large leaf, shape (*shape, itemsize) uint8
+
+The manifest is ``MAGIC + crc32(payload) as 4 little-endian bytes + payload``
+where the payload is msgpack of::
+
+    {"version": 1, "created": float, "metadata": user dict or None,
+     "packed_nbytes": int, "packed_chunk": int,
+     "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ]}
+
+Leaf kinds: ``"array"`` (``np.ndarray``), ``"jax"`` (``jax.Array``),
+``"scalar"`` (NumPy scalar), ``"key"`` (typed PRNG key; its key data is the
+stored array, ``impl`` names the PRNG), ``"py"`` (a Python value held in the
+manifest itself). Array leaves carry ``dtype`` (NumPy/ml_dtypes name),
+``shape`` and ``where``: ``["packed", offset, nbytes]``, ``["array", name,
+chunk_shape, inner_shape]`` or ``["empty"]`` for zero-size arrays. Every
+array is stored as raw bytes, so every dtype is bit-exact; zarr's ``crc32c``
+codec checksums each stored chunk and tensorstore checks it on every read.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from typing import Any
+
+import ml_dtypes
+import msgpack
+import numpy as np
+
+from .errors import CorruptCheckpointError
+
+MAGIC = b"JAXCKPT\x00"
+VERSION = 1
+MANIFEST = "_CHECKPOINT"
+PACKED = "packed"
+ARRAYS = "a"
+
+
+def dtype_name(dtype: Any) -> str:
+    return np.dtype(dtype).name
+
+
+def dtype_from_name(name: str) -> np.dtype:
+    extra = getattr(ml_dtypes, name, None)
+    return np.dtype(extra) if extra is not None else np.dtype(name)
+
+
+def encode_py(value: Any) -> list:
+    """Tags a Python leaf for msgpack: bool/int/float/str/bytes/None/complex."""
+    if value is None:
+        return ["none", None]
+    if isinstance(value, bool):
+        return ["bool", value]
+    if isinstance(value, int):
+        if -(2**63) <= value < 2**64:
+            return ["int", value]
+        return ["bigint", str(value)]
+    if isinstance(value, float):
+        return ["float", value]
+    if isinstance(value, complex):
+        return ["complex", [value.real, value.imag]]
+    if isinstance(value, str):
+        return ["str", value]
+    if isinstance(value, bytes):
+        return ["bytes", value]
+    raise TypeError(f"not a Python leaf: {type(value)!r}")
+
+
+def decode_py(tagged: list) -> Any:
+    tag, value = tagged
+    if tag == "bigint":
+        return int(value)
+    if tag == "complex":
+        return complex(value[0], value[1])
+    if tag == "float":
+        return float(value)
+    return value
+
+
+def pack_manifest(manifest: dict) -> bytes:
+    payload = msgpack.packb(manifest, use_bin_type=True)
+    return MAGIC + struct.pack("<I", zlib.crc32(payload)) + payload
+
+
+def unpack_manifest(data: bytes, where: str) -> dict:
+    """Parses a manifest, raising ``CorruptCheckpointError`` naming ``where``."""
+    head = len(MAGIC) + 4
+    if len(data) < head or data[: len(MAGIC)] != MAGIC:
+        raise CorruptCheckpointError(
+            f"{where}: {MANIFEST} is not a jaxckpt manifest (bad magic or truncated)."
+        )
+    (crc,) = struct.unpack("<I", data[len(MAGIC) : head])
+    payload = data[head:]
+    if zlib.crc32(payload) != crc:
+        raise CorruptCheckpointError(f"{where}: {MANIFEST} fails its checksum; it is damaged.")
+    try:
+        manifest = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    except Exception as e:  # msgpack raises several unrelated types
+        raise CorruptCheckpointError(f"{where}: {MANIFEST} cannot be decoded: {e}") from e
+    version = manifest.get("version")
+    if version != VERSION:
+        raise CorruptCheckpointError(
+            f"{where}: format version {version!r} is not supported by this jaxckpt "
+            f"(reads version {VERSION}); upgrade jaxckpt."
+        )
+    return manifest

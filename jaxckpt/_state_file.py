@@ -1,0 +1,183 @@
+"""The TensorFlow-format ``checkpoint`` state file: parse, render, replace.
+
+It is protobuf text format of ``CheckpointState``; we write paths relative to
+the directory and read absolute ones (as TensorFlow wrote them) too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import uuid
+
+from . import _storage
+from .errors import CorruptCheckpointError
+
+FILENAME = "checkpoint"
+
+_LINE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
+_STRING_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths")
+_FLOAT_FIELDS = ("all_model_checkpoint_timestamps", "last_preserved_timestamp")
+
+
+@dataclasses.dataclass
+class CheckpointState:
+    """The state file's content; paths as written (relative or absolute)."""
+
+    model_checkpoint_path: str | None = None
+    all_model_checkpoint_paths: list[str] = dataclasses.field(default_factory=list)
+    all_model_checkpoint_timestamps: list[float] = dataclasses.field(default_factory=list)
+    last_preserved_timestamp: float | None = None
+
+
+def _unescape(text: str, where: str) -> str:
+    if len(text) < 2 or text[0] not in "\"'" or text[-1] != text[0]:
+        raise CorruptCheckpointError(f"{where}: expected a quoted string, got {text!r}")
+    body = text[1:-1].encode("utf-8")
+    out = bytearray()
+    i = 0
+    simple = {ord("n"): 10, ord("t"): 9, ord("r"): 13, ord("\\"): 92, ord('"'): 34,
+              ord("'"): 39, ord("a"): 7, ord("b"): 8, ord("f"): 12, ord("v"): 11, ord("?"): 63}
+    while i < len(body):
+        c = body[i]
+        if c != 92:
+            out.append(c)
+            i += 1
+            continue
+        i += 1
+        if i >= len(body):
+            raise CorruptCheckpointError(f"{where}: dangling backslash in {text!r}")
+        c = body[i]
+        if c in simple:
+            out.append(simple[c])
+            i += 1
+        elif c in b"01234567":
+            j = i
+            while j < len(body) and j < i + 3 and body[j] in b"01234567":
+                j += 1
+            out.append(int(body[i:j], 8) & 0xFF)
+            i = j
+        elif c == ord("x"):
+            j = i + 1
+            while j < len(body) and j < i + 3 and chr(body[j]) in "0123456789abcdefABCDEF":
+                j += 1
+            out.append(int(body[i + 1 : j], 16))
+            i = j
+        else:
+            raise CorruptCheckpointError(f"{where}: unknown escape in {text!r}")
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptCheckpointError(f"{where}: path is not UTF-8: {text!r}") from e
+
+
+def _escape(value: str) -> str:
+    out = []
+    for b in value.encode("utf-8"):
+        ch = chr(b)
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch == '"':
+            out.append('\\"')
+        elif ch == "\n":
+            out.append("\\n")
+        elif 32 <= b < 127:
+            out.append(ch)
+        else:
+            out.append(f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def parse(text: str, where: str = FILENAME) -> CheckpointState:
+    """Parses state-file text.
+
+    Raises:
+        CorruptCheckpointError: the text is not a CheckpointState, naming the line.
+    """
+    state = CheckpointState()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _LINE.match(line)
+        here = f"{where}:{lineno}"
+        if not m:
+            raise CorruptCheckpointError(f"{here}: not a 'field: value' line: {line!r}")
+        field, value = m.groups()
+        if field in _STRING_FIELDS:
+            s = _unescape(value, here)
+            if field == "model_checkpoint_path":
+                state.model_checkpoint_path = s
+            else:
+                state.all_model_checkpoint_paths.append(s)
+        elif field in _FLOAT_FIELDS:
+            try:
+                f = float(value)
+            except ValueError:
+                raise CorruptCheckpointError(f"{here}: {field} is not a number: {value!r}") from None
+            if field == "last_preserved_timestamp":
+                state.last_preserved_timestamp = f
+            else:
+                state.all_model_checkpoint_timestamps.append(f)
+        else:
+            raise CorruptCheckpointError(f"{here}: unknown field {field!r}")
+    if state.all_model_checkpoint_timestamps and len(state.all_model_checkpoint_timestamps) != len(
+        state.all_model_checkpoint_paths
+    ):
+        raise CorruptCheckpointError(
+            f"{where}: {len(state.all_model_checkpoint_paths)} paths but "
+            f"{len(state.all_model_checkpoint_timestamps)} timestamps"
+        )
+    return state
+
+
+def render(state: CheckpointState) -> str:
+    lines = []
+    if state.model_checkpoint_path is not None:
+        lines.append(f"model_checkpoint_path: {_escape(state.model_checkpoint_path)}")
+    lines += [f"all_model_checkpoint_paths: {_escape(p)}" for p in state.all_model_checkpoint_paths]
+    lines += [f"all_model_checkpoint_timestamps: {t!r}" for t in state.all_model_checkpoint_timestamps]
+    if state.last_preserved_timestamp is not None:
+        lines.append(f"last_preserved_timestamp: {state.last_preserved_timestamp!r}")
+    return "\n".join(lines) + "\n"
+
+
+def resolve(directory: str, path: str) -> str:
+    """An absolute path for a state-file entry; relative ones are under ``directory``."""
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(directory, path))
+
+
+def relative(directory: str, path: str) -> str:
+    rel = os.path.relpath(path, directory)
+    return path if rel.startswith("..") else rel
+
+
+def read(directory: str) -> CheckpointState | None:
+    """The state in ``<directory>/checkpoint``, or None if there is no file."""
+    file = os.path.join(directory, FILENAME)
+    try:
+        with open(file, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CorruptCheckpointError(f"{file}: not UTF-8 text") from e
+    return parse(text, file)
+
+
+def write(directory: str, state: CheckpointState) -> None:
+    """Atomically replaces ``<directory>/checkpoint``: temp file, fsync, rename, fsync dir."""
+    final = os.path.join(directory, FILENAME)
+    tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        _storage.write_file_durably(tmp, render(state).encode("utf-8"))
+        os.replace(tmp, final)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _storage.fsync_dir(directory)

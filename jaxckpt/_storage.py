@@ -1,0 +1,174 @@
+"""Tensorstore specs, location parsing, and the array reads and writes.
+
+Every array is stored as zarr3 ``uint8`` with a trailing ``itemsize`` axis,
+one shard file per chunk-grid cell (``sharding_indexed`` codec), inner chunks
+of about ``INNER_BYTES`` each checksummed with ``crc32c``. The zarr metadata
+lives in our manifest (``assume_metadata``), so an array costs one file and
+one fsync. Reads use ``fill_missing_data_reads=False``: a missing file is an
+error, never zeros.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import urllib.parse
+from typing import Any, Sequence
+
+import numpy as np
+import tensorstore as ts
+
+INNER_BYTES = 4 << 20
+PACK_ALIGN = 64
+
+_CRC = [{"name": "bytes"}, {"name": "crc32c"}]
+_INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
+
+_LOCAL_SCHEMES = ("", "file")
+_KNOWN_SCHEMES = ("s3", "gs", "memory", "http", "https")
+
+
+def local_path(path: str | os.PathLike) -> str:
+    """Returns the local filesystem path for ``path``.
+
+    Raises:
+        ValueError: ``path`` is a URL with a scheme this version cannot commit to.
+    """
+    text = os.fspath(path)
+    if not isinstance(text, str):
+        raise TypeError(f"checkpoint path must be str or os.PathLike of str, got {path!r}")
+    if not text:
+        raise ValueError("checkpoint path is empty")
+    parsed = urllib.parse.urlparse(text)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        return os.path.abspath(urllib.parse.unquote(parsed.path))
+    if scheme and len(scheme) > 1:  # a Windows drive letter is not a scheme
+        if scheme in _KNOWN_SCHEMES:
+            raise ValueError(
+                f"{text}: {scheme}:// storage is not supported by this jaxckpt version yet; "
+                "use a local path or a file:// URL."
+            )
+        raise ValueError(
+            f"{text}: unknown URL scheme {scheme!r}; use a local path, file://, "
+            "s3://, gs:// or memory://."
+        )
+    return os.path.abspath(text)
+
+
+def make_context() -> ts.Context:
+    return ts.Context({"file_io_concurrency": {"limit": 32}})
+
+
+def _kvstore(path: str) -> dict:
+    return {"driver": "file", "path": path.rstrip("/") + "/"}
+
+
+def inner_chunk(outer: Sequence[int]) -> list[int]:
+    """Largest inner chunk dividing ``outer`` with at most ``INNER_BYTES`` bytes.
+
+    ``outer`` ends with the itemsize axis, kept whole. Leading axes shrink to a
+    divisor of their extent, from the first axis on, until the chunk fits.
+    """
+    inner = list(outer)
+    for axis in range(len(inner) - 1):
+        rest = math.prod(inner[axis + 1 :])
+        if inner[axis] * rest <= INNER_BYTES:
+            break
+        cap = max(1, INNER_BYTES // rest)
+        extent = outer[axis]
+        inner[axis] = max(d for d in _divisors_upto(extent, cap))
+    return inner
+
+
+def _divisors_upto(n: int, cap: int) -> list[int]:
+    out = [1]
+    i = 1
+    while i * i <= n:
+        if n % i == 0:
+            for d in (i, n // i):
+                if d <= cap:
+                    out.append(d)
+        i += 1
+    return out
+
+
+def array_spec(
+    path: str, shape: Sequence[int], chunk: Sequence[int], inner: Sequence[int], *, create: bool
+) -> dict:
+    spec: dict[str, Any] = {
+        "driver": "zarr3",
+        "kvstore": _kvstore(path),
+        "metadata": {
+            "shape": list(shape),
+            "data_type": "uint8",
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
+            "chunk_key_encoding": {"name": "default"},
+            "codecs": [
+                {
+                    "name": "sharding_indexed",
+                    "configuration": {
+                        "chunk_shape": list(inner),
+                        "codecs": _CRC,
+                        "index_codecs": _INDEX_CODECS,
+                        "index_location": "end",
+                    },
+                }
+            ],
+            "fill_value": 0,
+        },
+        "assume_metadata": True,
+        "open": True,
+    }
+    if not create:
+        spec["fill_missing_data_reads"] = False
+    return spec
+
+
+def open_array(spec: dict, context: ts.Context) -> ts.Future:
+    return ts.open(spec, context=context)
+
+
+def write(store: ts.TensorStore, index: tuple, data: np.ndarray) -> ts.Future:
+    """Starts writing ``data`` (which stays unchanged until commit) at ``index``."""
+    target = store[index] if index else store
+    return target.write(data, can_reference_source_data_indefinitely=True).commit
+
+
+def read(store: ts.TensorStore, index: tuple) -> ts.Future:
+    target = store[index] if index else store
+    return target.read()
+
+
+def byte_view(array: np.ndarray) -> np.ndarray:
+    """``array``'s bytes as ``uint8`` of shape ``(*shape, itemsize)``, no copy."""
+    array = np.ascontiguousarray(array)
+    return array.reshape(array.shape + (1,)).view(np.uint8)
+
+
+def from_bytes(data: np.ndarray, dtype: np.dtype, shape: Sequence[int]) -> np.ndarray:
+    """Inverse of ``byte_view``: reinterpret stored bytes as ``dtype``."""
+    data = np.ascontiguousarray(data)
+    return data.view(dtype).reshape(tuple(shape))
+
+
+def fsync_tree(root: str) -> None:
+    """fsyncs every directory below and including ``root`` (files are fsync'd by
+    tensorstore and by our own writers)."""
+    for dirpath, _dirnames, _files in os.walk(root, topdown=False):
+        fsync_dir(dirpath)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())

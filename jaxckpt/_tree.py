@@ -1,0 +1,132 @@
+"""Pytree <-> flat list of (key path, leaf), leaf validation, raw rebuild.
+
+Key paths are stored as lists of ``[kind, key]`` tokens so that a restore can
+rebuild the saved structure without the user's classes. Saved and target
+leaves are matched by ``path_str`` (``jax.tree_util.keystr`` style), so a list
+saved may be restored into a tuple target and vice versa.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import ml_dtypes
+import numpy as np
+
+# Token kinds: dict key, attribute, sequence index, flattened index.
+DICT, ATTR, INDEX, FLAT = "k", "a", "i", "f"
+
+PY_TYPES = (bool, int, float, complex, str, bytes, type(None))
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """One leaf of a flattened tree with its key path."""
+
+    path: tuple[tuple[str, Any], ...]
+    leaf: Any
+
+    @property
+    def path_str(self) -> str:
+        return path_str(self.path)
+
+
+def _token(key: Any) -> tuple[str, Any]:
+    tu = jax.tree_util
+    if isinstance(key, tu.DictKey):
+        k = key.key
+        return (DICT, k if isinstance(k, (str, int)) and not isinstance(k, bool) else str(k))
+    if isinstance(key, tu.GetAttrKey):
+        return (ATTR, key.name)
+    if isinstance(key, tu.SequenceKey):
+        return (INDEX, key.idx)
+    if isinstance(key, tu.FlattenedIndexKey):
+        return (FLAT, key.key)
+    return (DICT, str(key))
+
+
+def path_str(path: tuple[tuple[str, Any], ...] | list) -> str:
+    """Render a token path as ``['a'].b[0]``; ``<root>`` for the empty path."""
+    parts = []
+    for kind, key in path:
+        if kind == ATTR:
+            parts.append(f".{key}")
+        elif kind in (INDEX, FLAT) or isinstance(key, int):
+            parts.append(f"[{key}]")
+        else:
+            parts.append(f"[{key!r}]")
+    return "".join(parts) or "<root>"
+
+
+def _is_none(x: Any) -> bool:
+    return x is None
+
+
+def flatten(tree: Any) -> tuple[list[Entry], Any]:
+    """Flattens ``tree`` keeping ``None`` as a leaf; returns entries and treedef."""
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    entries = [Entry(tuple(_token(k) for k in kp), leaf) for kp, leaf in with_path]
+    return entries, treedef
+
+
+def is_prng_key(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+
+
+def check_leaf(entry: Entry) -> None:
+    """Raises ``TypeError`` naming the key path if the leaf cannot be saved."""
+    leaf = entry.leaf
+    if isinstance(leaf, jax.Array):
+        if leaf.is_deleted():
+            raise TypeError(
+                f"jax.Array at key path {entry.path_str} has been deleted or donated; "
+                "save it before passing it to a function that donates it."
+            )
+        return
+    if isinstance(leaf, (np.ndarray, np.generic)):
+        if leaf.dtype.kind in "OUS" or leaf.dtype.fields is not None or (
+            leaf.dtype.kind == "V" and not hasattr(ml_dtypes, leaf.dtype.name)
+        ):
+            raise TypeError(
+                f"NumPy leaf at key path {entry.path_str} has dtype {leaf.dtype}, which "
+                "cannot be checkpointed; use a numeric, bool or JAX dtype (strings as Python str)."
+            )
+        return
+    if isinstance(leaf, PY_TYPES):
+        return
+    raise TypeError(
+        f"Unsupported leaf of type {type(leaf).__module__}.{type(leaf).__qualname__} "
+        f"at key path {entry.path_str}: leaves must be jax.Array, np.ndarray, NumPy "
+        "scalars, or Python int/float/bool/complex/str/bytes/None. Register the class "
+        "as a pytree node, or convert the value before saving."
+    )
+
+
+def unflatten_raw(paths: list[tuple[tuple[str, Any], ...]], values: list[Any]) -> Any:
+    """Rebuilds nested dicts/lists from token paths (the ``target=None`` restore)."""
+    if len(paths) == 1 and not paths[0]:
+        return values[0]
+    root: dict = {}
+    for path, value in zip(paths, values):
+        if not path:
+            return value
+        node = root
+        for kind, key in path[:-1]:
+            node = node.setdefault((kind, key), {})
+        node[path[-1]] = value
+    return _materialise(root)
+
+
+def _materialise(node: Any) -> Any:
+    if not isinstance(node, dict) or not node or not all(isinstance(k, tuple) for k in node):
+        return node
+    if all(kind == INDEX for kind, _ in node):
+        size = max(key for _, key in node) + 1
+        out: list = [None] * size
+        for (_, key), child in node.items():
+            out[key] = _materialise(child)
+        return out
+    return {str(key): _materialise(child) for (_, key), child in node.items()}

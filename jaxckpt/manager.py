@@ -1,0 +1,385 @@
+"""CheckpointManager: numbering, intervals, retention, recovery, the writer.
+
+``save`` takes a host snapshot on the caller's thread and hands the rest to
+one background writer: write and fsync, commit, replace the state file, and
+only then delete what the retention rules drop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import numbers
+import os
+import re
+import threading
+import time
+import warnings
+import weakref
+from typing import Any, Callable
+
+import numpy as np
+
+from . import _api, _checkpoint, _commit, _retention, _snapshot, _state_file, _storage
+from ._writer import Writer
+from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
+
+log = logging.getLogger("jaxckpt")
+
+
+def _check_positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
+                         f"got {value!r}")
+    return int(value)
+
+
+def as_number(value: Any, what: str = "checkpoint_number") -> int:
+    """An int from an int or an integer scalar array; ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, numbers.Integral):
+        number = int(value)
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as e:
+            raise ValueError(f"{what} must be an integer, got {value!r}") from e
+        if arr.ndim != 0 or arr.dtype.kind not in "iu":
+            raise ValueError(f"{what} must be an integer or integer scalar array, got {value!r}")
+        number = int(arr)
+    if number < 0:
+        raise ValueError(f"{what} must be >= 0, got {number}")
+    return number
+
+
+def _live_managers() -> list:
+    return [m for m in (ref() for ref in _MANAGERS) if m is not None]
+
+
+_MANAGERS: list = []
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for mngr in _live_managers():
+        try:
+            mngr.close()
+        except Exception as e:  # exit must go on; the error was logged by the writer
+            log.error("jaxckpt: pending save in %s failed at exit: %r", mngr.directory, e)
+
+
+class CheckpointManager:
+    """Manages numbered checkpoints of a pytree in one directory.
+
+    Args:
+        directory: where checkpoints and the ``checkpoint`` state file live.
+        max_to_keep: how many recent checkpoints to keep; None keeps all.
+        keep_checkpoint_every_n_hours: also keep one checkpoint per this many hours.
+        checkpoint_name: checkpoint ``N`` is ``<directory>/<checkpoint_name>-<N>``.
+        step_counter: ``state -> int``, read for ``checkpoint_interval``.
+        checkpoint_interval: save only when the step advanced this much.
+        init_fn: zero-arg function giving the initial state, for
+            ``restore_or_initialize``.
+        last_checkpoint_step: the step of the last checkpoint, for intervals.
+        clock: zero-arg function giving seconds; stamps every checkpoint.
+        max_pending: saves queued or being written before ``save`` blocks.
+
+    Methods are thread-safe. ``save`` blocks only for the host snapshot (and
+    while ``max_pending`` saves are already in flight).
+    """
+
+    def __init__(
+        self,
+        directory: str | os.PathLike,
+        *,
+        max_to_keep: int | None = 5,
+        keep_checkpoint_every_n_hours: float | None = None,
+        checkpoint_name: str = "ckpt",
+        step_counter: Callable[[Any], Any] | None = None,
+        checkpoint_interval: int | None = None,
+        init_fn: Callable[[], Any] | None = None,
+        last_checkpoint_step: int | None = None,
+        clock: Callable[[], float] = time.time,
+        max_pending: int = 1,
+    ):
+        self._max_to_keep = _check_positive_int("max_to_keep", max_to_keep)
+        if keep_checkpoint_every_n_hours is not None and (
+            isinstance(keep_checkpoint_every_n_hours, bool)
+            or not isinstance(keep_checkpoint_every_n_hours, numbers.Real)
+            or not keep_checkpoint_every_n_hours > 0
+        ):
+            raise ValueError("keep_checkpoint_every_n_hours must be a positive number or None, "
+                             f"got {keep_checkpoint_every_n_hours!r}")
+        if not isinstance(checkpoint_name, str) or not checkpoint_name or any(
+            c in checkpoint_name for c in "/\\\0") or checkpoint_name.startswith("."):
+            raise ValueError(
+                f"checkpoint_name must be a non-empty file name without path separators "
+                f"that does not start with '.', got {checkpoint_name!r}")
+        self._interval = _check_positive_int("checkpoint_interval", checkpoint_interval)
+        if self._interval is not None and step_counter is None:
+            raise ValueError("checkpoint_interval needs a step_counter (state -> int)")
+        for name, fn in (("step_counter", step_counter), ("init_fn", init_fn), ("clock", clock)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{name} must be callable, got {fn!r}")
+        self._last_step = (None if last_checkpoint_step is None
+                           else as_number(last_checkpoint_step, "last_checkpoint_step"))
+        self._keep_hours = keep_checkpoint_every_n_hours
+        self._name = checkpoint_name
+        self._step_counter = step_counter
+        self._init_fn = init_fn
+        self._clock = clock
+        self._dir = _storage.local_path(directory)
+        if os.path.exists(self._dir) and not os.path.isdir(self._dir):
+            raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
+        os.makedirs(self._dir, exist_ok=True)
+        self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
+
+        self._lock = threading.Lock()  # guards retention, latest, pending
+        self._save_lock = threading.Lock()  # orders numbering with snapshots
+        self._pending: dict[str, threading.Event] = {}
+        self._recover()
+        _commit.sweep_leftovers(self._dir, self._name)
+        self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
+        self._closed = False
+        _MANAGERS.append(weakref.ref(self))
+
+    # ------------------------------------------------------------ recovery
+
+    def _recover(self) -> None:
+        now = self._clock()
+        state = _state_file.read(self._dir)
+        self._max_number = 0
+        if state is None:
+            self._retention = _retention.fresh(now)
+            self._latest = None
+            return
+        paths = [_state_file.resolve(self._dir, p) for p in state.all_model_checkpoint_paths]
+        self._retention, went_back = _retention.recover(
+            paths, state.all_model_checkpoint_timestamps,
+            state.last_preserved_timestamp or 0.0, now)
+        if went_back:
+            log.warning(
+                "clock is behind the last preserved checkpoint time in %s (%.0f < %.0f): "
+                "keeping every existing checkpoint", self._dir, now,
+                state.last_preserved_timestamp)
+        missing = [p for p, _ in self._retention.active if not _commit.is_committed(p)]
+        if missing:
+            log.warning("state file in %s names missing or uncommitted checkpoints %s; "
+                        "ignoring them", self._dir, missing)
+            self._retention.active = [(p, t) for p, t in self._retention.active
+                                      if p not in missing]
+        names = paths + ([state.model_checkpoint_path] if state.model_checkpoint_path else [])
+        for p in names:
+            n = self._number_of(p)
+            if n is not None:
+                self._max_number = max(self._max_number, n)
+        self._latest = _api.latest_checkpoint(self._dir)
+
+    def _number_of(self, path: str) -> int | None:
+        m = self._number_re.match(os.path.basename(path.rstrip("/")))
+        return int(m.group(1)) if m else None
+
+    # ------------------------------------------------------------ saving
+
+    def save(
+        self,
+        state: Any,
+        checkpoint_number: Any = None,
+        check_interval: bool = True,
+        *,
+        metadata: dict | None = None,
+    ) -> str | None:
+        """Snapshots ``state`` and queues its write; returns the checkpoint's path.
+
+        Blocks until ``state`` is safe from the caller (host copies made), and
+        while ``max_pending`` saves are in flight. Returns None when
+        ``checkpoint_interval`` skips this save.
+
+        Raises:
+            CheckpointWriteError: an earlier background save failed (cause chained).
+            TypeError: a leaf cannot be saved; nothing is queued.
+            ValueError: ``checkpoint_number`` is not a non-negative integer.
+        """
+        self._check_open()
+        self._raise_error()
+        with self._save_lock:
+            step = None
+            if self._interval is not None:
+                step = as_number(self._step_counter(state), "step_counter(state)")
+                if self._last_step is not None:
+                    if step == self._last_step:
+                        return None
+                    if check_interval and step < self._last_step + self._interval:
+                        return None
+            number = (self._max_number + 1 if checkpoint_number is None
+                      else as_number(checkpoint_number))
+            timestamp = float(self._clock())
+            snapshot = _snapshot.take(state, metadata)
+            if step is not None:
+                self._last_step = step
+            self._max_number = max(self._max_number, number)
+            path = os.path.join(self._dir, f"{self._name}-{number}")
+            done = threading.Event()
+            with self._lock:
+                self._pending[path] = done
+            try:
+                self._writer.submit(lambda: self._write(snapshot, path, timestamp, done))
+            except BaseException:
+                self._finish(path, done)
+                raise
+        return path
+
+    def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
+               done: threading.Event) -> None:
+        """On the writer thread: write and commit, state file, then delete."""
+        try:
+            _checkpoint.write(snapshot, path, replace=True, created=timestamp)
+            with self._lock:
+                grown = _retention.add(self._retention, path, timestamp)
+                kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
+                _state_file.write(self._dir, self._render(kept, path))
+                self._retention, self._latest = kept, path
+            for old in delete:
+                _commit.remove(old)
+            log.info("committed %s (%d bytes)", path, snapshot.nbytes)
+        finally:
+            self._finish(path, done)
+
+    def _finish(self, path: str, done: threading.Event) -> None:
+        with self._lock:
+            if self._pending.get(path) is done:
+                del self._pending[path]
+        done.set()
+
+    def _render(self, r: _retention.Retention, latest: str) -> _state_file.CheckpointState:
+        rel = lambda p: _state_file.relative(self._dir, p)  # noqa: E731
+        return _state_file.CheckpointState(
+            model_checkpoint_path=rel(latest),
+            all_model_checkpoint_paths=[rel(p) for p, _ in r.active],
+            all_model_checkpoint_timestamps=[t for _, t in r.active],
+            last_preserved_timestamp=r.last_preserved,
+        )
+
+    def _raise_error(self) -> None:
+        error = self._writer.take_error() if hasattr(self, "_writer") else None
+        if error is not None:
+            raise CheckpointWriteError(
+                f"a background save in {self._dir} failed; that checkpoint was not "
+                f"committed and earlier ones are intact: {error!r}") from error
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise CheckpointError(f"CheckpointManager for {self._dir} is closed")
+
+    def wait_until_finished(self) -> None:
+        """Blocks until every queued save is committed (or failed).
+
+        Raises:
+            CheckpointWriteError: a background save failed.
+        """
+        self._writer.wait()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Waits for pending saves and stops the writer; idempotent.
+
+        Raises:
+            CheckpointWriteError: a background save failed.
+        """
+        if not self._closed:
+            self._closed = True
+            self._writer.close()
+        self._raise_error()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_closed", True) is False and getattr(self, "_pending", None):
+            warnings.warn(f"CheckpointManager for {self._dir} was not closed with saves pending",
+                          ResourceWarning, stacklevel=1)
+
+    # ------------------------------------------------------------ reading
+
+    def _path_for(self, checkpoint: Any) -> str:
+        if isinstance(checkpoint, (str, os.PathLike)):
+            return _storage.local_path(checkpoint)
+        number = as_number(checkpoint, "checkpoint")
+        return os.path.join(self._dir, f"{self._name}-{number}")
+
+    def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False) -> Any:
+        """Restores a checkpoint: a path, a number, or None for the latest.
+
+        Waits for that checkpoint's commit if it is still being written (for
+        None: for every pending save).
+
+        Raises:
+            CheckpointNotFoundError: there is no such committed checkpoint.
+            StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
+        """
+        if checkpoint is None:
+            self._writer.wait()
+            path = self.latest_checkpoint
+            if path is None:
+                raise CheckpointNotFoundError(f"no committed checkpoint in {self._dir}")
+        else:
+            path = self._path_for(checkpoint)
+            with self._lock:
+                done = self._pending.get(path)
+            if done is not None:
+                done.wait()
+        result = _api.restore(path, target, partial=partial)
+        if self._interval is not None:
+            try:
+                self._last_step = as_number(self._step_counter(result), "step_counter(state)")
+            except Exception as e:
+                log.warning("step_counter could not read the restored state of %s: %r", path, e)
+        return result
+
+    def restore_or_initialize(self, target: Any = None) -> Any:
+        """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
+
+        Without ``target`` the structure comes from ``jax.eval_shape(init_fn)``
+        when ``init_fn`` is given, else the raw saved structure.
+        """
+        self._writer.wait()
+        latest = self.latest_checkpoint
+        if latest is not None:
+            if target is None and self._init_fn is not None:
+                import jax
+
+                target = jax.eval_shape(self._init_fn)
+            return self.restore(latest, target)
+        if self._init_fn is not None:
+            return self._init_fn()
+        return None
+
+    @property
+    def directory(self) -> str:
+        return self._dir
+
+    @property
+    def checkpoints(self) -> list[str]:
+        """Committed, managed checkpoints, oldest first. Never blocks."""
+        with self._lock:
+            return [p for p, _ in self._retention.active]
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        """The newest committed checkpoint. Never blocks."""
+        with self._lock:
+            return self._latest
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        return self._interval
+
+    def __repr__(self) -> str:
+        return (f"CheckpointManager({self._dir!r}, max_to_keep={self._max_to_keep}, "
+                f"{len(self.checkpoints)} checkpoint(s), latest={self.latest_checkpoint!r})")

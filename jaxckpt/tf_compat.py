@@ -1,0 +1,162 @@
+"""TensorFlow-shaped ``Checkpoint`` and ``CheckpointManager`` over the core manager.
+
+For code written against ``tf.train``: the holder's attributes are pytrees,
+``save_counter`` numbers the saves, and the manager's properties wait for
+pending saves, as TensorFlow's synchronous manager would show them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from . import manager as _manager
+
+
+class Checkpoint:
+    """A mutable holder of pytrees with an int ``save_counter``.
+
+    ``Checkpoint(model=params, opt=opt_state)``; attributes can be read and
+    replaced freely. Restores replace the attributes in place.
+    """
+
+    def __init__(self, **pytrees: Any):
+        self.save_counter = 0
+        for name, value in pytrees.items():
+            if name == "save_counter":
+                raise ValueError("save_counter is reserved for the save count")
+            setattr(self, name, value)
+
+    def _state(self) -> dict:
+        return dict(vars(self))
+
+    def _load(self, state: dict) -> None:
+        for name, value in state.items():
+            setattr(self, name, value)
+        self.save_counter = int(self.save_counter)
+
+    def __repr__(self) -> str:
+        names = ", ".join(sorted(k for k in vars(self) if k != "save_counter"))
+        return f"Checkpoint({names}; save_counter={self.save_counter})"
+
+
+def _evaluate(counter: Any) -> int:
+    value = counter() if callable(counter) else counter
+    return int(np.asarray(value))
+
+
+class CheckpointManager:
+    """TensorFlow's ``tf.train.CheckpointManager`` for a ``Checkpoint`` holder."""
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        directory: str | os.PathLike,
+        max_to_keep: int | None,
+        keep_checkpoint_every_n_hours: float | None = None,
+        checkpoint_name: str = "ckpt",
+        step_counter: Any = None,
+        checkpoint_interval: int | None = None,
+        init_fn: Callable[[], Any] | None = None,
+        last_checkpoint_step: int | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        if not isinstance(checkpoint, Checkpoint):
+            raise TypeError(f"checkpoint must be a jaxckpt.tf_compat.Checkpoint, got {checkpoint!r}")
+        if checkpoint_interval is not None:
+            _manager._check_positive_int("checkpoint_interval", checkpoint_interval)
+            if step_counter is None:
+                raise ValueError("checkpoint_interval needs a step_counter")
+        self._checkpoint = checkpoint
+        self._step_counter = step_counter
+        self._interval = checkpoint_interval
+        self._last_step = last_checkpoint_step
+        self._init_fn = init_fn
+        self._core = _manager.CheckpointManager(
+            directory,
+            max_to_keep=max_to_keep,
+            keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+            checkpoint_name=checkpoint_name,
+            clock=clock,
+        )
+
+    def save(self, checkpoint_number: Any = None, check_interval: bool = True) -> str | None:
+        """Saves the holder; numbered by ``save_counter`` (always incremented)
+        unless ``checkpoint_number`` is given. None if the interval skips it."""
+        if self._interval is not None:
+            step = _evaluate(self._step_counter)
+            if self._last_step is not None:
+                if step == self._last_step:
+                    return None
+                if check_interval and step < self._last_step + self._interval:
+                    return None
+            self._last_step = step
+        number = None if checkpoint_number is None else _manager.as_number(checkpoint_number)
+        self._checkpoint.save_counter += 1
+        if number is None:
+            number = self._checkpoint.save_counter
+        try:
+            return self._core.save(self._checkpoint._state(), number)
+        except BaseException:
+            self._checkpoint.save_counter -= 1
+            raise
+
+    def restore_or_initialize(self) -> str | None:
+        """Restores the latest checkpoint into the holder and returns its path,
+        or calls ``init_fn`` and returns None."""
+        latest = self.latest_checkpoint
+        if latest is not None:
+            self._checkpoint._load(self._core.restore(latest, self._checkpoint._state()))
+            if self._interval is not None:
+                self._last_step = _evaluate(self._step_counter)
+            return latest
+        if self._init_fn is not None:
+            self._init_fn()
+        return None
+
+    def restore(self, checkpoint: Any = None) -> str:
+        """Restores ``checkpoint`` (path, number or None: latest) into the holder."""
+        self._core.wait_until_finished()
+        path = checkpoint if checkpoint is not None else self._core.latest_checkpoint
+        if path is None:
+            raise _manager.CheckpointNotFoundError(f"no checkpoint in {self.directory}")
+        restored = self._core.restore(path, self._checkpoint._state())
+        self._checkpoint._load(restored)
+        return path if isinstance(path, str) else self._core._path_for(path)
+
+    @property
+    def checkpoint(self) -> Checkpoint:
+        return self._checkpoint
+
+    @property
+    def checkpoints(self) -> list[str]:
+        self._core.wait_until_finished()
+        return self._core.checkpoints
+
+    @property
+    def latest_checkpoint(self) -> str | None:
+        self._core.wait_until_finished()
+        return self._core.latest_checkpoint
+
+    @property
+    def directory(self) -> str:
+        return self._core.directory
+
+    @property
+    def checkpoint_interval(self) -> int | None:
+        return self._interval
+
+    def wait_until_finished(self) -> None:
+        self._core.wait_until_finished()
+
+    def close(self) -> None:
+        self._core.close()
+
+    def __enter__(self) -> "CheckpointManager":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
