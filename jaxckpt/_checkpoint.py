@@ -34,7 +34,7 @@ def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int]:
             outer = list(arr.shard_shape) + [arr.dtype.itemsize]
             arr.record["where"] = ["array", str(n_large), outer, _storage.inner_chunk(outer)]
             n_large += 1
-    inner = min(_storage.INNER_BYTES, offset) if offset else 0
+    inner = min(_storage.PACKED_INNER_BYTES, offset) if offset else 0
     total = -(-offset // inner) * inner if inner else 0
     return total, inner
 
@@ -232,18 +232,29 @@ class Reader:
         for leaf, fut in futs:
             try:
                 data = fut.result()
-            except Exception as e:
-                raise self.damaged(leaf, e) from e
+            except Exception:
+                self._raise_first_damaged(store, leaves)
+                raise
             result[id(leaf)] = _storage.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
         return result
 
-    def _raise_first_damaged(self, store: Any, leaves: list[dict]) -> None:
-        for leaf in leaves:
-            _, off, nbytes = leaf["where"]
+    def _damaged_packed(self, store: Any, leaves: list[dict]) -> list[str]:
+        """Messages for each packed leaf whose bytes fail their chunk checksum."""
+        futs = [(leaf, _storage.read(store, (slice(leaf["where"][1],
+                                                   leaf["where"][1] + leaf["where"][2]),)))
+                for leaf in leaves]
+        problems = []
+        for leaf, fut in futs:
             try:
-                _storage.read(store, (slice(off, off + nbytes),)).result()
+                fut.result()
             except Exception as e:
-                raise self.damaged(leaf, e) from e
+                problems.append(str(self.damaged(leaf, e)))
+        return problems
+
+    def _raise_first_damaged(self, store: Any, leaves: list[dict]) -> None:
+        problems = self._damaged_packed(store, leaves)
+        if problems:
+            raise CorruptCheckpointError("\n".join(problems))
 
     def verify(self, on_leaf: Callable[[dict], None] | None = None) -> list[str]:
         """Reads every stored byte; returns messages naming each damaged leaf."""
@@ -260,15 +271,10 @@ class Reader:
                 first = e
             else:
                 first = None
-            if first is not None:
-                for leaf in packed:
-                    _, off, nbytes = leaf["where"]
-                    try:
-                        if store is None:
-                            raise first
-                        _storage.read(store, (slice(off, off + nbytes),)).result()
-                    except Exception as e:
-                        problems.append(str(self.damaged(leaf, e)))
+            if first is not None and store is None:
+                problems += [str(self.damaged(leaf, first)) for leaf in packed]
+            elif first is not None:
+                problems += self._damaged_packed(store, packed)
         for leaf in arrays:
             if leaf["where"][0] != "array":
                 continue

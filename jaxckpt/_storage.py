@@ -19,6 +19,8 @@ import numpy as np
 import tensorstore as ts
 
 INNER_BYTES = 4 << 20
+# Small leaves share chunks; a damaged chunk implicates every leaf in it.
+PACKED_INNER_BYTES = 256 << 10
 PACK_ALIGN = 64
 
 _CRC = [{"name": "bytes"}, {"name": "crc32c"}]

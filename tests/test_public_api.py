@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import inspect
+
+import jaxckpt
+from jaxckpt import errors
+
+
+def test_all_is_pinned():
+    assert sorted(jaxckpt.__all__) == sorted([
+        "CheckpointError", "CheckpointManager", "CheckpointNotFoundError",
+        "CheckpointWriteError", "CorruptCheckpointError", "StructureMismatchError",
+        "latest_checkpoint", "metadata", "restore", "save", "tf_compat",
+        "user_metadata", "verify",
+    ])
+    for name in jaxckpt.__all__:
+        assert hasattr(jaxckpt, name)
+
+
+def test_error_hierarchy():
+    assert issubclass(errors.CheckpointNotFoundError, (errors.CheckpointError, FileNotFoundError))
+    assert issubclass(errors.CorruptCheckpointError, (errors.CheckpointError, ValueError))
+    assert issubclass(errors.StructureMismatchError, (errors.CheckpointError, ValueError))
+    assert issubclass(errors.CheckpointWriteError, errors.CheckpointError)
+    assert str(errors.CheckpointNotFoundError("no checkpoint at x")) == "no checkpoint at x"
+
+
+def test_contract_signatures():
+    sig = inspect.signature(jaxckpt.CheckpointManager)
+    assert list(sig.parameters)[:10] == [
+        "directory", "max_to_keep", "keep_checkpoint_every_n_hours", "checkpoint_name",
+        "step_counter", "checkpoint_interval", "init_fn", "last_checkpoint_step", "clock",
+        "max_pending"]
+    assert sig.parameters["max_to_keep"].default == 5
+    save = inspect.signature(jaxckpt.CheckpointManager.save)
+    assert list(save.parameters) == ["self", "state", "checkpoint_number", "check_interval", "metadata"]
+    assert list(inspect.signature(jaxckpt.restore).parameters) == ["path", "target", "partial"]
+    tf = inspect.signature(jaxckpt.tf_compat.CheckpointManager)
+    assert list(tf.parameters) == [
+        "checkpoint", "directory", "max_to_keep", "keep_checkpoint_every_n_hours",
+        "checkpoint_name", "step_counter", "checkpoint_interval", "init_fn",
+        "last_checkpoint_step", "clock"]
