@@ -181,3 +181,17 @@ def write(directory: str, state: CheckpointState) -> None:
             pass
         raise
     _storage.fsync_dir(directory)
+
+
+def sweep_temporaries(directory: str) -> list[str]:
+    """Removes ``checkpoint.tmp-*`` files left by a crash during ``write``."""
+    pattern = re.compile(rf"^{re.escape(FILENAME)}\.tmp-[0-9a-f]+$")
+    removed = []
+    for name in os.listdir(directory):
+        if pattern.match(name):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed

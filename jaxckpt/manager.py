@@ -142,6 +142,7 @@ class CheckpointManager:
         self._pending: dict[str, threading.Event] = {}
         self._recover()
         _commit.sweep_leftovers(self._dir, self._name)
+        _state_file.sweep_temporaries(self._dir)
         self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
         self._closed = False
         _MANAGERS.append(weakref.ref(self))
