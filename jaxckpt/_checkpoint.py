@@ -189,11 +189,11 @@ class Reader:
             kind = leaf["where"][0]
             if kind == "empty":
                 full = np.zeros(shape, dtype)
-                out.append([full[idx] for idx in indices])
+                out.append([full[idx] if idx else full for idx in indices])
             elif kind == "packed":
                 _, off, nbytes = leaf["where"]
                 full = packed_bytes[id(leaf)]
-                out.append([full[idx] for idx in indices])
+                out.append([full[idx] if idx else full for idx in indices])
             else:
                 pieces = []
                 for idx, fut in zip(indices, futs):
