@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(BIN)/jaxckpt demo
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/bench_core.py
+	$(BIN)/python benchmarks/first_measure.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -121,6 +121,9 @@ def array_spec(
         },
         "assume_metadata": True,
         "open": True,
+        # Chunks equal to the fill value must still be written: reads treat a
+        # missing chunk as damage, and all-zero leaves (fresh optimizer moments) are common.
+        "store_data_equal_to_fill_value": True,
     }
     if not create:
         spec["fill_missing_data_reads"] = False

@@ -199,3 +199,12 @@ def test_existing_and_missing_paths(tmp_path):
         jaxckpt.save("ftp://host/x", {"a": 1})
     assert jaxckpt.save(f"file://{tmp_path}/u", {"a": 3}) == f"file://{tmp_path}/u"
     assert jaxckpt.restore(tmp_path / "u") == {"a": 3}
+
+
+@pytest.mark.parametrize("shape", [(7,), (1024, 1024)])
+def test_all_zero_leaves_round_trip_and_verify(tmp_path, shape):
+    tree = {"mu": jnp.zeros(shape, jnp.float32), "nu": np.zeros(shape, np.float32)}
+    jaxckpt.save(tmp_path / "c", tree)
+    jaxckpt.verify(tmp_path / "c")
+    out = jaxckpt.restore(tmp_path / "c", tree)
+    assert not np.any(np.asarray(out["mu"])) and not np.any(out["nu"])
