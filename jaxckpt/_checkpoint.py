@@ -31,8 +31,8 @@ def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int]:
             arr.record["where"] = ["packed", offset, arr.nbytes]
             offset += -(-arr.nbytes // _storage.PACK_ALIGN) * _storage.PACK_ALIGN
         else:
-            outer = list(arr.shard_shape) + [arr.dtype.itemsize]
-            arr.record["where"] = ["array", str(n_large), outer, _storage.inner_chunk(outer)]
+            outer, inner = _storage.chunking(list(arr.shard_shape) + [arr.dtype.itemsize])
+            arr.record["where"] = ["array", str(n_large), outer, inner]
             n_large += 1
     inner = min(_storage.PACKED_INNER_BYTES, offset) if offset else 0
     total = -(-offset // inner) * inner if inner else 0

@@ -66,21 +66,28 @@ def _kvstore(path: str) -> dict:
     return {"driver": "file", "path": path.rstrip("/") + "/"}
 
 
-def inner_chunk(outer: Sequence[int]) -> list[int]:
-    """Largest inner chunk dividing ``outer`` with at most ``INNER_BYTES`` bytes.
+def chunking(shard: Sequence[int]) -> tuple[list[int], list[int]]:
+    """(outer, inner) chunk shapes for an array whose writers each own ``shard``.
 
-    ``outer`` ends with the itemsize axis, kept whole. Leading axes shrink to a
-    divisor of their extent, from the first axis on, until the chunk fits.
+    ``shard`` ends with the itemsize axis, kept whole. Inner chunks hold about
+    ``INNER_BYTES``: leading axes shrink, from the first on, to a divisor of
+    their extent when one is at least half the wanted size; otherwise the
+    outer chunk is rounded up to a multiple of the inner one (zarr allows edge
+    chunks past the array's end), so no extent gives millions of tiny chunks.
     """
-    inner = list(outer)
+    outer, inner = list(shard), list(shard)
     for axis in range(len(inner) - 1):
         rest = math.prod(inner[axis + 1 :])
         if inner[axis] * rest <= INNER_BYTES:
             break
         cap = max(1, INNER_BYTES // rest)
-        extent = outer[axis]
-        inner[axis] = max(d for d in _divisors_upto(extent, cap))
-    return inner
+        best = max(_divisors_upto(outer[axis], cap))
+        if best * 2 >= cap:
+            inner[axis] = best
+        else:
+            inner[axis] = cap
+            outer[axis] = -(-outer[axis] // cap) * cap
+    return outer, inner
 
 
 def _divisors_upto(n: int, cap: int) -> list[int]:

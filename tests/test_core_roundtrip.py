@@ -208,3 +208,16 @@ def test_all_zero_leaves_round_trip_and_verify(tmp_path, shape):
     jaxckpt.verify(tmp_path / "c")
     out = jaxckpt.restore(tmp_path / "c", tree)
     assert not np.any(np.asarray(out["mu"])) and not np.any(out["nu"])
+
+
+def test_awkward_extents_keep_chunks_large(tmp_path):
+    from jaxckpt import _storage
+
+    prime = 1_000_003  # no divisor near the wanted chunk size
+    outer, inner = _storage.chunking([prime, 4])
+    assert inner[0] * 4 >= _storage.INNER_BYTES // 2 and outer[0] % inner[0] == 0
+    assert outer[0] >= prime
+    x = np.arange(prime, dtype=np.float32)
+    jaxckpt.save(tmp_path / "c", {"x": x})
+    assert np.array_equal(jaxckpt.restore(tmp_path / "c")["x"], x)
+    assert _storage.chunking([1024, 1024, 4]) == ([1024, 1024, 4], [1024, 1024, 4])
