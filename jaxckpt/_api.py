@@ -2,36 +2,59 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
+import threading
 import time
 from typing import Any
 
-from . import _checkpoint, _commit, _restore, _snapshot, _state_file, _storage
+from . import _checkpoint, _commit, _location, _multihost, _restore, _snapshot, _state_file
 from .errors import CorruptCheckpointError
 
+# Module-level saves to one path, counted so that the processes of a
+# multi-process program pair up their coordination keys.
+_save_counts: collections.Counter = collections.Counter()
+_save_counts_lock = threading.Lock()
 
-def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) -> str:
+
+def save(
+    path: str | os.PathLike,
+    tree: Any,
+    *,
+    metadata: dict | None = None,
+    coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
+) -> str:
     """Writes ``tree`` as one checkpoint at ``path``, synchronously and atomically.
 
     Blocks until the checkpoint is durable and committed. A crash at any
     instant leaves either no checkpoint at ``path`` or a whole one.
-    Thread-safe for distinct paths.
+    Thread-safe for distinct paths. In a multi-process program every process
+    calls it with the same arguments; each writes its own shards, process 0
+    commits, and a process that does not report within
+    ``coordination_timeout_s`` is named in the error the others raise.
 
     Raises:
         FileExistsError: ``path`` exists.
         TypeError: a leaf cannot be saved (the message names its key path), or
             ``metadata`` is not a JSON-able dict. Nothing is written.
     """
-    final = _storage.local_path(path)
-    if os.path.lexists(final):
-        raise FileExistsError(errno.EEXIST, "checkpoint path already exists", final)
+    final = _location.locate(path)
+    if final.exists():
+        raise FileExistsError(errno.EEXIST, "checkpoint path already exists", str(final))
     snapshot = _snapshot.take(tree, metadata)
-    parent = os.path.dirname(final)
-    if os.path.exists(parent) and not os.path.isdir(parent):
-        raise NotADirectoryError(errno.ENOTDIR, "parent of checkpoint path is not a directory", parent)
-    os.makedirs(parent, exist_ok=True)
-    _checkpoint.write(snapshot, final, replace=False, created=time.time())
+    if final.is_local:
+        parent = os.path.dirname(final.path)
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise NotADirectoryError(errno.ENOTDIR, "parent of checkpoint path is not a directory",
+                                     parent)
+        os.makedirs(parent, exist_ok=True)
+    with _save_counts_lock:
+        _save_counts[str(final)] += 1
+        seq = _save_counts[str(final)]
+    coord = _multihost.SaveCoordinator(_multihost.scope(str(final), "save", seq), 0,
+                                       str(final), coordination_timeout_s)
+    _checkpoint.write(snapshot, final, replace=False, created=time.time(), coordinator=coord)
     return str(path)
 
 
@@ -53,7 +76,7 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         StructureMismatchError: ``target`` does not fit, naming every key path.
         CorruptCheckpointError: stored bytes fail their checksums.
     """
-    reader = _checkpoint.Reader(_storage.local_path(path))
+    reader = _checkpoint.Reader(path)
     if target is None:
         return _restore.restore_raw(reader)
     return _restore.restore_target(reader, target, partial)
@@ -61,12 +84,12 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
 
 def metadata(path: str | os.PathLike) -> Any:
     """The saved structure with ``jax.ShapeDtypeStruct`` leaves; reads no array data."""
-    return _restore.abstract(_checkpoint.Reader(_storage.local_path(path)))
+    return _restore.abstract(_checkpoint.Reader(path))
 
 
 def user_metadata(path: str | os.PathLike) -> dict | None:
     """The ``metadata`` dict given to ``save`` for this checkpoint, or None."""
-    return _checkpoint.read_manifest(_storage.local_path(path)).get("metadata")
+    return _checkpoint.read_manifest(path).get("metadata")
 
 
 def verify(path: str | os.PathLike) -> None:
@@ -76,7 +99,7 @@ def verify(path: str | os.PathLike) -> None:
         CorruptCheckpointError: naming each damaged leaf.
         CheckpointNotFoundError: no committed checkpoint at ``path``.
     """
-    reader = _checkpoint.Reader(_storage.local_path(path))
+    reader = _checkpoint.Reader(path)
     problems = reader.verify()
     if problems:
         raise CorruptCheckpointError("\n".join(problems))
@@ -88,7 +111,7 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     Raises:
         CorruptCheckpointError: the state file exists but cannot be parsed.
     """
-    root = _storage.local_path(directory)
+    root = _location.locate(directory)
     state = _state_file.read(root)
     if state is None:
         return None

@@ -1,7 +1,7 @@
 """One checkpoint: write a snapshot to storage and commit it; read it back.
 
 Small leaves are packed back to back into one array (one file, one fsync for
-thousands of leaves); leaves of ``LARGE_BYTES`` or more get an array each,
+thousands of leaves); leaves of ``_format.LARGE_BYTES`` or more get an array each,
 chunked along their sharding so that each writer owns whole files.
 """
 
@@ -14,24 +14,27 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _commit, _format, _snapshot, _storage, _tree
+from . import _commit, _format, _location, _multihost, _snapshot, _storage, _tree
+from ._location import Dir
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
-LARGE_BYTES = 2 << 20
-
-
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int]:
-    """Assigns each array leaf its place; returns (packed bytes, inner chunk)."""
+    """Assigns each array leaf its place; returns (packed bytes, inner chunk).
+
+    Depends only on what every process knows (shapes, dtypes, shardings), so
+    all processes of a multi-process save compute the same layout.
+    """
     offset = 0
     n_large = 0
     for arr in snapshot.arrays:
         if arr.nbytes == 0:
             arr.record["where"] = ["empty"]
-        elif arr.nbytes < LARGE_BYTES:
+        elif arr.packed:
             arr.record["where"] = ["packed", offset, arr.nbytes]
             offset += -(-arr.nbytes // _storage.PACK_ALIGN) * _storage.PACK_ALIGN
         else:
-            outer, inner = _storage.chunking(list(arr.shard_shape) + [arr.dtype.itemsize])
+            outer, inner = _storage.chunking(list(arr.shard_shape) + [arr.dtype.itemsize],
+                                             exact=arr.exact)
             arr.record["where"] = ["array", str(n_large), outer, inner]
             n_large += 1
     inner = min(_storage.PACKED_INNER_BYTES, offset) if offset else 0
@@ -52,38 +55,81 @@ def _pack(snapshot: _snapshot.Snapshot, total: int) -> np.ndarray:
     return buf
 
 
-def write(snapshot: _snapshot.Snapshot, final: str, *, replace: bool, created: float) -> None:
+def write(
+    snapshot: _snapshot.Snapshot,
+    final: Dir,
+    *,
+    replace: bool,
+    created: float,
+    coordinator: _multihost.SaveCoordinator,
+) -> None:
     """Writes ``snapshot`` as the committed checkpoint ``final``.
 
-    Blocks until the bytes are durable and the checkpoint is in place.
-    On failure nothing is left under ``final`` (nor of the temporary).
+    Blocks until the bytes are durable and the checkpoint is committed. In a
+    multi-process save every process writes its part and process 0 commits
+    once all parts are durable; the others return once it has.
+    On failure nothing is committed and the staged bytes are removed.
     """
-    tmp = _commit.temp_sibling(final)
-    os.makedirs(tmp)
-    try:
-        _write_into(snapshot, tmp, created)
-        _commit.publish(tmp, final, replace=replace)
-    except BaseException:
-        _commit.discard(tmp)
-        raise
-
-
-def _write_into(snapshot: _snapshot.Snapshot, root: str, created: float) -> None:
+    coord = coordinator
+    token = coord.share_token(lambda: _stage_token(final))
+    staging = _commit.stage(final, token, create=False)
     total, inner = _layout(snapshot)
-    context = _storage.make_context()
+    try:
+        _write_part(snapshot, staging.data, total, inner, coord.primary)
+        _commit.seal_part(staging)
+    except BaseException as e:
+        coord.part_done(e)
+        if coord.primary:
+            coord.announce(e)
+            _commit.abort(staging)
+        raise
+    coord.part_done(None)
+    if not coord.primary:
+        coord.wait_commit()
+        return
+    try:
+        coord.wait_parts()
+        manifest = {
+            "version": _format.VERSION,
+            "created": created,
+            "metadata": snapshot.metadata,
+            "packed_nbytes": total,
+            "packed_chunk": inner,
+            "leaves": snapshot.records,
+        }
+        if staging.data_key is not None:
+            manifest["data"] = staging.data_key
+        _commit.commit(staging, _format.pack_manifest(manifest), replace=replace)
+    except BaseException as e:
+        coord.announce(e)
+        _commit.abort(staging)
+        raise
+    coord.announce(None)
+
+
+def _stage_token(final: Dir) -> str:
+    """Process 0: names and creates the staging area."""
+    token = _commit.new_token()
+    _commit.stage(final, token, create=True)
+    return token
+
+
+def _write_part(snapshot: _snapshot.Snapshot, root: Dir, total: int, inner: int,
+                primary: bool) -> None:
+    """Writes this process's shards (and, on process 0, the packed array)."""
     opened = []
     for arr in snapshot.arrays:
         where = arr.record["where"]
-        if where[0] == "array":
-            path = os.path.join(root, _format.ARRAYS, where[1])
-            spec = _storage.array_spec(path, list(arr.shape) + [arr.dtype.itemsize],
+        if where[0] == "array" and arr.shards:
+            spec = _storage.array_spec(root.join(_format.ARRAYS, where[1]).kvstore(),
+                                       list(arr.shape) + [arr.dtype.itemsize],
                                        where[2], where[3], create=True)
-            opened.append((arr, _storage.open_array(spec, context)))
+            opened.append((arr, _storage.open_array(spec)))
     packed_future = None
-    if total:
-        spec = _storage.array_spec(os.path.join(root, _format.PACKED), [total], [total],
+    if total and primary:
+        spec = _storage.array_spec(root.join(_format.PACKED).kvstore(), [total], [total],
                                    [inner], create=True)
-        packed_future = _storage.open_array(spec, context)
+        packed_future = _storage.open_array(spec)
     commits = []
     for arr, fut in opened:
         store = fut.result()
@@ -95,58 +141,51 @@ def _write_into(snapshot: _snapshot.Snapshot, root: str, created: float) -> None
         commits.append(_storage.write(packed_future.result(), (), buf))
     for c in commits:
         c.result()
-    manifest = {
-        "version": _format.VERSION,
-        "created": created,
-        "metadata": snapshot.metadata,
-        "packed_nbytes": total,
-        "packed_chunk": inner,
-        "leaves": snapshot.records,
-    }
-    _storage.write_file_durably(os.path.join(root, _format.MANIFEST),
-                                _format.pack_manifest(manifest))
 
 
 # ---------------------------------------------------------------- reading
 
 
-def read_manifest(path: str) -> dict:
+def read_manifest(path: str | Dir) -> dict:
     """Reads and checks the manifest of the committed checkpoint at ``path``."""
-    file = os.path.join(path, _format.MANIFEST)
+    where = _location.locate(path)
     try:
-        with open(file, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        if os.path.isdir(path):
+        data = where.read(_format.MANIFEST)
+    except IsADirectoryError:
+        data = None
+    except Exception as e:
+        raise CheckpointNotFoundError(f"cannot read {where}: {e}") from e
+    if data is None:
+        if where.is_local and os.path.isfile(where.path):
+            raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")
+        if where.exists():
             raise CheckpointNotFoundError(
-                f"{path} is not a committed checkpoint (no {_format.MANIFEST}); it may be "
-                "a save that was interrupted."
-            ) from None
-        raise CheckpointNotFoundError(f"no checkpoint at {path}") from None
-    except NotADirectoryError:
-        raise CheckpointNotFoundError(f"{path} is a file, not a checkpoint directory") from None
-    return _format.unpack_manifest(data, path)
+                f"{where} is not a committed checkpoint (no {_format.MANIFEST}); it may be "
+                "a save that was interrupted.")
+        raise CheckpointNotFoundError(f"no checkpoint at {where}")
+    return _format.unpack_manifest(data, str(where))
 
 
 class Reader:
     """Reads leaves of one checkpoint; every array read is checksum-checked."""
 
-    def __init__(self, path: str):
-        self.path = path
-        self.manifest = read_manifest(path)
+    def __init__(self, path: str | Dir):
+        self.where = _location.locate(path)
+        self.path = str(self.where)
+        self.manifest = read_manifest(self.where)
         self.leaves: list[dict] = self.manifest["leaves"]
-        self._context = _storage.make_context()
-        self._packed = None
+        data = self.manifest.get("data")
+        self.data = self.where.join(data) if data else self.where
 
     def _open(self, where: list, shape: list[int]) -> Any:
         if where[0] == "array":
-            spec = _storage.array_spec(os.path.join(self.path, _format.ARRAYS, where[1]),
+            spec = _storage.array_spec(self.data.join(_format.ARRAYS, where[1]).kvstore(),
                                        shape, where[2], where[3], create=False)
         else:
             total = self.manifest["packed_nbytes"]
-            spec = _storage.array_spec(os.path.join(self.path, _format.PACKED), [total],
+            spec = _storage.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
                                        [total], [self.manifest["packed_chunk"]], create=False)
-        return _storage.open_array(spec, self._context)
+        return _storage.open_array(spec)
 
     def damaged(self, leaf: dict, e: BaseException) -> CorruptCheckpointError:
         err = CorruptCheckpointError(

@@ -9,8 +9,14 @@ never sees half a checkpoint under its name), then removes it. Temporaries and
 trash left by a crash are swept by the next manager.
 
 The manifest (``_format.MANIFEST``) is written last inside the checkpoint, so
-a directory without one is never taken for a checkpoint; object stores, which
-cannot rename, use its presence alone as the commit record.
+a directory without one is never taken for a checkpoint.
+
+Object stores cannot rename: there the manifest's single PUT is the commit.
+The arrays are written under a fresh ``<name>/d-<token>/`` prefix that the
+manifest names, so replacing a checkpoint overwrites only the manifest and
+then deletes the old data. Deletion removes the manifest first. A prefix
+without a manifest, or data no manifest names, is a leftover that the next
+manager sweeps.
 """
 
 from __future__ import annotations
@@ -23,13 +29,16 @@ import os
 import re
 import shutil
 import uuid
+from dataclasses import dataclass
 
-from . import _format, _storage
+from . import _format, _location, _storage
+from ._location import Dir, KvDir
 
 log = logging.getLogger("jaxckpt")
 
 _TMP = ".tmp-"
 _TRASH = ".trash-"
+_DATA = "d-"
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
@@ -61,27 +70,94 @@ def _rename2(src: str, dst: str, flags: int) -> bool:
     raise OSError(err, os.strerror(err), src, None, dst)
 
 
-def temp_sibling(final: str) -> str:
-    parent, name = os.path.split(final)
-    return os.path.join(parent, f".{name}{_TMP}{uuid.uuid4().hex[:12]}")
+def new_token() -> str:
+    return uuid.uuid4().hex[:12]
 
 
-def is_committed(path: str) -> bool:
+def is_committed(path: str | os.PathLike | Dir) -> bool:
     """True if ``path`` holds a manifest with our magic (cheap: no parse)."""
+    where = _location.locate(path)
+    if where.is_local:
+        try:
+            with open(os.path.join(where.path, _format.MANIFEST), "rb") as f:
+                return f.read(len(_format.MAGIC)) == _format.MAGIC
+        except OSError:
+            return False
     try:
-        with open(os.path.join(path, _format.MANIFEST), "rb") as f:
-            return f.read(len(_format.MAGIC)) == _format.MAGIC
-    except OSError:
+        data = where.read(_format.MANIFEST)
+    except Exception:  # an unreachable store is not a commit
         return False
+    return data is not None and data[: len(_format.MAGIC)] == _format.MAGIC
 
 
-def publish(tmp: str, final: str, *, replace: bool) -> None:
-    """Atomically moves the fully written ``tmp`` to ``final`` and makes it durable.
+@dataclass
+class Staging:
+    """Where one checkpoint's bytes go before it is committed as ``final``."""
+
+    final: Dir
+    data: Dir  # arrays go here
+    data_key: str | None  # object stores: the manifest's "data" entry
+
+
+def stage(final: Dir, token: str, *, create: bool) -> Staging:
+    """The staging area for ``final``; ``create`` makes it (process 0 only)."""
+    if final.is_local:
+        tmp = final.parent().join(f".{final.name}{_TMP}{token}")
+        if create:
+            os.makedirs(tmp.path)
+        return Staging(final, tmp, None)
+    key = f"{_DATA}{token}"
+    return Staging(final, final.join(key), key)
+
+
+def seal_part(staging: Staging) -> None:
+    """Makes this process's files durable: tensorstore fsyncs each file, this
+    their directories. Object stores are durable once a write returns."""
+    if staging.data.is_local:
+        _storage.fsync_tree(staging.data.path)
+
+
+def commit(staging: Staging, manifest: bytes, *, replace: bool) -> None:
+    """Writes the manifest and makes the checkpoint visible atomically.
 
     Raises:
         FileExistsError: ``final`` exists and ``replace`` is False.
     """
-    _storage.fsync_tree(tmp)
+    final = staging.final
+    if final.is_local:
+        staging.data.write(_format.MANIFEST, manifest)
+        _storage.fsync_dir(staging.data.path)
+        publish(staging.data.path, final.path, replace=replace)
+        return
+    if not replace and final.read(_format.MANIFEST) is not None:
+        raise FileExistsError(errno.EEXIST, "checkpoint already exists", str(final))
+    final.write(_format.MANIFEST, manifest)
+    _drop_unnamed_data(final, staging.data_key)
+
+
+def abort(staging: Staging) -> None:
+    """Best-effort removal of what a failed save staged."""
+    if staging.data.is_local:
+        discard(staging.data.path)
+    else:
+        try:
+            staging.data.delete_all()
+        except Exception as e:  # the next manager sweeps it
+            log.warning("could not remove staged data %s: %r", staging.data, e)
+
+
+def _drop_unnamed_data(final: KvDir, keep: str | None) -> None:
+    for name in final.listdir():
+        if name.startswith(_DATA) and name != keep:
+            final.join(name).delete_all()
+
+
+def publish(tmp: str, final: str, *, replace: bool) -> None:
+    """Atomically moves the durable ``tmp`` directory to ``final``, fsyncs the parent.
+
+    Raises:
+        FileExistsError: ``final`` exists and ``replace`` is False.
+    """
     parent = os.path.dirname(final)
     if os.path.lexists(final):
         if not replace:
@@ -112,8 +188,18 @@ def _trash_name(path: str) -> str:
     return os.path.join(parent, f".{name}{_TRASH}{uuid.uuid4().hex[:12]}")
 
 
-def remove(path: str) -> None:
-    """Deletes a checkpoint: an atomic rename out of sight, then the files."""
+def remove(checkpoint: str | Dir) -> None:
+    """Deletes a checkpoint: out of sight atomically first, then the files.
+
+    Locally an atomic rename to trash; on object stores the manifest goes
+    first, so what remains is an uncommitted leftover.
+    """
+    where = _location.locate(checkpoint)
+    if not where.is_local:
+        where.delete(_format.MANIFEST)
+        where.delete_all()
+        return
+    path = where.path
     if not os.path.lexists(path):
         return
     trash = _trash_name(path)
@@ -127,8 +213,12 @@ def discard(tmp: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def sweep_leftovers(directory: str, checkpoint_name: str) -> list[str]:
+def sweep_leftovers(directory: str | Dir, checkpoint_name: str) -> list[str]:
     """Removes temporaries and trash of ``checkpoint_name`` left by a crash."""
+    where = _location.locate(directory)
+    if not where.is_local:
+        return _sweep_kv(where, checkpoint_name)
+    directory = where.path
     pattern = re.compile(
         rf"^\.{re.escape(checkpoint_name)}-\d+({re.escape(_TMP)}|{re.escape(_TRASH)})[0-9a-f]+$"
     )
@@ -142,6 +232,31 @@ def sweep_leftovers(directory: str, checkpoint_name: str) -> list[str]:
             path = os.path.join(directory, name)
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
+    if removed:
+        log.warning("removed %d leftover(s) of interrupted saves in %s", len(removed), directory)
+    return removed
+
+
+def _sweep_kv(directory: KvDir, checkpoint_name: str) -> list[str]:
+    """Object stores: prefixes without a manifest, and data no manifest names."""
+    pattern = re.compile(rf"^{re.escape(checkpoint_name)}-\d+$")
+    removed = []
+    for name in directory.listdir():
+        if not pattern.match(name):
+            continue
+        ckpt = directory.join(name)
+        raw = ckpt.read(_format.MANIFEST)
+        if raw is None:
+            ckpt.delete_all()
+            removed.append(str(ckpt))
+            continue
+        try:
+            keep = _format.unpack_manifest(raw, str(ckpt)).get("data")
+        except Exception:  # a damaged manifest is reported by restore, not swept
+            continue
+        before = set(ckpt.listdir())
+        _drop_unnamed_data(ckpt, keep)
+        removed += [str(ckpt.join(n)) for n in before - set(ckpt.listdir())]
     if removed:
         log.warning("removed %d leftover(s) of interrupted saves in %s", len(removed), directory)
     return removed

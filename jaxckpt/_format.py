@@ -11,7 +11,13 @@ where the payload is msgpack of::
 
     {"version": 1, "created": float, "metadata": user dict or None,
      "packed_nbytes": int, "packed_chunk": int,
-     "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ]}
+     "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ],
+     "data": "d-<token>"   (optional; object stores only)}
+
+On object stores, which cannot rename, the arrays live under the ``data``
+sub-prefix named in the manifest, so that saving a number again writes new
+data beside the old and swaps them by overwriting the manifest (one atomic
+PUT). Without ``data`` the arrays sit beside the manifest.
 
 Leaf kinds: ``"array"`` (``np.ndarray``), ``"jax"`` (``jax.Array``),
 ``"scalar"`` (NumPy scalar), ``"key"`` (typed PRNG key; its key data is the
@@ -40,6 +46,8 @@ VERSION = 1
 MANIFEST = "_CHECKPOINT"
 PACKED = "packed"
 ARRAYS = "a"
+# Leaves smaller than this share the packed array; larger ones get their own.
+LARGE_BYTES = 2 << 20
 
 
 def dtype_name(dtype: Any) -> str:

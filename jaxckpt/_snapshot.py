@@ -6,6 +6,11 @@ written. NumPy arrays are copied. ``jax.Array`` shards are brought to host:
 every device-to-host copy is started before any is awaited; on the CPU
 backend the host view shares the buffer and holds a reference to it, which
 keeps JAX from reusing it for a donated output.
+
+In a multi-process program each process keeps only what it writes: the
+shards it owns (``replica_id == 0``) of arrays that span processes; process 0
+alone keeps host values (NumPy, process-local ``jax.Array``) and small
+leaves it can assemble from its own devices, which go into the packed array.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _format, _tree
+from . import _format, _multihost, _tree
 
 
 @dataclasses.dataclass
@@ -34,8 +39,10 @@ class ArrayLeaf:
     record: dict  # manifest fields known now: path, kind, dtype, shape, impl
     dtype: np.dtype  # dtype of the stored data (key data for PRNG keys)
     shape: tuple[int, ...]
-    shards: list[Shard]
+    shards: list[Shard]  # what this process writes (may be none)
     shard_shape: tuple[int, ...]  # the chunk grid that matches the sharding
+    packed: bool = False  # small: stored in the shared packed array (written by process 0)
+    exact: bool = False  # shards of several processes: chunk files must match them exactly
 
     @property
     def nbytes(self) -> int:
@@ -63,6 +70,19 @@ def _norm_index(index: tuple, shape: tuple[int, ...]) -> tuple[tuple[int, int], 
     return tuple(out)
 
 
+def _primary_holds_all(sharding: Any, shape: tuple[int, ...]) -> bool:
+    """Whether process 0's devices hold every distinct piece of the array."""
+    held: dict[tuple, bool] = {}
+    for device, index in sharding.devices_indices_map(shape).items():
+        key = _norm_index(index, shape)
+        held[key] = held.get(key, False) or device.process_index == 0
+    return all(held.values())
+
+
+def _small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+    return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
+
+
 def check_metadata(metadata: Any) -> dict | None:
     """Validates user metadata: a JSON-able dict, or None."""
     if metadata is None:
@@ -75,6 +95,20 @@ def check_metadata(metadata: Any) -> dict | None:
         raise TypeError(f"metadata must be JSON-able: {e}") from e
 
 
+def _pieces(leaf: jax.Array, shape: tuple[int, ...], mine: bool | None) -> list:
+    """(index, shard data) this process writes: all distinct pieces if ``mine``,
+    none if not, its ``replica_id == 0`` shards if None."""
+    if mine is None:
+        return [(_norm_index(s.index, shape), s.data)
+                for s in leaf.addressable_shards if s.replica_id == 0]
+    if not mine:
+        return []
+    unique: dict[tuple, Any] = {}
+    for s in leaf.addressable_shards:
+        unique.setdefault(_norm_index(s.index, shape), s.data)
+    return list(unique.items())
+
+
 def take(tree: Any, metadata: dict | None = None) -> Snapshot:
     """Validates ``tree`` and copies it out of the caller's reach.
 
@@ -83,6 +117,7 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
     path of an unsupported leaf before any copy is made.
     """
     metadata = check_metadata(metadata)
+    primary = _multihost.process_index() == 0
     entries, _ = _tree.flatten(tree)
     for entry in entries:
         _tree.check_leaf(entry)
@@ -104,23 +139,31 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 record["kind"] = "jax"
             shape = tuple(leaf.shape)
             dtype = np.dtype(leaf.dtype)
-            pieces = [
-                (_norm_index(s.index, shape), s.data)
-                for s in leaf.addressable_shards
-                if s.replica_id == 0
-            ]
+            shard_shape = tuple(leaf.sharding.shard_shape(shape))
+            arr = ArrayLeaf(record, dtype, shape, [], shard_shape)
+            if leaf.is_fully_addressable:
+                arr.packed = _small(shape, dtype)
+                mine = primary
+            elif _small(shape, dtype) and _primary_holds_all(leaf.sharding, shape):
+                arr.packed = True
+                mine = primary
+            else:
+                arr.exact = True
+                mine = None  # each process its replica-0 shards
+            pieces = _pieces(leaf, shape, mine)
             for _, data in pieces:
                 if data.devices().pop().platform != "cpu":
                     data.copy_to_host_async()
-            shard_shape = tuple(leaf.sharding.shard_shape(shape))
-            arr = ArrayLeaf(record, dtype, shape, [], shard_shape)
             pending.append((arr, pieces))
         elif isinstance(leaf, (np.ndarray, np.generic)):
             record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
-            data = np.array(leaf, copy=True, order="C")
-            shape = tuple(data.shape)
-            full = tuple((0, n) for n in shape)
-            arr = ArrayLeaf(record, data.dtype, shape, [Shard(full, data)], shape)
+            shape = tuple(np.shape(leaf))
+            shards = []
+            if primary:
+                data = np.array(leaf, copy=True, order="C")
+                shards = [Shard(tuple((0, n) for n in shape), data)]
+            arr = ArrayLeaf(record, np.dtype(leaf.dtype), shape, shards, shape,
+                            packed=_small(shape, np.dtype(leaf.dtype)))
         else:
             record["kind"] = "py"
             record["value"] = _format.encode_py(leaf)

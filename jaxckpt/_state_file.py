@@ -1,7 +1,9 @@
 """The TensorFlow-format ``checkpoint`` state file: parse, render, replace.
 
 It is protobuf text format of ``CheckpointState``; we write paths relative to
-the directory and read absolute ones (as TensorFlow wrote them) too.
+the directory and read absolute ones (as TensorFlow wrote them) too. Locally
+it is replaced with temp file, fsync, ``os.replace``, fsync of the directory;
+on object stores with one PUT, which readers see whole or not at all.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import os
 import re
 import uuid
 
-from . import _storage
+from . import _location, _storage
+from ._location import Dir
 from .errors import CorruptCheckpointError
 
 FILENAME = "checkpoint"
@@ -142,24 +145,35 @@ def render(state: CheckpointState) -> str:
     return "\n".join(lines) + "\n"
 
 
-def resolve(directory: str, path: str) -> str:
-    """An absolute path for a state-file entry; relative ones are under ``directory``."""
-    return os.path.normpath(path if os.path.isabs(path) else os.path.join(directory, path))
+def resolve(directory: str | Dir, path: str) -> str:
+    """A full path (or URL) for a state-file entry; relative ones are under ``directory``."""
+    where = _location.locate(directory)
+    if "://" in path:
+        return str(_location.locate(path))
+    if where.is_local:
+        return os.path.normpath(path if os.path.isabs(path) else os.path.join(where.path, path))
+    return str(where.join(*[p for p in path.split("/") if p]))
 
 
-def relative(directory: str, path: str) -> str:
-    rel = os.path.relpath(path, directory)
+def relative(directory: str | Dir, path: str) -> str:
+    where = _location.locate(directory)
+    if not where.is_local:
+        base = str(where) + "/"
+        return path[len(base):] if path.startswith(base) else path
+    rel = os.path.relpath(path, where.path)
     return path if rel.startswith("..") else rel
 
 
-def read(directory: str) -> CheckpointState | None:
+def read(directory: str | Dir) -> CheckpointState | None:
     """The state in ``<directory>/checkpoint``, or None if there is no file."""
-    file = os.path.join(directory, FILENAME)
+    where = _location.locate(directory)
     try:
-        with open(file, "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, NotADirectoryError):
+        data = where.read(FILENAME)
+    except IsADirectoryError:
+        data = None
+    if data is None:
         return None
+    file = f"{where}/{FILENAME}"
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -167,12 +181,17 @@ def read(directory: str) -> CheckpointState | None:
     return parse(text, file)
 
 
-def write(directory: str, state: CheckpointState) -> None:
-    """Atomically replaces ``<directory>/checkpoint``: temp file, fsync, rename, fsync dir."""
-    final = os.path.join(directory, FILENAME)
+def write(directory: str | Dir, state: CheckpointState) -> None:
+    """Atomically replaces ``<directory>/checkpoint`` (see the module docstring)."""
+    where = _location.locate(directory)
+    data = render(state).encode("utf-8")
+    if not where.is_local:
+        where.write(FILENAME, data)
+        return
+    final = os.path.join(where.path, FILENAME)
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
     try:
-        _storage.write_file_durably(tmp, render(state).encode("utf-8"))
+        _storage.write_file_durably(tmp, data)
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -180,17 +199,20 @@ def write(directory: str, state: CheckpointState) -> None:
         except OSError:
             pass
         raise
-    _storage.fsync_dir(directory)
+    _storage.fsync_dir(where.path)
 
 
-def sweep_temporaries(directory: str) -> list[str]:
-    """Removes ``checkpoint.tmp-*`` files left by a crash during ``write``."""
+def sweep_temporaries(directory: str | Dir) -> list[str]:
+    """Removes ``checkpoint.tmp-*`` files left by a crash during a local ``write``."""
+    where = _location.locate(directory)
+    if not where.is_local:
+        return []
     pattern = re.compile(rf"^{re.escape(FILENAME)}\.tmp-[0-9a-f]+$")
     removed = []
-    for name in os.listdir(directory):
+    for name in where.listdir():
         if pattern.match(name):
             try:
-                os.unlink(os.path.join(directory, name))
+                os.unlink(os.path.join(where.path, name))
                 removed.append(name)
             except OSError:
                 pass

@@ -1,4 +1,4 @@
-"""Tensorstore specs, location parsing, and the array reads and writes.
+"""Tensorstore array specs, and the array reads and writes.
 
 Every array is stored as zarr3 ``uint8`` with a trailing ``itemsize`` axis,
 one shard file per chunk-grid cell (``sharding_indexed`` codec), inner chunks
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import os
-import urllib.parse
 from typing import Any, Sequence
 
 import numpy as np
 import tensorstore as ts
+
+from . import _location
 
 INNER_BYTES = 4 << 20
 # Small leaves share chunks; a damaged chunk implicates every leaf in it.
@@ -26,47 +27,8 @@ PACK_ALIGN = 64
 _CRC = [{"name": "bytes"}, {"name": "crc32c"}]
 _INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 
-_LOCAL_SCHEMES = ("", "file")
-_KNOWN_SCHEMES = ("s3", "gs", "memory", "http", "https")
 
-
-def local_path(path: str | os.PathLike) -> str:
-    """Returns the local filesystem path for ``path``.
-
-    Raises:
-        ValueError: ``path`` is a URL with a scheme this version cannot commit to.
-    """
-    text = os.fspath(path)
-    if not isinstance(text, str):
-        raise TypeError(f"checkpoint path must be str or os.PathLike of str, got {path!r}")
-    if not text:
-        raise ValueError("checkpoint path is empty")
-    parsed = urllib.parse.urlparse(text)
-    scheme = parsed.scheme.lower()
-    if scheme == "file":
-        return os.path.abspath(urllib.parse.unquote(parsed.path))
-    if scheme and len(scheme) > 1:  # a Windows drive letter is not a scheme
-        if scheme in _KNOWN_SCHEMES:
-            raise ValueError(
-                f"{text}: {scheme}:// storage is not supported by this jaxckpt version yet; "
-                "use a local path or a file:// URL."
-            )
-        raise ValueError(
-            f"{text}: unknown URL scheme {scheme!r}; use a local path, file://, "
-            "s3://, gs:// or memory://."
-        )
-    return os.path.abspath(text)
-
-
-def make_context() -> ts.Context:
-    return ts.Context({"file_io_concurrency": {"limit": 32}})
-
-
-def _kvstore(path: str) -> dict:
-    return {"driver": "file", "path": path.rstrip("/") + "/"}
-
-
-def chunking(shard: Sequence[int]) -> tuple[list[int], list[int]]:
+def chunking(shard: Sequence[int], exact: bool = False) -> tuple[list[int], list[int]]:
     """(outer, inner) chunk shapes for an array whose writers each own ``shard``.
 
     ``shard`` ends with the itemsize axis, kept whole. Inner chunks hold about
@@ -74,6 +36,9 @@ def chunking(shard: Sequence[int]) -> tuple[list[int], list[int]]:
     their extent when one is at least half the wanted size; otherwise the
     outer chunk is rounded up to a multiple of the inner one (zarr allows edge
     chunks past the array's end), so no extent gives millions of tiny chunks.
+    With ``exact`` (the shards belong to several processes, which must never
+    share a file) the outer chunk stays ``shard`` and the inner one takes the
+    smallest divisor above the wanted size instead.
     """
     outer, inner = list(shard), list(shard)
     for axis in range(len(inner) - 1):
@@ -84,6 +49,8 @@ def chunking(shard: Sequence[int]) -> tuple[list[int], list[int]]:
         best = max(_divisors_upto(outer[axis], cap))
         if best * 2 >= cap:
             inner[axis] = best
+        elif exact:
+            inner[axis] = min(d for d in _divisors_upto(outer[axis], outer[axis]) if d >= cap)
         else:
             inner[axis] = cap
             outer[axis] = -(-outer[axis] // cap) * cap
@@ -103,11 +70,11 @@ def _divisors_upto(n: int, cap: int) -> list[int]:
 
 
 def array_spec(
-    path: str, shape: Sequence[int], chunk: Sequence[int], inner: Sequence[int], *, create: bool
+    kvstore: dict, shape: Sequence[int], chunk: Sequence[int], inner: Sequence[int], *, create: bool
 ) -> dict:
     spec: dict[str, Any] = {
         "driver": "zarr3",
-        "kvstore": _kvstore(path),
+        "kvstore": kvstore,
         "metadata": {
             "shape": list(shape),
             "data_type": "uint8",
@@ -137,8 +104,8 @@ def array_spec(
     return spec
 
 
-def open_array(spec: dict, context: ts.Context) -> ts.Future:
-    return ts.open(spec, context=context)
+def open_array(spec: dict) -> ts.Future:
+    return ts.open(spec, context=_location.context())
 
 
 def write(store: ts.TensorStore, index: tuple, data: np.ndarray) -> ts.Future:
@@ -180,7 +147,4 @@ def fsync_dir(path: str) -> None:
 
 
 def write_file_durably(path: str, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    _location.LocalDir(os.path.dirname(path)).write(os.path.basename(path), data)

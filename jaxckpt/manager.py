@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _api, _checkpoint, _commit, _retention, _snapshot, _state_file, _storage
+from . import _api, _checkpoint, _commit, _location, _multihost, _retention, _snapshot, _state_file
 from ._writer import Writer
 from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
 
@@ -60,6 +60,10 @@ def _live_managers() -> list:
 
 
 _MANAGERS: list = []
+# Managers made per directory in this process: every process of a
+# multi-process program makes the same ones, so the count pairs them up.
+_INSTANCES: dict[str, int] = {}
+_INSTANCES_LOCK = threading.Lock()
 
 
 @atexit.register
@@ -86,6 +90,9 @@ class CheckpointManager:
         last_checkpoint_step: the step of the last checkpoint, for intervals.
         clock: zero-arg function giving seconds; stamps every checkpoint.
         max_pending: saves queued or being written before ``save`` blocks.
+        coordination_timeout_s: in a multi-process program, how long a process
+            waits for the others' parts (or process 0's commit) before it
+            gives up on that save with an error naming the late process.
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are already in flight).
@@ -104,6 +111,7 @@ class CheckpointManager:
         last_checkpoint_step: int | None = None,
         clock: Callable[[], float] = time.time,
         max_pending: int = 1,
+        coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
     ):
         self._max_to_keep = _check_positive_int("max_to_keep", max_to_keep)
         if keep_checkpoint_every_n_hours is not None and (
@@ -131,18 +139,31 @@ class CheckpointManager:
         self._step_counter = step_counter
         self._init_fn = init_fn
         self._clock = clock
-        self._dir = _storage.local_path(directory)
-        if os.path.exists(self._dir) and not os.path.isdir(self._dir):
-            raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
-        os.makedirs(self._dir, exist_ok=True)
+        if isinstance(coordination_timeout_s, bool) or not isinstance(
+                coordination_timeout_s, numbers.Real) or not coordination_timeout_s > 0:
+            raise ValueError("coordination_timeout_s must be a positive number of seconds, "
+                             f"got {coordination_timeout_s!r}")
+        self._timeout = float(coordination_timeout_s)
+        self._root = _location.locate(directory)
+        self._dir = str(self._root)
+        self._primary = _multihost.process_index() == 0
+        if self._root.is_local:
+            if os.path.exists(self._dir) and not os.path.isdir(self._dir):
+                raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
+            os.makedirs(self._dir, exist_ok=True)
+        with _INSTANCES_LOCK:
+            _INSTANCES[self._dir] = _INSTANCES.get(self._dir, 0) + 1
+            self._scope = _multihost.scope(self._dir, "mngr", _INSTANCES[self._dir])
+        self._seq = 0
         self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
         self._lock = threading.Lock()  # guards retention, latest, pending
         self._save_lock = threading.Lock()  # orders numbering with snapshots
         self._pending: dict[str, threading.Event] = {}
         self._recover()
-        _commit.sweep_leftovers(self._dir, self._name)
-        _state_file.sweep_temporaries(self._dir)
+        if self._primary:
+            _commit.sweep_leftovers(self._root, self._name)
+            _state_file.sweep_temporaries(self._root)
         self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
         self._closed = False
         _MANAGERS.append(weakref.ref(self))
@@ -151,13 +172,13 @@ class CheckpointManager:
 
     def _recover(self) -> None:
         now = self._clock()
-        state = _state_file.read(self._dir)
+        state = _state_file.read(self._root)
         self._max_number = 0
         if state is None:
             self._retention = _retention.fresh(now)
             self._latest = None
             return
-        paths = [_state_file.resolve(self._dir, p) for p in state.all_model_checkpoint_paths]
+        paths = [_state_file.resolve(self._root, p) for p in state.all_model_checkpoint_paths]
         self._retention, went_back = _retention.recover(
             paths, state.all_model_checkpoint_timestamps,
             state.last_preserved_timestamp or 0.0, now)
@@ -177,10 +198,10 @@ class CheckpointManager:
             n = self._number_of(p)
             if n is not None:
                 self._max_number = max(self._max_number, n)
-        self._latest = _api.latest_checkpoint(self._dir)
+        self._latest = _api.latest_checkpoint(self._root)
 
     def _number_of(self, path: str) -> int | None:
-        m = self._number_re.match(os.path.basename(path.rstrip("/")))
+        m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
         return int(m.group(1)) if m else None
 
     # ------------------------------------------------------------ saving
@@ -222,29 +243,38 @@ class CheckpointManager:
             if step is not None:
                 self._last_step = step
             self._max_number = max(self._max_number, number)
-            path = os.path.join(self._dir, f"{self._name}-{number}")
+            path = self._checkpoint_path(number)
+            self._seq += 1
+            coord = _multihost.SaveCoordinator(self._scope, self._seq, path, self._timeout)
             done = threading.Event()
             with self._lock:
                 self._pending[path] = done
             try:
-                self._writer.submit(lambda: self._write(snapshot, path, timestamp, done))
+                self._writer.submit(lambda: self._write(snapshot, path, timestamp, coord, done))
             except BaseException:
                 self._finish(path, done)
                 raise
         return path
 
     def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
-               done: threading.Event) -> None:
-        """On the writer thread: write and commit, state file, then delete."""
+               coord: _multihost.SaveCoordinator, done: threading.Event) -> None:
+        """On the writer thread: write and commit, state file, then delete.
+
+        In a multi-process program only process 0 writes the state file and
+        deletes; the others keep the same bookkeeping for their properties.
+        """
         try:
-            _checkpoint.write(snapshot, path, replace=True, created=timestamp)
+            _checkpoint.write(snapshot, _location.locate(path), replace=True,
+                              created=timestamp, coordinator=coord)
             with self._lock:
                 grown = _retention.add(self._retention, path, timestamp)
                 kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
-                _state_file.write(self._dir, self._render(kept, path))
+                if self._primary:
+                    _state_file.write(self._root, self._render(kept, path))
                 self._retention, self._latest = kept, path
-            for old in delete:
-                _commit.remove(old)
+            if self._primary:
+                for old in delete:
+                    _commit.remove(old)
             log.info("committed %s (%d bytes)", path, snapshot.nbytes)
         finally:
             self._finish(path, done)
@@ -256,7 +286,7 @@ class CheckpointManager:
         done.set()
 
     def _render(self, r: _retention.Retention, latest: str) -> _state_file.CheckpointState:
-        rel = lambda p: _state_file.relative(self._dir, p)  # noqa: E731
+        rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
         return _state_file.CheckpointState(
             model_checkpoint_path=rel(latest),
             all_model_checkpoint_paths=[rel(p) for p, _ in r.active],
@@ -308,11 +338,13 @@ class CheckpointManager:
 
     # ------------------------------------------------------------ reading
 
+    def _checkpoint_path(self, number: int) -> str:
+        return str(self._root.join(f"{self._name}-{number}"))
+
     def _path_for(self, checkpoint: Any) -> str:
         if isinstance(checkpoint, (str, os.PathLike)):
-            return _storage.local_path(checkpoint)
-        number = as_number(checkpoint, "checkpoint")
-        return os.path.join(self._dir, f"{self._name}-{number}")
+            return str(_location.locate(checkpoint))
+        return self._checkpoint_path(as_number(checkpoint, "checkpoint"))
 
     def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False) -> Any:
         """Restores a checkpoint: a path, a number, or None for the latest.

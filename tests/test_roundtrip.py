@@ -463,11 +463,7 @@ def test_same_array_twice_and_many_leaves(tmp_path):
     assert_same_tree(out, tree)
 
 
-@pytest.mark.parametrize("scheme", [
-    pytest.param("memory", marks=pytest.mark.xfail(
-        strict=True, raises=ValueError,
-        reason="object-store URLs land with the scale-out issue (6)")),
-    "file"])
+@pytest.mark.parametrize("scheme", ["memory", "file"])
 def test_url_round_trip(tmp_path, scheme):
     if scheme == "memory":
         url = f"memory://jaxckpt-tests/{uuid.uuid4().hex}/ckpt"

@@ -1,0 +1,238 @@
+"""Where checkpoints live: a local directory or a tensorstore kvstore URL.
+
+``locate(path)`` turns what a user passes (a path, ``os.PathLike``,
+``file://``, ``s3://``, ``gs://`` or ``memory://`` URL) into a ``Dir``: the
+few operations the rest of jaxckpt needs on a directory, with one
+implementation for the local filesystem (``os`` calls, fsync) and one for
+object stores (tensorstore's kvstore drivers, where a finished ``write`` is
+durable and a single key's write is atomic, but nothing can be renamed).
+
+S3 URLs follow the AWS SDKs' environment: ``AWS_ENDPOINT_URL_S3`` or
+``AWS_ENDPOINT_URL`` for a private endpoint, ``AWS_REGION`` or
+``AWS_DEFAULT_REGION``; credentials come from tensorstore's default AWS chain
+(``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance
+metadata). GCS URLs use Google's application-default credentials.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import urllib.parse
+from typing import Union
+
+import tensorstore as ts
+
+_KV_SCHEMES = {"s3": "s3", "gs": "gcs", "memory": "memory"}
+_READ_ONLY_SCHEMES = ("http", "https")
+
+_context_lock = threading.Lock()
+_context: ts.Context | None = None
+
+
+def context() -> ts.Context:
+    """The process-wide tensorstore context.
+
+    Shared so that ``memory://`` checkpoints outlive the call that wrote them
+    and connections to object stores are reused.
+    """
+    global _context
+    with _context_lock:
+        if _context is None:
+            _context = ts.Context({"file_io_concurrency": {"limit": 32}})
+        return _context
+
+
+class LocalDir:
+    """A directory on a local (or mounted shared) filesystem."""
+
+    is_local = True
+
+    def __init__(self, path: str):
+        self.path = os.path.abspath(path)
+
+    def __str__(self) -> str:
+        return self.path
+
+    def __repr__(self) -> str:
+        return f"LocalDir({self.path!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LocalDir) and other.path == self.path
+
+    def __hash__(self) -> int:
+        return hash(self.path)
+
+    @property
+    def name(self) -> str:
+        return os.path.basename(self.path)
+
+    def join(self, *names: str) -> LocalDir:
+        return LocalDir(os.path.join(self.path, *names))
+
+    def parent(self) -> LocalDir:
+        return LocalDir(os.path.dirname(self.path))
+
+    def kvstore(self) -> dict:
+        return {"driver": "file", "path": self.path.rstrip("/") + "/"}
+
+    def exists(self) -> bool:
+        return os.path.lexists(self.path)
+
+    def read(self, key: str) -> bytes | None:
+        """The bytes of file ``key`` in this directory, or None if it is missing."""
+        try:
+            with open(os.path.join(self.path, key), "rb") as f:
+                return f.read()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Writes file ``key`` and fsyncs it (not its directory)."""
+        with open(os.path.join(self.path, key), "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    def listdir(self) -> list[str]:
+        try:
+            return os.listdir(self.path)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+
+class KvDir:
+    """A key prefix in a tensorstore key-value store (object store or memory)."""
+
+    is_local = False
+
+    def __init__(self, url: str, spec: dict):
+        self.url = url.rstrip("/")
+        self.spec = spec  # its "path" is the key prefix, "" or ending in "/"
+        self._store: ts.KvStore | None = None
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"KvDir({self.url!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, KvDir) and other.url == self.url
+
+    def __hash__(self) -> int:
+        return hash(self.url)
+
+    @property
+    def name(self) -> str:
+        return self.url.rsplit("/", 1)[-1]
+
+    def join(self, *names: str) -> KvDir:
+        url, prefix = self.url, self.spec["path"]
+        for name in names:
+            url = f"{url}/{name}"
+            prefix = f"{prefix}{name}/"
+        return KvDir(url, {**self.spec, "path": prefix})
+
+    def parent(self) -> KvDir:
+        url = self.url.rsplit("/", 1)[0]
+        prefix = self.spec["path"].rstrip("/").rpartition("/")[0]
+        return KvDir(url, {**self.spec, "path": prefix + "/" if prefix else ""})
+
+    def kvstore(self) -> dict:
+        return dict(self.spec)
+
+    def store(self) -> ts.KvStore:
+        if self._store is None:
+            self._store = ts.KvStore.open(self.spec, context=context()).result()
+        return self._store
+
+    def exists(self) -> bool:
+        return bool(self.keys())
+
+    def read(self, key: str) -> bytes | None:
+        result = self.store().read(key).result()
+        return bytes(result.value) if result.state == "value" else None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Writes ``key``; returns once the store acknowledged it (durable)."""
+        self.store().write(key, data).result()
+
+    def delete(self, key: str) -> None:
+        self.store().delete_range(ts.KvStore.KeyRange(key, key + "\x00")).result()
+
+    def delete_all(self) -> None:
+        """Deletes every key under this prefix."""
+        self.store().delete_range(ts.KvStore.KeyRange()).result()
+
+    def keys(self) -> list[str]:
+        return [k.decode() for k in self.store().list().result()]
+
+    def listdir(self) -> list[str]:
+        """The first path component of every key under this prefix, once each."""
+        return sorted({k.split("/", 1)[0] for k in self.keys()})
+
+
+Dir = Union[LocalDir, KvDir]
+
+
+def _aws_spec(bucket: str, prefix: str) -> dict:
+    spec: dict = {"driver": "s3", "bucket": bucket, "path": prefix}
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        spec["endpoint"] = endpoint
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    if region:
+        spec["aws_region"] = region
+    return spec
+
+
+def locate(path: str | os.PathLike | Dir) -> Dir:
+    """The ``Dir`` for a user-given checkpoint path or URL.
+
+    Raises:
+        TypeError: ``path`` is not a str or os.PathLike of str.
+        ValueError: ``path`` is empty, or a URL jaxckpt cannot write to (unknown
+            scheme, read-only http(s), no bucket).
+    """
+    if isinstance(path, (LocalDir, KvDir)):
+        return path
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"checkpoint path must be a str or os.PathLike, got {path!r}") from None
+    if not isinstance(text, str):
+        raise TypeError(f"checkpoint path must be str or os.PathLike of str, got {path!r}")
+    if not text:
+        raise ValueError("checkpoint path is empty")
+    if "\0" in text:
+        raise ValueError(f"checkpoint path {text!r} contains a NUL byte")
+    parsed = urllib.parse.urlparse(text)
+    scheme = parsed.scheme.lower()
+    if scheme == "file":
+        return LocalDir(urllib.parse.unquote(parsed.path))
+    if not scheme or len(scheme) == 1:  # a Windows drive letter is not a scheme
+        return LocalDir(text)
+    if scheme in _READ_ONLY_SCHEMES:
+        raise ValueError(f"{text}: {scheme}:// is read-only in tensorstore; jaxckpt needs a "
+                         "writable store (a local path, file://, s3://, gs:// or memory://).")
+    if scheme not in _KV_SCHEMES:
+        raise ValueError(f"{text}: unknown URL scheme {scheme!r}; use a local path, file://, "
+                         "s3://, gs:// or memory://.")
+    if parsed.query or parsed.fragment or parsed.params:
+        raise ValueError(f"{text}: checkpoint URLs take no query or fragment")
+    key = urllib.parse.unquote(parsed.path).strip("/")
+    if any(part in ("", ".", "..") for part in key.split("/")) and key:
+        raise ValueError(f"{text}: empty, '.' or '..' path components are not allowed in URLs")
+    prefix = key + "/" if key else ""
+    bucket = parsed.netloc
+    if scheme == "memory":
+        joined = "/".join(p for p in (bucket, key) if p)
+        prefix = joined + "/" if joined else ""
+        return KvDir(f"memory://{joined}", {"driver": "memory", "path": prefix})
+    if not bucket:
+        raise ValueError(f"{text}: no bucket; write {scheme}://BUCKET/PREFIX")
+    url = f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
+    if scheme == "s3":
+        return KvDir(url, _aws_spec(bucket, prefix))
+    return KvDir(url, {"driver": "gcs", "bucket": bucket, "path": prefix})

@@ -1,0 +1,162 @@
+"""Coordinating one save across the processes of a ``jax.distributed`` program.
+
+Every process writes the shards it owns; process 0 commits only after every
+process said its bytes are durable. The signals go through jax.distributed's
+own key-value store (no home-made transport). Every wait has a timeout, and a
+process that is late, failed or died is named in the error the others raise,
+instead of a silent hang.
+
+Keys, under ``jaxckpt/<scope>/<seq>/``: ``token`` (process 0: the name of the
+staging area), ``part/<i>`` (process i: ``ok`` or its error), ``commit``
+(process 0: ``ok`` or why not). In a single-process program every call here
+returns at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Callable
+
+import jax
+
+from .errors import CheckpointError
+
+DEFAULT_TIMEOUT_S = 300.0
+_OK = "ok"
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def scope(directory: str, kind: str, instance: int) -> str:
+    """A key prefix unique to one manager (or module-level save target) in this run."""
+    digest = hashlib.sha1(directory.encode()).hexdigest()[:16]
+    return f"jaxckpt/{digest}/{kind}{instance}"
+
+
+def _client():
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:
+        raise CheckpointError(
+            f"this program has {process_count()} processes but jax.distributed's client is "
+            "not available; call jax.distributed.initialize() before saving")
+    return client
+
+
+class SaveCoordinator:
+    """The signals of one save: agree on a token, report parts, announce the commit.
+
+    Thread-safe in the sense it needs: each instance is used by one writer
+    job. Every wait is bounded by ``timeout_s``.
+    """
+
+    def __init__(self, scope_key: str, seq: int, what: str, timeout_s: float):
+        self.count = process_count()
+        self.index = process_index()
+        self.primary = self.index == 0
+        self.what = what  # e.g. the checkpoint path, for messages
+        self.timeout_s = float(timeout_s)
+        self._prefix = f"{scope_key}/{seq}"
+        self._previous = f"{scope_key}/{seq - 1}" if seq > 0 else None
+
+    @property
+    def multi(self) -> bool:
+        return self.count > 1
+
+    def _get(self, key: str, timeout_s: float, who: str, waiting_for: str) -> str:
+        try:
+            return _client().blocking_key_value_get(f"{self._prefix}/{key}",
+                                                    int(timeout_s * 1000))
+        except Exception as e:  # jax raises JaxRuntimeError(DEADLINE_EXCEEDED) and others
+            if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e):
+                raise CheckpointError(
+                    f"{self.what}: process {self.index} could not hear from {who} "
+                    f"({waiting_for}): {e}") from e
+            raise TimeoutError(
+                f"{self.what}: {who} did not {waiting_for} within {timeout_s:g} s "
+                f"(waiting in process {self.index} of {self.count}); it failed, died or is "
+                "late. The checkpoint is not committed; earlier ones are intact.") from e
+
+    def _set(self, key: str, value: str) -> None:
+        _client().key_value_set(f"{self._prefix}/{key}", value)
+
+    def share_token(self, make: Callable[[], str]) -> str:
+        """Process 0 calls ``make`` and publishes the result; the others receive it."""
+        if not self.multi:
+            return make()
+        if self.primary:
+            try:
+                token = make()
+            except BaseException as e:
+                self._set("token", "!" + repr(e))
+                raise
+            self._set("token", token)
+            return token
+        token = self._get("token", self.timeout_s, "process 0", "start the save")
+        if token.startswith("!"):
+            raise CheckpointError(f"{self.what}: process 0 could not start the save: {token[1:]}")
+        return token
+
+    def part_done(self, error: BaseException | None) -> None:
+        """Reports this process's part as durable (``error`` None) or failed."""
+        if self.multi and not self.primary:
+            self._set(f"part/{self.index}", _OK if error is None else repr(error))
+
+    def wait_parts(self) -> None:
+        """Process 0: returns once every process reported its part durable.
+
+        Raises:
+            TimeoutError: naming the processes that did not report in time.
+            CheckpointError: naming the processes whose part failed.
+        """
+        if not self.multi:
+            return
+        failed, late = [], []
+        deadline = time.monotonic() + self.timeout_s
+        for i in range(1, self.count):
+            left = max(0.001, deadline - time.monotonic())
+            try:
+                value = self._get(f"part/{i}", left, f"process {i}", "report its part durable")
+            except TimeoutError:
+                late.append(i)
+                continue
+            if value != _OK:
+                failed.append(f"process {i}: {value}")
+        if failed:
+            raise CheckpointError(f"{self.what}: not committed; writing failed in "
+                                  + "; ".join(failed))
+        if late:
+            names = ", ".join(str(i) for i in late)
+            raise TimeoutError(
+                f"{self.what}: not committed; process(es) {names} of {self.count} did not "
+                f"report their part durable within {self.timeout_s:g} s (failed, died or "
+                "late). Earlier checkpoints are intact.")
+        if self._previous is not None:
+            # Every process has finished the previous save by now.
+            try:
+                _client().key_value_delete(self._previous)
+            except Exception:  # stale keys only cost memory in the coordinator
+                pass
+
+    def announce(self, error: BaseException | None) -> None:
+        """Process 0: tells the others whether the checkpoint was committed."""
+        if self.multi and self.primary:
+            self._set("commit", _OK if error is None else repr(error))
+
+    def wait_commit(self) -> None:
+        """The other processes: returns once process 0 committed the checkpoint."""
+        if not self.multi or self.primary:
+            return
+        # Process 0 first waits up to timeout_s for every part, then commits.
+        value = self._get("commit", 2 * self.timeout_s + 60, "process 0",
+                          "commit the checkpoint")
+        if value != _OK:
+            raise CheckpointError(f"{self.what}: process 0 did not commit it: {value}")
