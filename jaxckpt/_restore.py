@@ -67,7 +67,7 @@ class _Plan:
             self.dtype = t.dtype
             sharding = getattr(t, "sharding", None)
             if sharding is None:
-                sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+                sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
             self.sharding = sharding
             self.shape = tuple(t.shape)
         elif isinstance(t, (np.ndarray, np.generic)):

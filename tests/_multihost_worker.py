@@ -1,0 +1,134 @@
+"""One process of a multi-process jax.distributed program, for tests/test_multihost.py.
+
+    python _multihost_worker.py SCENARIO DIR PORT NUM_PROCESSES PROCESS_ID MESH
+
+MESH is the device mesh shape, e.g. ``4`` or ``2x2``. Every global array's
+value is a pure function of its global index, so each process can check the
+shards it holds without seeing the others'. Prints ``OK <facts>`` on success.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+import numpy as np
+
+
+def value(name: str, shape: tuple[int, ...], step: int) -> np.ndarray:
+    seed = sum(ord(c) for c in name)
+    return (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) + seed) * (step + 1)
+
+
+SHAPES = {
+    "big": (2048, 512),   # 4 MiB: one array, each process writes its shards
+    "small": (16, 8),     # small but split across processes: an array of its own
+    "repl": (5, 3),       # small and replicated: packed by process 0
+    "grid": (64, 32),     # sharded over both mesh axes (or just one on a 1-d mesh)
+}
+
+
+def specs(mesh):
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    names = mesh.axis_names
+    two = len(names) == 2
+    return {
+        "big": NamedSharding(mesh, P(names)),  # rows over every device
+        "small": NamedSharding(mesh, P(names)),
+        "repl": NamedSharding(mesh, P()),
+        "grid": NamedSharding(mesh, P(names[0], names[1]) if two else P(None, names[0])),
+    }
+
+
+def state(mesh, step: int) -> dict:
+    import jax
+
+    sh = specs(mesh)
+    arrays = {
+        name: jax.make_array_from_callback(
+            SHAPES[name], sh[name], lambda idx, n=name: value(n, SHAPES[name], step)[idx])
+        for name in SHAPES
+    }
+    return {"params": arrays, "host": np.arange(7, dtype=np.int64) * step, "step": step}
+
+
+def target(mesh) -> dict:
+    import jax
+
+    sh = specs(mesh)
+    return {
+        "params": {n: jax.ShapeDtypeStruct(SHAPES[n], np.float32, sharding=sh[n]) for n in SHAPES},
+        "host": np.zeros(7, np.int64),
+        "step": 0,
+    }
+
+
+def check(out: dict, step: int) -> int:
+    """Checks every addressable shard bit-exact; returns how many were checked."""
+    n = 0
+    for name, arr in out["params"].items():
+        want = value(name, SHAPES[name], step)
+        for shard in arr.addressable_shards:
+            got = np.asarray(shard.data)
+            assert got.tobytes() == want[shard.index].tobytes(), (name, shard.index)
+            n += 1
+    assert np.array_equal(out["host"], np.arange(7) * step)
+    assert int(out["step"]) == step
+    return n
+
+
+def main() -> None:
+    scenario, directory, port, nproc, pid, mesh_shape = sys.argv[1:7]
+    nproc, pid = int(nproc), int(pid)
+    import jax
+    from jax.sharding import Mesh
+
+    jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid, heartbeat_timeout_seconds=120,
+                               initialization_timeout=60)
+    dims = tuple(int(x) for x in mesh_shape.split("x"))
+    mesh = Mesh(np.array(jax.devices()).reshape(dims), ("x", "y")[: len(dims)])
+    import jaxckpt
+
+    facts: dict = {"process": pid, "devices": len(jax.local_devices())}
+    if scenario == "save":
+        with jaxckpt.CheckpointManager(directory, max_to_keep=2) as m:
+            for step in (1, 2, 3):
+                m.save(state(mesh, step), checkpoint_number=step)
+            m.wait_until_finished()
+            facts["checkpoints"] = [os.path.basename(p) for p in m.checkpoints]
+            facts["shards_checked"] = check(m.restore(None, target(mesh)), 3)
+            check(m.restore(2, target(mesh)), 2)
+        jaxckpt.save(os.path.join(directory, "one-off"), state(mesh, 9))
+        check(jaxckpt.restore(os.path.join(directory, "one-off"), target(mesh)), 9)
+    elif scenario == "restore":
+        with jaxckpt.CheckpointManager(directory, max_to_keep=2) as m:
+            out = m.restore(None, target(mesh))
+            facts["step"] = int(out["step"])
+            facts["shards_checked"] = check(out, facts["step"])
+    elif scenario == "kill":
+        m = jaxckpt.CheckpointManager(directory, max_to_keep=2, coordination_timeout_s=5)
+        m.save(state(mesh, 1), checkpoint_number=1)
+        m.wait_until_finished()
+        if pid == 1:
+            os.kill(os.getpid(), signal.SIGKILL)  # dies before its part of ckpt-2
+        m.save(state(mesh, 2), checkpoint_number=2)
+        try:
+            m.wait_until_finished()
+            facts["error"] = None
+        except jaxckpt.CheckpointWriteError as e:
+            facts["error"] = f"{e} | cause: {e.__cause__}"
+        facts["checkpoints"] = [os.path.basename(p) for p in m.checkpoints]
+        print("OK " + json.dumps(facts), flush=True)
+        # A peer is dead: skip jax.distributed's shutdown handshake.
+        os._exit(0)
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    print("OK " + json.dumps(facts), flush=True)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main()
