@@ -153,8 +153,6 @@ def read_manifest(path: str | Dir) -> dict:
         data = where.read(_format.MANIFEST)
     except IsADirectoryError:
         data = None
-    except Exception as e:
-        raise CheckpointNotFoundError(f"cannot read {where}: {e}") from e
     if data is None:
         if where.is_local and os.path.isfile(where.path):
             raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")

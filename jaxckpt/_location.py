@@ -28,6 +28,9 @@ _READ_ONLY_SCHEMES = ("http", "https")
 
 _context_lock = threading.Lock()
 _context: ts.Context | None = None
+# Object-store requests are retried with backoff for about a minute, not
+# tensorstore's default quarter of an hour, so a wrong endpoint fails visibly.
+_RETRIES = {"max_retries": 12, "initial_delay": "0.2s", "max_delay": "8s"}
 
 
 def context() -> ts.Context:
@@ -39,7 +42,11 @@ def context() -> ts.Context:
     global _context
     with _context_lock:
         if _context is None:
-            _context = ts.Context({"file_io_concurrency": {"limit": 32}})
+            _context = ts.Context({
+                "file_io_concurrency": {"limit": 32},
+                "s3_request_retries": _RETRIES,
+                "gcs_request_retries": _RETRIES,
+            })
         return _context
 
 
@@ -144,29 +151,37 @@ class KvDir:
 
     def store(self) -> ts.KvStore:
         if self._store is None:
-            self._store = ts.KvStore.open(self.spec, context=context()).result()
+            self._store = self._do("open", lambda: ts.KvStore.open(
+                self.spec, context=context()).result())
         return self._store
+
+    def _do(self, what: str, fn):
+        try:
+            return fn()
+        except ValueError as e:  # tensorstore's errors: name the URL and the operation
+            raise OSError(f"{self.url}: {what} failed: {e}") from e
 
     def exists(self) -> bool:
         return bool(self.keys())
 
     def read(self, key: str) -> bytes | None:
-        result = self.store().read(key).result()
+        result = self._do(f"reading {key}", lambda: self.store().read(key).result())
         return bytes(result.value) if result.state == "value" else None
 
     def write(self, key: str, data: bytes) -> None:
         """Writes ``key``; returns once the store acknowledged it (durable)."""
-        self.store().write(key, data).result()
+        self._do(f"writing {key}", lambda: self.store().write(key, data).result())
 
     def delete(self, key: str) -> None:
-        self.store().delete_range(ts.KvStore.KeyRange(key, key + "\x00")).result()
+        self._do(f"deleting {key}", lambda: self.store().delete_range(
+            ts.KvStore.KeyRange(key, key + "\x00")).result())
 
     def delete_all(self) -> None:
         """Deletes every key under this prefix."""
-        self.store().delete_range(ts.KvStore.KeyRange()).result()
+        self._do("deleting", lambda: self.store().delete_range(ts.KvStore.KeyRange()).result())
 
     def keys(self) -> list[str]:
-        return [k.decode() for k in self.store().list().result()]
+        return [k.decode() for k in self._do("listing", lambda: self.store().list().result())]
 
     def listdir(self) -> list[str]:
         """The first path component of every key under this prefix, once each."""
