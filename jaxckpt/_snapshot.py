@@ -79,6 +79,18 @@ def _primary_holds_all(sharding: Any, shape: tuple[int, ...]) -> bool:
     return all(held.values())
 
 
+_SINGLE_DEVICE = jax.sharding.SingleDeviceSharding
+_DTYPE_NAMES: dict[np.dtype, str] = {}
+
+
+def _describe(record: dict, arr: ArrayLeaf) -> None:
+    name = _DTYPE_NAMES.get(arr.dtype)
+    if name is None:
+        name = _DTYPE_NAMES[arr.dtype] = _format.dtype_name(arr.dtype)
+    record["dtype"] = name
+    record["shape"] = list(arr.shape)
+
+
 def _small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
 
@@ -139,7 +151,18 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 record["kind"] = "jax"
             shape = tuple(leaf.shape)
             dtype = np.dtype(leaf.dtype)
-            shard_shape = tuple(leaf.sharding.shard_shape(shape))
+            sharding = leaf.sharding
+            if type(sharding) is _SINGLE_DEVICE:
+                # The common case, kept cheap: one shard, the whole array.
+                arr = ArrayLeaf(record, dtype, shape, [], shape, packed=_small(shape, dtype))
+                pieces = [(tuple((0, n) for n in shape), leaf)] if primary else []
+                if pieces and next(iter(sharding.device_set)).platform != "cpu":
+                    leaf.copy_to_host_async()
+                pending.append((arr, pieces))
+                _describe(record, arr)
+                arrays.append(arr)
+                continue
+            shard_shape = tuple(sharding.shard_shape(shape))
             arr = ArrayLeaf(record, dtype, shape, [], shard_shape)
             if leaf.is_fully_addressable:
                 arr.packed = _small(shape, dtype)
@@ -168,8 +191,7 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
             record["kind"] = "py"
             record["value"] = _format.encode_py(leaf)
             continue
-        record["dtype"] = _format.dtype_name(arr.dtype)
-        record["shape"] = list(arr.shape)
+        _describe(record, arr)
         arrays.append(arr)
 
     # All transfers were started above; now wait for each.

@@ -73,7 +73,10 @@ def flatten(tree: Any) -> tuple[list[Entry], Any]:
 
 def is_prng_key(x: Any) -> bool:
     dtype = getattr(x, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+    # Key dtypes are JAX extended dtypes, never NumPy's: skip the slow check.
+    if dtype is None or isinstance(dtype, np.dtype):
+        return False
+    return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
 def check_leaf(entry: Entry) -> None:
