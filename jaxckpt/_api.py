@@ -57,7 +57,7 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
     """
     reader = _checkpoint.Reader(_storage.local_path(path))
     # A partial restore reads less than the bar's total; the bar completes at the end.
-    with _progress.bar(_progress.total_bytes(reader.leaves), f"restore {path}", progress) as bar:
+    with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path), progress) as bar:
         reader.on_leaf_read = bar
         if target is None:
             return _restore.restore_raw(reader)
@@ -84,7 +84,7 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
         CheckpointNotFoundError: no committed checkpoint at ``path``.
     """
     reader = _checkpoint.Reader(_storage.local_path(path))
-    with _progress.bar(_progress.total_bytes(reader.leaves), f"verify {path}", progress) as bar:
+    with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("verify", path), progress) as bar:
         problems = reader.verify(on_leaf=bar)
     if problems:
         raise CorruptCheckpointError("\n".join(problems))

@@ -21,7 +21,7 @@ the children.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
+import importlib
 import json
 import logging
 import math
@@ -177,7 +177,12 @@ class DemoResult:
 
 def check_requirements() -> None:
     """Raises ``DemoError`` with the fix if optax or Flax NNX is missing."""
-    missing = [name for name in ("optax", "flax") if importlib.util.find_spec(name) is None]
+    missing = []
+    for name in ("optax", "flax.nnx"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
     if missing:
         raise DemoError(f"jaxckpt demo needs {' and '.join(missing)}, which "
                         f"{'is' if len(missing) == 1 else 'are'} not installed; install "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import sys
 from typing import Callable, Iterator
 
@@ -44,6 +45,11 @@ def bar(total_bytes: int, description: str, enabled: bool) -> Iterator[Callable[
 
         yield advance
         progress.update(task, completed=max(total_bytes, 1))
+
+
+def label(verb: str, path: object) -> str:
+    """``'restore ckpt-5'``: the bar's description (a full path would crowd the bar out)."""
+    return f"{verb} {os.path.basename(os.fspath(path).rstrip('/')) or path}"
 
 
 def total_bytes(leaves: list[dict]) -> int:
