@@ -22,7 +22,7 @@ def _console():
     if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
         # rich's live display in Jupyter needs ipywidgets (and warns without
         # it); plain text on the cell's stderr works everywhere.
-        console = Console(file=sys.stderr, force_jupyter=False)
+        console = Console(file=sys.stderr, force_jupyter=False, force_terminal=False)
     return console
 
 

@@ -77,7 +77,7 @@ class SaveSummary:
     write_max_s: float
     bytes_written: int
     write_s: float
-    deleted: tuple[str, ...]
+    deleted: tuple[str, ...] = dataclasses.field(repr=False)
     recent: tuple[SaveStats, ...] = dataclasses.field(repr=False)
 
     @property
