@@ -27,7 +27,7 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import _api, _checkpoint, _commit, _display, _format, _state_file, _stats, _tree
+from . import _api, _checkpoint, _commit, _display, _format, _state_file, _stats, _storage, _tree
 
 LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"
 UNCOMMITTED, PENDING, MISSING = "uncommitted", "pending", "missing"
@@ -154,8 +154,9 @@ def list_checkpoints(
         FileNotFoundError: ``directory`` does not exist.
         NotADirectoryError: ``directory`` is a file.
         CorruptCheckpointError: the state file cannot be parsed.
+        ValueError: ``directory`` is a URL this version cannot read.
     """
-    directory = os.path.abspath(directory)
+    directory = _storage.local_path(directory)
     if not os.path.exists(directory):
         raise FileNotFoundError(errno.ENOENT, "no such checkpoint directory", directory)
     if not os.path.isdir(directory):
@@ -388,8 +389,9 @@ def inspect(path: str) -> CheckpointInfo:
     Raises:
         CheckpointNotFoundError: no committed checkpoint at ``path``.
         CorruptCheckpointError: its manifest is damaged.
+        ValueError: ``path`` is a URL this version cannot read.
     """
-    path = os.path.abspath(path)
+    path = _storage.local_path(path)
     manifest = _checkpoint.read_manifest(path)
     try:
         committed = os.stat(os.path.join(path, _format.MANIFEST)).st_mtime

@@ -35,9 +35,11 @@ def bar(total_bytes: int, description: str, enabled: bool) -> Iterator[Callable[
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                                TimeRemainingColumn, TransferSpeedColumn)
 
+    console = _console()
+    # On a terminal the bar goes away when done; logs and notebooks keep its final line.
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(binary_units=True),
-                  TransferSpeedColumn(), TimeRemainingColumn(),
-                  console=_console()) as progress:
+                  TransferSpeedColumn(), TimeRemainingColumn(), console=console,
+                  transient=console.is_terminal) as progress:
         task = progress.add_task(description, total=max(total_bytes, 1))
 
         def advance(leaf: dict) -> None:

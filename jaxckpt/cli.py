@@ -65,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
                           description="Trains a small Flax NNX model with optax on synthetic "
                           "data, checkpointing asynchronously; kills its training process with "
                           "SIGKILL part way, resumes with restore_or_initialize and shows that "
-                          "the loss curve and the step numbers continue. Needs optax "
+                          "the loss curve and the step numbers continue. Runs on the CPU "
+                          "unless JAX_PLATFORMS says otherwise. Needs optax "
                           "(pip install 'jaxckpt[demo]').")
     demo.add_argument("--dir", default="demo-checkpoints",
                       help="checkpoint directory (default: ./demo-checkpoints; a previous "
@@ -103,10 +104,10 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from . import _commit, _display, _inspect
+    from . import _commit, _display, _inspect, _storage
 
     directory = args.directory
-    if _commit.is_committed(directory):
+    if _commit.is_committed(_storage.local_path(directory)):
         raise UsageError(f"{directory} is a checkpoint, not a directory of checkpoints; "
                          f"try 'jaxckpt show {directory}'")
     try:
@@ -127,8 +128,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _resolve_checkpoint(path: str) -> tuple[str, str | None]:
     """(checkpoint path, note) for a checkpoint or a directory with a latest one."""
-    from . import _api, _commit
+    from . import _api, _commit, _storage
 
+    path = _storage.local_path(path)
     if _commit.is_committed(path):
         return path, None
     if not os.path.exists(path):
@@ -158,8 +160,9 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
     """(checkpoints to verify, problems found without reading, notes)."""
-    from . import _commit, _format, _inspect
+    from . import _commit, _format, _inspect, _storage
 
+    path = _storage.local_path(path)
     if _commit.is_committed(path):
         return [path], [], []
     if not os.path.exists(path):
@@ -190,15 +193,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from . import _api, _display, _inspect
     from .errors import CheckpointError
 
+    from . import _storage
+
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    targets, problems, notes = _verify_targets(args.path)
+    root = _storage.local_path(args.path)
+    targets, problems, notes = _verify_targets(root)
     damaged = list(problems)
     for line in problems:
         print(line)
     for line in notes:
         print(line)
     for target in targets:
-        name = os.path.relpath(target, args.path) if target != args.path else target
+        name = os.path.relpath(target, root) if target != root else args.path
         try:
             _api.verify(target, progress=progress)
         except CheckpointError as e:
@@ -247,5 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         for line in rest:
             print(f"  {line}", file=sys.stderr)
         return EXIT_DAMAGED
+    except (ValueError, OSError) as e:  # an unsupported URL, an unreadable path
+        print(f"jaxckpt {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         return 130

@@ -71,7 +71,7 @@ def test_help_everywhere(capsys):
 @pytest.mark.parametrize("argv", [
     [], ["bogus"], ["ls"], ["ls", "{tmp}/missing"], ["ls", "{ckpt}"], ["show", "{tmp}/missing"],
     ["verify", "{tmp}/missing"], ["verify", "{tmp}/empty"], ["demo", "--steps", "0"],
-    ["show", "{ckpt}", "--bogus"],
+    ["show", "{ckpt}", "--bogus"], ["ls", "s3://bucket/run"], ["verify", "gs://bucket/c"],
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, argv):
     ckpt = str(tmp_path / "c")
@@ -109,6 +109,8 @@ def test_ls_json_and_empty(run_dir, tmp_path, capsys):
         ("ckpt-5", "latest"),
         (".ckpt-6.tmp-0123456789ab", "uncommitted")]
     assert entries[3]["created"] == 1_000_000.0 + 4 * HOUR
+    rc, out_url, _ = _run(capsys, "ls", f"file://{run_dir}", "--json")
+    assert rc == 0 and json.loads(out_url) == entries
     os.makedirs(tmp_path / "nothing")
     rc, out, _ = _run(capsys, "ls", str(tmp_path / "nothing"))
     assert rc == 0 and out.startswith("no checkpoints in")

@@ -142,3 +142,14 @@ def test_warnings_for_recovery_and_clock(tmp_path, caplog):
     assert messages[0] == f"removed 1 leftover(s) of interrupted saves in {tmp_path}"
     assert messages[1].startswith(f"clock went backwards in {tmp_path}: this save is stamped "
                                   "900.000, before the newest checkpoint's 1000.000")
+
+
+def test_tf_compat_manager_exposes_the_same(tmp_path):
+    ckpt = jaxckpt.tf_compat.Checkpoint(w=np.ones(4))
+    with jaxckpt.tf_compat.CheckpointManager(ckpt, tmp_path, max_to_keep=2) as m:
+        for _ in range(3):
+            m.save()
+        m.wait_until_finished()
+        assert m.pending == [] and m.stats.committed == 3
+        assert m.last_save_stats.path == m.latest_checkpoint
+        assert "ckpt-3" in str(m) and "<table>" in m._repr_html_()
