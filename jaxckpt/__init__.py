@@ -9,6 +9,8 @@ from ._api import restore as restore
 from ._api import save as save
 from ._api import user_metadata as user_metadata
 from ._api import verify as verify
+from ._inspect import inspect as inspect
+from ._inspect import list_checkpoints as list_checkpoints
 from .errors import CheckpointError as CheckpointError
 from .errors import CheckpointNotFoundError as CheckpointNotFoundError
 from .errors import CheckpointWriteError as CheckpointWriteError
@@ -25,7 +27,9 @@ __all__ = [
     "CheckpointWriteError",
     "CorruptCheckpointError",
     "StructureMismatchError",
+    "inspect",
     "latest_checkpoint",
+    "list_checkpoints",
     "metadata",
     "restore",
     "save",

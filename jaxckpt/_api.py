@@ -9,7 +9,8 @@ import threading
 import time
 from typing import Any
 
-from . import _checkpoint, _commit, _location, _multihost, _restore, _snapshot, _state_file
+from . import _checkpoint, _commit, _location, _multihost, _progress, _restore, _snapshot
+from . import _state_file
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a
@@ -58,7 +59,8 @@ def save(
     return str(path)
 
 
-def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = False) -> Any:
+def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = False,
+            progress: bool = False) -> Any:
     """Reads the checkpoint at ``path``.
 
     Args:
@@ -68,6 +70,7 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
             shardings the result takes.
         partial: the target names a subset of the saved leaves; only those
             are read.
+        progress: show a progress bar (rich, on stderr) of the bytes read.
 
     Blocks until every requested leaf is read and checked. Thread-safe.
 
@@ -77,9 +80,12 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         CorruptCheckpointError: stored bytes fail their checksums.
     """
     reader = _checkpoint.Reader(path)
-    if target is None:
-        return _restore.restore_raw(reader)
-    return _restore.restore_target(reader, target, partial)
+    # A partial restore reads less than the bar's total; the bar completes at the end.
+    with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path), progress) as bar:
+        reader.on_leaf_read = bar
+        if target is None:
+            return _restore.restore_raw(reader)
+        return _restore.restore_target(reader, target, partial)
 
 
 def metadata(path: str | os.PathLike) -> Any:
@@ -92,15 +98,18 @@ def user_metadata(path: str | os.PathLike) -> dict | None:
     return _checkpoint.read_manifest(path).get("metadata")
 
 
-def verify(path: str | os.PathLike) -> None:
+def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     """Re-reads every stored byte and checks it against its checksum.
+
+    ``progress=True`` shows a progress bar (rich, on stderr) of the bytes read.
 
     Raises:
         CorruptCheckpointError: naming each damaged leaf.
         CheckpointNotFoundError: no committed checkpoint at ``path``.
     """
     reader = _checkpoint.Reader(path)
-    problems = reader.verify()
+    with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("verify", path), progress) as bar:
+        problems = reader.verify(on_leaf=bar)
     if problems:
         raise CorruptCheckpointError("\n".join(problems))
 

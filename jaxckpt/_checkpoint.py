@@ -174,6 +174,8 @@ class Reader:
         self.leaves: list[dict] = self.manifest["leaves"]
         data = self.manifest.get("data")
         self.data = self.where.join(data) if data else self.where
+        # Called with each leaf record once read_arrays has its data (progress bars).
+        self.on_leaf_read: Callable[[dict], None] | None = None
 
     def _open(self, where: list, shape: list[int]) -> Any:
         if where[0] == "array":
@@ -241,6 +243,8 @@ class Reader:
                     sub_shape = data.shape[:-1]
                     pieces.append(_storage.from_bytes(data, dtype, sub_shape))
                 out.append(pieces)
+            if self.on_leaf_read is not None:
+                self.on_leaf_read(leaf)
         return out
 
     def _read_packed(self, leaves: list[dict]) -> dict[int, np.ndarray]:
@@ -312,6 +316,9 @@ class Reader:
                 problems += [str(self.damaged(leaf, first)) for leaf in packed]
             elif first is not None:
                 problems += self._damaged_packed(store, packed)
+            if on_leaf:
+                for leaf in packed:
+                    on_leaf(leaf)
         for leaf in arrays:
             if leaf["where"][0] != "array":
                 continue

@@ -38,7 +38,7 @@ log = logging.getLogger("jaxckpt")
 
 _TMP = ".tmp-"
 _TRASH = ".trash-"
-_DATA = "d-"
+DATA_PREFIX = "d-"
 _RENAME_NOREPLACE = 1
 _RENAME_EXCHANGE = 2
 
@@ -104,7 +104,7 @@ def stage(final: Dir, token: str, *, create: bool) -> Staging:
         if create:
             os.makedirs(tmp.path)
         return Staging(final, tmp, None)
-    key = f"{_DATA}{token}"
+    key = f"{DATA_PREFIX}{token}"
     return Staging(final, final.join(key), key)
 
 
@@ -146,7 +146,7 @@ def abort(staging: Staging) -> None:
 
 def _drop_unnamed_data(final: KvDir, keep: str | None) -> None:
     for name in final.listdir():
-        if name.startswith(_DATA) and name != keep:
+        if name.startswith(DATA_PREFIX) and name != keep:
             final.join(name).delete_all()
 
 

@@ -107,6 +107,15 @@ class LocalDir:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def subdirs(self) -> list[str]:
+        """Names of the directories in this one (links not followed)."""
+        out = []
+        for name in sorted(self.listdir()):
+            p = os.path.join(self.path, name)
+            if os.path.isdir(p) and not os.path.islink(p):
+                out.append(name)
+        return out
+
 
 class KvDir:
     """A key prefix in a tensorstore key-value store (object store or memory)."""
@@ -186,6 +195,10 @@ class KvDir:
     def listdir(self) -> list[str]:
         """The first path component of every key under this prefix, once each."""
         return sorted({k.split("/", 1)[0] for k in self.keys()})
+
+    def subdirs(self) -> list[str]:
+        """The first components that have keys below them (the "directories")."""
+        return sorted({k.split("/", 1)[0] for k in self.keys() if "/" in k})
 
 
 Dir = Union[LocalDir, KvDir]

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import _api, _checkpoint, _commit, _location, _multihost, _retention, _snapshot, _state_file
+from . import _display, _inspect, _stats
 from ._writer import Writer
 from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
 
@@ -160,6 +161,7 @@ class CheckpointManager:
         self._lock = threading.Lock()  # guards retention, latest, pending
         self._save_lock = threading.Lock()  # orders numbering with snapshots
         self._pending: dict[str, threading.Event] = {}
+        self._stats = _stats.StatsRecorder()
         self._recover()
         if self._primary:
             _commit.sweep_leftovers(self._root, self._name)
@@ -225,6 +227,7 @@ class CheckpointManager:
             TypeError: a leaf cannot be saved; nothing is queued.
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
+        called = time.perf_counter()
         self._check_open()
         self._raise_error()
         with self._save_lock:
@@ -239,6 +242,7 @@ class CheckpointManager:
             number = (self._max_number + 1 if checkpoint_number is None
                       else as_number(checkpoint_number))
             timestamp = float(self._clock())
+            self._warn_if_clock_went_back(timestamp)
             snapshot = _snapshot.take(state, metadata)
             if step is not None:
                 self._last_step = step
@@ -249,20 +253,29 @@ class CheckpointManager:
             done = threading.Event()
             with self._lock:
                 self._pending[path] = done
+            stats = _stats.SaveStats(path, snapshot.nbytes, started=time.time())
+            queued = time.perf_counter()
             try:
-                self._writer.submit(lambda: self._write(snapshot, path, timestamp, coord, done))
+                self._writer.submit(
+                    lambda: self._write(snapshot, path, timestamp, coord, done, stats, queued))
             except BaseException:
                 self._finish(path, done)
                 raise
+            stats.blocked_s = time.perf_counter() - called
+            self._stats.started(stats)
         return path
 
     def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
-               coord: _multihost.SaveCoordinator, done: threading.Event) -> None:
+               coord: _multihost.SaveCoordinator, done: threading.Event,
+               stats: _stats.SaveStats | None = None, queued: float | None = None) -> None:
         """On the writer thread: write and commit, state file, then delete.
 
         In a multi-process program only process 0 writes the state file and
         deletes; the others keep the same bookkeeping for their properties.
         """
+        begin = time.perf_counter()
+        if stats is not None and queued is not None:
+            stats.queued_s = begin - queued
         try:
             _checkpoint.write(snapshot, _location.locate(path), replace=True,
                               created=timestamp, coordinator=coord)
@@ -275,9 +288,27 @@ class CheckpointManager:
             if self._primary:
                 for old in delete:
                     _commit.remove(old)
-            log.info("committed %s (%d bytes)", path, snapshot.nbytes)
+            elapsed = time.perf_counter() - begin
+            log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
+                     elapsed, f", deleted {len(delete)} old" if delete else "")
+            if stats is not None:
+                stats.deleted, stats.write_s = list(delete), elapsed
+        except BaseException as e:
+            if stats is not None:
+                stats.error = repr(e)
+            raise
         finally:
+            if stats is not None:
+                self._stats.finished(stats)
             self._finish(path, done)
+
+    def _warn_if_clock_went_back(self, timestamp: float) -> None:
+        with self._lock:
+            newest = self._retention.active[-1][1] if self._retention.active else None
+        if newest is not None and timestamp < newest:
+            log.warning("clock went backwards in %s: this save is stamped %.3f, before the "
+                        "newest checkpoint's %.3f; retention by time may keep or drop "
+                        "checkpoints out of order", self._dir, timestamp, newest)
 
     def _finish(self, path: str, done: threading.Event) -> None:
         with self._lock:
@@ -346,11 +377,12 @@ class CheckpointManager:
             return str(_location.locate(checkpoint))
         return self._checkpoint_path(as_number(checkpoint, "checkpoint"))
 
-    def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False) -> Any:
+    def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False,
+                progress: bool = False) -> Any:
         """Restores a checkpoint: a path, a number, or None for the latest.
 
         Waits for that checkpoint's commit if it is still being written (for
-        None: for every pending save).
+        None: for every pending save). ``progress=True`` shows a progress bar.
 
         Raises:
             CheckpointNotFoundError: there is no such committed checkpoint.
@@ -367,7 +399,7 @@ class CheckpointManager:
                 done = self._pending.get(path)
             if done is not None:
                 done.wait()
-        result = _api.restore(path, target, partial=partial)
+        result = _api.restore(path, target, partial=partial, progress=progress)
         if self._interval is not None:
             try:
                 self._last_step = as_number(self._step_counter(result), "step_counter(state)")
@@ -413,6 +445,45 @@ class CheckpointManager:
     def checkpoint_interval(self) -> int | None:
         return self._interval
 
+    @property
+    def pending(self) -> list[str]:
+        """Paths of saves queued or being written, oldest first. Never blocks."""
+        with self._lock:
+            return list(self._pending)
+
+    @property
+    def last_save_stats(self) -> _stats.SaveStats | None:
+        """The newest save whose write finished (committed or failed), or None.
+
+        Its ``blocked_s``, ``write_s``, ``nbytes`` and ``deleted`` are final.
+        Never blocks.
+        """
+        return self._stats.last_finished()
+
+    @property
+    def stats(self) -> _stats.SaveSummary:
+        """Totals over every save of this manager (a snapshot). Never blocks."""
+        return self._stats.summary()
+
+    def list_checkpoints(self) -> _inspect.CheckpointList:
+        """This manager's checkpoints on disk with their status (pending ones too)."""
+        return _inspect.list_checkpoints(self._dir, checkpoint_name=self._name,
+                                         pending=self.pending)
+
+    def _fields(self) -> list[tuple[str, str]]:
+        return _inspect.manager_fields(self._dir, self._max_to_keep, self._keep_hours,
+                                       self._interval, len(self.pending), self.stats)
+
+    def __str__(self) -> str:
+        return (f"CheckpointManager\n{_display.text_fields(self._fields())}\n"
+                f"{self.list_checkpoints()!r}")
+
+    def _repr_html_(self) -> str:
+        return ("<div><strong>CheckpointManager</strong>" + _display.html_fields(self._fields())
+                + self.list_checkpoints()._repr_html_() + "</div>")
+
     def __repr__(self) -> str:
+        pending = self.pending
         return (f"CheckpointManager({self._dir!r}, max_to_keep={self._max_to_keep}, "
-                f"{len(self.checkpoints)} checkpoint(s), latest={self.latest_checkpoint!r})")
+                f"{len(self.checkpoints)} checkpoint(s), latest={self.latest_checkpoint!r}"
+                + (f", {len(pending)} pending" if pending else "") + ")")

@@ -160,3 +160,23 @@ class CheckpointManager:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    # What the core manager tells users (never blocks), and its reprs.
+
+    @property
+    def pending(self) -> list[str]:
+        return self._core.pending
+
+    @property
+    def last_save_stats(self) -> Any:
+        return self._core.last_save_stats
+
+    @property
+    def stats(self) -> Any:
+        return self._core.stats
+
+    def __str__(self) -> str:
+        return str(self._core)
+
+    def _repr_html_(self) -> str:
+        return self._core._repr_html_()
