@@ -71,7 +71,7 @@ def test_help_everywhere(capsys):
 @pytest.mark.parametrize("argv", [
     [], ["bogus"], ["ls"], ["ls", "{tmp}/missing"], ["ls", "{ckpt}"], ["show", "{tmp}/missing"],
     ["verify", "{tmp}/missing"], ["verify", "{tmp}/empty"], ["demo", "--steps", "0"],
-    ["show", "{ckpt}", "--bogus"], ["ls", "s3://bucket/run"], ["verify", "gs://bucket/c"],
+    ["show", "{ckpt}", "--bogus"], ["ls", "memory://jaxckpt-cli-tests/none"], ["verify", "ftp://host/c"],
 ])
 def test_usage_errors_exit_2_with_one_line(tmp_path, capsys, argv):
     ckpt = str(tmp_path / "c")

@@ -169,6 +169,38 @@ def test_writer_killed_mid_save_on_s3_leaves_previous_checkpoint_latest(s3, tmp_
     assert jaxckpt.restore(jaxckpt.latest_checkpoint(d))["step"] == last + 1
 
 
+def test_cli_ls_show_verify_on_s3(s3, capsys):
+    from jaxckpt import cli
+
+    server, bucket = s3
+    d = f"s3://{bucket}/exp"
+    with jaxckpt.CheckpointManager(d, max_to_keep=2) as m:
+        for i in range(1, 4):
+            m.save(_tree(i))
+    server.client().put_object(Bucket=bucket, Key="exp/ckpt-9/d-0123456789ab/packed/c/0",
+                               Body=b"interrupted")
+    capsys.readouterr()
+    assert cli.main(["ls", d]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line.startswith("ckpt-")}
+    assert set(rows) == {"ckpt-2", "ckpt-3", "ckpt-9"}, out
+    assert "latest" in rows["ckpt-3"] and "active" in rows["ckpt-2"]
+    assert "uncommitted" in rows["ckpt-9"]
+    assert cli.main(["show", f"{d}/ckpt-3", "--json"]) == 0
+    assert "['big']" in capsys.readouterr().out
+    assert cli.main(["verify", d]) == 0
+    out = capsys.readouterr().out
+    assert "OK ckpt-2" in out and "OK ckpt-3" in out and "skipped ckpt-9" in out, out
+    client = server.client()
+    key = next(k for k in server.keys(bucket, "exp/ckpt-2/") if "/a/" in k)
+    body = bytearray(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[50] ^= 0x01
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    assert cli.main(["verify", d]) == 1
+    out = capsys.readouterr().out
+    assert "DAMAGED ckpt-2" in out and "['big']" in out and "OK ckpt-3" in out, out
+
+
 def test_memory_urls_with_a_manager():
     d = f"memory://jaxckpt-tests/{uuid.uuid4().hex}"
     with jaxckpt.CheckpointManager(d, max_to_keep=1) as m:
