@@ -11,17 +11,23 @@ ordered ``jax.experimental.io_callback``::
                              the last save: skip; step < last + interval: skip),
                              copy the operands out, queue the write, return.
 
-A step that is not sent does no device-to-host copy and no host round trip.
-A sent step costs one device-to-host copy of the state (on a sharded state,
-XLA first gathers every leaf to device 0) plus one host copy, because the
-buffers a callback sees are only valid while it runs. The write itself runs
-on the manager's background writer, as for ``save``.
+A step that is not sent does no device-to-host copy and no host round trip
+(the gather and the callback sit inside the taken branch). A sent step costs
+one device-to-host copy of the state (on a sharded state XLA first gathers
+every leaf onto device 0) and the host copies JAX makes of a callback's
+operands; the callback keeps those host arrays as its snapshot, so it copies
+nothing more. The write runs on the manager's background writer, as for
+``save``.
 
 The callback never raises into XLA: that would abort the whole compiled
-computation and lose its result. A failure in it (closed manager, negative
-step, ...) is logged and handed to the writer, so that the next host call
-(``save``, ``wait_until_finished``, ``close``) raises it as
-``CheckpointWriteError``, as it does for a failed write.
+computation and lose its result (on several CPU devices the others then wait
+at their next collective until XLA kills the process). A failure in it
+(closed manager, negative step, ...) is logged and handed to the writer, so
+that the next host call (``save``, ``wait_until_finished``, ``close``) raises
+it as ``CheckpointWriteError``, as it does for a failed write.
+
+On asynchronous backends a jitted call returns before its callbacks have run,
+so the manager's host calls first wait for them (``drain``, ``wait_ready``).
 """
 
 from __future__ import annotations
@@ -202,7 +208,9 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
             if live is not None:
                 live._writer.report(error)
 
-    operands = [step] + ([number] if number is not None else []) + arrays
+    # A checkpoint has no gradient: this lets save_in_jit sit inside jax.grad.
+    operands = [jax.lax.stop_gradient(x)
+                for x in [step] + ([number] if number is not None else []) + arrays]
     interval = mngr.checkpoint_interval
 
     def send(ops: list) -> None:

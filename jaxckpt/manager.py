@@ -404,8 +404,8 @@ class CheckpointManager:
             CheckpointNotFoundError: there is no such committed checkpoint.
             StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
         """
+        _in_jit.drain(self)
         if checkpoint is None:
-            _in_jit.drain(self)
             self._writer.wait()
             path = self.latest_checkpoint
             if path is None:

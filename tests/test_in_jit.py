@@ -148,7 +148,8 @@ def test_fori_loop_with_explicit_step_key_and_static_leaves(tmp_path):
             return s
 
         s0 = {"x": jnp.zeros(4), "key": jax.random.key(7)}
-        jax.jit(lambda s: jax.lax.fori_loop(0, 23, body, s))(s0)
+        # A traced trip count makes fori_loop a while_loop (a static one, a scan).
+        jax.jit(lambda s, n: jax.lax.fori_loop(0, n, body, s))(s0, 23)
         mngr.wait_until_finished()
         assert _numbers(mngr) == [5, 10, 15, 20]
 
@@ -173,6 +174,19 @@ def test_inside_user_cond_saves_only_the_taken_branch(tmp_path):
         # No checkpoint_interval: every call that runs saves, numbered by its step.
         assert _numbers(mngr) == [3, 10, 17, 24]
         assert float(jaxckpt.restore(tmp_path / "ckpt-17")["s"]) == 18.0
+
+
+def test_inside_grad_saves_the_primal_values(tmp_path):
+    with jaxckpt.CheckpointManager(tmp_path) as mngr:
+        def loss(w, step):
+            mngr.save_in_jit({"w": w}, step)
+            return jnp.sum(w ** 3)
+
+        g = jax.jit(jax.grad(loss))(jnp.arange(3.0), 2)
+        np.testing.assert_array_equal(g, [0.0, 3.0, 12.0])
+        mngr.wait_until_finished()
+        assert _numbers(mngr) == [2]
+        np.testing.assert_array_equal(jaxckpt.restore(tmp_path / "ckpt-2")["w"], [0.0, 1.0, 2.0])
 
 
 def _host_save_numbers(tmp_path, steps, **kw) -> list[int]:
@@ -390,3 +404,73 @@ def test_write_failure_surfaces_on_the_next_host_call_and_manager_recovers(tmp_p
     assert "CAUSES 2 True" in proc.stdout, proc.stdout
     assert "LEFT ['checkpoint', 'ckpt-10', 'ckpt-12', 'ckpt-2', 'ckpt-4']" in proc.stdout, \
         proc.stdout
+
+
+_ASYNC_SCRIPT = textwrap.dedent("""
+    import os, sys, threading
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.experimental import io_callback
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import jaxckpt
+    d = sys.argv[1]
+    m = jaxckpt.CheckpointManager(d, max_to_keep=None, step_counter=lambda s: s["step"],
+                                  checkpoint_interval=5)
+    gate = threading.Event()
+    def body(s, _):
+        s = {"w": s["w"] + 1.0, "step": s["step"] + 1}
+        m.save_in_jit(s)
+        return s, None
+    def hold():
+        gate.wait()
+    @jax.jit
+    def run(s):
+        io_callback(hold, None, ordered=True)  # holds the computation until we say
+        return jax.lax.scan(body, s, None, length=20)[0]
+    sharding = NamedSharding(Mesh(np.array(jax.devices()[:4]), ("x",)), P("x"))
+    def start(step):
+        return {"w": jax.device_put(jnp.zeros(8), sharding), "step": jnp.asarray(step)}
+    def dispatch(step):
+        # A multi-device CPU computation is dispatched asynchronously, as on GPU.
+        # Should this one run synchronously, the timer opens the gate: skip.
+        gate.clear()
+        guard = threading.Timer(20, gate.set)
+        guard.start()
+        out = run(start(step))
+        guard.cancel()
+        if gate.is_set():
+            print("SYNCHRONOUS"); sys.exit(0)
+        return out
+    gate.set(); run(start(0)); m.wait_until_finished()          # compile
+    numbers = lambda: [int(p.rsplit("-", 1)[1]) for p in m.checkpoints]
+
+    out = dispatch(100)
+    gate.set()
+    m.wait_until_finished()        # must wait for the callbacks still to run
+    print("DRAIN", numbers()[-4:])
+
+    out = dispatch(200)
+    # No new computation on `out` here: on CPU a dispatch may wait inline for its inputs.
+    later = {"w": out["w"], "step": jnp.asarray(1000)}
+    entering, saved = threading.Event(), threading.Event()
+    def host_save():
+        entering.set()
+        m.save(later, 999, check_interval=False)
+        saved.set()
+    threading.Thread(target=host_save, daemon=True).start()
+    entering.wait()   # save() is about to wait for `later` while the computation is held
+    gate.set()
+    if not saved.wait(timeout=30):  # XLA aborts a stuck CPU collective after 40 s
+        print("DEADLOCK", flush=True); os._exit(3)
+    m.close()
+    print("SAVED", numbers()[-5:])
+""")
+
+
+def test_host_calls_wait_for_dispatched_computations(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _ASYNC_SCRIPT, str(tmp_path)],
+                          capture_output=True, text=True, timeout=180)
+    if "SYNCHRONOUS" in proc.stdout:
+        pytest.skip("this JAX runs multi-device CPU computations synchronously")
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    assert "DRAIN [105, 110, 115, 120]" in proc.stdout, proc.stdout
+    assert "SAVED [205, 210, 215, 220, 999]" in proc.stdout, proc.stdout
