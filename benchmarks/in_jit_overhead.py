@@ -13,8 +13,9 @@ adam (state size printed):
               background writer and competes for the CPU)
 
 Times are per step, from the call to ``block_until_ready`` of its result, one
-warm-up call first; pending writes are drained between repetitions, outside
-the timed region. Prints medians with min/max. Not part of the test suite.
+warm-up call first, repetitions of the variants interleaved; pending writes
+are drained between calls, outside the timed region. Prints medians with
+min/max. Not part of the test suite.
 """
 
 from __future__ import annotations
@@ -71,20 +72,13 @@ def loop(step, mngr):
     return jax.jit(lambda state, data: jax.lax.scan(body, state, data)[0])
 
 
-def measure(name, fn, state, data, steps, reps, mngr):
-    # Each call continues from the last one, so that steps keep rising and every
-    # due step really saves (save() skips a step at or below the last saved one).
-    state = jax.block_until_ready(fn(state, data))  # compile and warm up
+def run_once(fn, state, data, mngr):
+    t = time.perf_counter()
+    state = jax.block_until_ready(fn(state, data))
+    elapsed = time.perf_counter() - t
     if mngr is not None:
-        mngr.wait_until_finished()
-    per_step = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        state = jax.block_until_ready(fn(state, data))
-        per_step.append((time.perf_counter() - t) / steps * 1e3)
-        if mngr is not None:
-            mngr.wait_until_finished()
-    return name, per_step
+        mngr.wait_until_finished()  # outside the timed region
+    return state, elapsed
 
 
 def main() -> None:
@@ -102,17 +96,30 @@ def main() -> None:
     nbytes = sum(getattr(x, "nbytes", 0) for x in jax.tree_util.tree_leaves(state))
     print(f"device {jax.devices()[0]}, state {nbytes / 2**20:.1f} MiB, {args.steps} steps "
           f"per scan, {args.reps} reps")
-    results = []
-    results.append(measure("none", loop(step, None), state, data, args.steps, args.reps, None))
-    for name, interval in (("never_due", 10 * args.steps), (f"every_{args.every}", args.every)):
-        d = tempfile.mkdtemp()
-        try:
-            with jaxckpt.CheckpointManager(d, max_to_keep=2, step_counter=lambda s: s.step,
-                                           checkpoint_interval=interval,
-                                           max_pending=args.max_pending) as mngr:
-                results.append(measure(name, loop(step, mngr), state, data, args.steps, args.reps, mngr))
-        finally:
+    dirs = [tempfile.mkdtemp() for _ in range(2)]
+    try:
+        managers = [jaxckpt.CheckpointManager(d, max_to_keep=2, step_counter=lambda s: s.step,
+                                              checkpoint_interval=interval,
+                                              max_pending=args.max_pending)
+                    for d, interval in zip(dirs, (10 * args.steps, args.every))]
+        variants = [("none", loop(step, None), None),
+                    ("never_due", loop(step, managers[0]), managers[0]),
+                    (f"every_{args.every}", loop(step, managers[1]), managers[1])]
+        # Each variant's calls continue from its last state, so that steps keep
+        # rising and every due step really saves (save() skips older steps).
+        # Repetitions are interleaved so that a change in machine load hits all.
+        states = [run_once(fn, state, data, m)[0] for _, fn, m in variants]  # compile, warm up
+        times: list[list[float]] = [[] for _ in variants]
+        for _ in range(args.reps):
+            for i, (_, fn, m) in enumerate(variants):
+                states[i], elapsed = run_once(fn, states[i], data, m)
+                times[i].append(elapsed / args.steps * 1e3)
+        for m in managers:
+            m.close()
+    finally:
+        for d in dirs:
             shutil.rmtree(d, ignore_errors=True)
+    results = [(name, xs) for (name, _, _), xs in zip(variants, times)]
 
     base = statistics.median(results[0][1])
     print(f"{'variant':<12} {'median ms/step':>15} {'min':>8} {'max':>8} {'vs none':>8}")
@@ -120,6 +127,9 @@ def main() -> None:
         med = statistics.median(xs)
         print(f"{name:<12} {med:>15.3f} {min(xs):>8.3f} {max(xs):>8.3f} "
               f"{(med / base - 1) * 100:>+7.1f}%")
+    extra = (statistics.median(results[2][1]) - base) * args.every
+    print(f"cost of one real save, from the medians: {extra:.1f} ms "
+          f"({nbytes / 2**20:.1f} MiB of state)")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ Real callbacks, real writer, real files; the 4 CPU devices of conftest.py.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import subprocess
@@ -19,7 +20,7 @@ import numpy as np
 import optax
 import pytest
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import jaxckpt
 from jaxckpt import CheckpointError, CheckpointWriteError
@@ -255,8 +256,10 @@ def test_checkpoint_number_and_metadata(tmp_path):
 # ---------------------------------------------------------------- sharded state
 
 
-def test_sharded_state_in_scan_restores_into_its_shardings(tmp_path):
-    mesh = Mesh(np.array(jax.devices()[:4]).reshape(2, 2), ("x", "y"))
+@pytest.mark.parametrize("axes", ["auto", "explicit"])
+def test_sharded_state_in_scan_restores_into_its_shardings(tmp_path, axes):
+    kind = AxisType.Auto if axes == "auto" else AxisType.Explicit
+    mesh = jax.make_mesh((2, 2), ("x", "y"), axis_types=(kind, kind))
     shardings = {"rows": NamedSharding(mesh, P("x")), "grid": NamedSharding(mesh, P("x", "y")),
                  "replicated": NamedSharding(mesh, P())}
     host = np.arange(8 * 6, dtype=np.float32).reshape(8, 6)
@@ -277,6 +280,13 @@ def test_sharded_state_in_scan_restores_into_its_shardings(tmp_path):
 
 
 # ---------------------------------------------------------------- asynchrony and errors
+
+
+def test_signature():
+    sig = inspect.signature(jaxckpt.CheckpointManager.save_in_jit)
+    assert list(sig.parameters) == ["self", "state", "step", "checkpoint_number",
+                                    "check_interval", "metadata"]
+    assert [p.kind for p in sig.parameters.values()][3:] == [inspect.Parameter.KEYWORD_ONLY] * 3
 
 
 def test_callback_queues_the_write_without_waiting_for_it(tmp_path):
