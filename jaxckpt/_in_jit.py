@@ -32,7 +32,6 @@ so the manager's host calls first wait for them (``drain``, ``wait_ready``).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import numbers
@@ -114,7 +113,7 @@ def _host_snapshot(slots: list[_Slot], arrays: tuple, metadata: dict | None) -> 
     leaves: list[_snapshot.ArrayLeaf] = []
     it = iter(arrays)
     for slot in slots:
-        record = copy.deepcopy(slot.record)  # writing adds "where" to each record
+        record = dict(slot.record)  # writing adds "where" (only) to each record
         records.append(record)
         if record["kind"] == "py":
             continue
