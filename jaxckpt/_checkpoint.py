@@ -139,8 +139,16 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, total: int, inner: int,
     if packed_future is not None:
         buf = _pack(snapshot, total)
         commits.append(_storage.write(packed_future.result(), (), buf))
+    # Await every write, even after one failed: a write still running would
+    # recreate its files after the failed temporary is removed.
+    errors = []
     for c in commits:
-        c.result()
+        try:
+            c.result()
+        except Exception as e:
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 # ---------------------------------------------------------------- reading

@@ -95,6 +95,13 @@ def _small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
 
 
+def host_array(record: dict, data: np.ndarray) -> ArrayLeaf:
+    """An array leaf of host data that this process writes whole."""
+    shape = tuple(data.shape)
+    return ArrayLeaf(record, data.dtype, shape, [Shard(tuple((0, n) for n in shape), data)],
+                     shape, packed=_small(shape, data.dtype))
+
+
 def check_metadata(metadata: Any) -> dict | None:
     """Validates user metadata: a JSON-able dict, or None."""
     if metadata is None:

@@ -58,6 +58,11 @@ class Writer:
         with self._lock:
             return self._errors.pop(0) if self._errors else None
 
+    def report(self, error: BaseException) -> None:
+        """Stores a failure that happened outside a job, to be raised like a job's."""
+        with self._lock:
+            self._errors.append(error)
+
     def submit(self, job: Callable[[], None]) -> None:
         """Queues ``job``; blocks while the queue is full. Never drops a job."""
         if self._closed:

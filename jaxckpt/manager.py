@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _api, _checkpoint, _commit, _location, _multihost, _retention, _snapshot, _state_file
 from . import _display, _inspect, _stats
+from . import _in_jit
 from ._writer import Writer
 from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
 
@@ -230,39 +231,50 @@ class CheckpointManager:
         called = time.perf_counter()
         self._check_open()
         self._raise_error()
+        _in_jit.wait_ready(self, state)
         with self._save_lock:
             step = None
             if self._interval is not None:
                 step = as_number(self._step_counter(state), "step_counter(state)")
-                if self._last_step is not None:
-                    if step == self._last_step:
-                        return None
-                    if check_interval and step < self._last_step + self._interval:
-                        return None
+                if self._skips(step, check_interval):
+                    return None
             number = (self._max_number + 1 if checkpoint_number is None
                       else as_number(checkpoint_number))
             timestamp = float(self._clock())
             self._warn_if_clock_went_back(timestamp)
             snapshot = _snapshot.take(state, metadata)
-            if step is not None:
-                self._last_step = step
-            self._max_number = max(self._max_number, number)
-            path = self._checkpoint_path(number)
-            self._seq += 1
-            coord = _multihost.SaveCoordinator(self._scope, self._seq, path, self._timeout)
-            done = threading.Event()
-            with self._lock:
-                self._pending[path] = done
-            stats = _stats.SaveStats(path, snapshot.nbytes, started=time.time())
-            queued = time.perf_counter()
-            try:
-                self._writer.submit(
-                    lambda: self._write(snapshot, path, timestamp, coord, done, stats, queued))
-            except BaseException:
-                self._finish(path, done)
-                raise
-            stats.blocked_s = time.perf_counter() - called
-            self._stats.started(stats)
+            return self._enqueue(snapshot, number, step, timestamp, called)
+
+    def _skips(self, step: int, check_interval: bool) -> bool:
+        """The interval rules: skip a repeated step, and one too soon after the last."""
+        if self._last_step is None:
+            return False
+        if step == self._last_step:
+            return True
+        return check_interval and step < self._last_step + self._interval
+
+    def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
+                 timestamp: float, called: float) -> str:
+        """Under ``_save_lock``: numbering, coordination and stats; queues the write."""
+        if step is not None:
+            self._last_step = step
+        self._max_number = max(self._max_number, number)
+        path = self._checkpoint_path(number)
+        self._seq += 1
+        coord = _multihost.SaveCoordinator(self._scope, self._seq, path, self._timeout)
+        done = threading.Event()
+        with self._lock:
+            self._pending[path] = done
+        stats = _stats.SaveStats(path, snapshot.nbytes, started=time.time())
+        queued = time.perf_counter()
+        try:
+            self._writer.submit(
+                lambda: self._write(snapshot, path, timestamp, coord, done, stats, queued))
+        except BaseException:
+            self._finish(path, done)
+            raise
+        stats.blocked_s = time.perf_counter() - called
+        self._stats.started(stats)
         return path
 
     def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
@@ -342,6 +354,7 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: a background save failed.
         """
+        _in_jit.drain(self)
         self._writer.wait()
         self._raise_error()
 
@@ -352,6 +365,7 @@ class CheckpointManager:
             CheckpointWriteError: a background save failed.
         """
         if not self._closed:
+            _in_jit.drain(self)
             self._closed = True
             self._writer.close()
         self._raise_error()
@@ -366,6 +380,70 @@ class CheckpointManager:
         if getattr(self, "_closed", True) is False and getattr(self, "_pending", None):
             warnings.warn(f"CheckpointManager for {self._dir} was not closed with saves pending",
                           ResourceWarning, stacklevel=1)
+
+    # ------------------------------------------------------------ saving from compiled code
+
+    def save_in_jit(
+        self,
+        state: Any,
+        step: Any = None,
+        *,
+        checkpoint_number: Any = None,
+        check_interval: bool = True,
+        metadata: dict | None = None,
+    ) -> None:
+        """Saves ``state`` from traced code: ``jax.jit``, ``lax.scan``, ``fori_loop``, ``cond``.
+
+        Call it every step inside the compiled loop. On device it sends the
+        state to the host only when ``step % checkpoint_interval == 0`` (every
+        call without an interval, or with ``check_interval=False``); non-sent
+        steps cost no copy and no host round trip. On the host the callback
+        applies ``save()``'s rules to the concrete step (skip the step of the
+        last save; skip a step below ``last + checkpoint_interval`` when
+        ``check_interval``), copies the state out and queues the write on the
+        background writer without waiting for it.
+
+        Args:
+            state: the pytree to save (traced arrays, PRNG keys, static leaves).
+            step: a scalar integer, traced or not; default ``step_counter(state)``.
+            checkpoint_number: default ``step``: checkpoint ``N`` holds step ``N``.
+            check_interval: as in ``save``; a Python bool.
+            metadata: a JSON-able dict stored with every checkpoint it makes.
+
+        Does not block: the work happens when the compiled code runs. A
+        failure there (a write, or the callback itself, e.g. a closed manager)
+        is raised as ``CheckpointWriteError`` by the next ``save``,
+        ``wait_until_finished`` or ``close``; ``wait_until_finished``,
+        ``close`` and ``restore()`` first wait for dispatched computations.
+        The manager is bound at trace time: a cached compiled function keeps
+        saving to the manager it was traced with.
+
+        Raises:
+            TypeError: a leaf cannot be saved, or ``step`` is not an integer
+                scalar (at trace time; nothing is compiled).
+            ValueError: no ``step`` and no ``step_counter``, or a negative step.
+            CheckpointError: the manager is closed.
+            NotImplementedError: in a multi-process program.
+        """
+        _in_jit.save(self, state, step, checkpoint_number, check_interval, metadata)
+
+    def _save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
+                            number: int, check_interval: bool) -> str | None:
+        """save()'s rules and queueing, for a snapshot made by save_in_jit's callback.
+
+        Unlike ``save`` it leaves an earlier background failure for the next
+        host call to raise.
+        """
+        called = time.perf_counter()
+        self._check_open()
+        with self._save_lock:
+            if self._interval is not None and self._skips(step, check_interval):
+                return None
+            timestamp = float(self._clock())
+            self._warn_if_clock_went_back(timestamp)
+            snapshot = take()
+            return self._enqueue(snapshot, number,
+                                 step if self._interval is not None else None, timestamp, called)
 
     # ------------------------------------------------------------ reading
 
@@ -388,6 +466,7 @@ class CheckpointManager:
             CheckpointNotFoundError: there is no such committed checkpoint.
             StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
         """
+        _in_jit.drain(self)
         if checkpoint is None:
             self._writer.wait()
             path = self.latest_checkpoint
@@ -413,6 +492,7 @@ class CheckpointManager:
         Without ``target`` the structure comes from ``jax.eval_shape(init_fn)``
         when ``init_fn`` is given, else the raw saved structure.
         """
+        _in_jit.drain(self)
         self._writer.wait()
         latest = self.latest_checkpoint
         if latest is not None:
