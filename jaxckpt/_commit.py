@@ -24,7 +24,7 @@ import re
 import shutil
 import uuid
 
-from . import _format, _storage
+from . import _faults, _format, _storage
 
 log = logging.getLogger("jaxckpt")
 
@@ -81,6 +81,7 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
     Raises:
         FileExistsError: ``final`` exists and ``replace`` is False.
     """
+    _faults.point("commit.before_publish")
     _storage.fsync_tree(tmp)
     parent = os.path.dirname(final)
     if os.path.lexists(final):
@@ -88,6 +89,7 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
             raise FileExistsError(errno.EEXIST, "checkpoint already exists", final)
         if _rename2(tmp, final, _RENAME_EXCHANGE):
             # `tmp` now holds the old checkpoint.
+            _faults.point("commit.exchanged")
             _storage.fsync_dir(parent)
             remove(tmp)
             return
@@ -118,6 +120,7 @@ def remove(path: str) -> None:
         return
     trash = _trash_name(path)
     os.rename(path, trash)
+    _faults.point("commit.remove.renamed")
     _storage.fsync_dir(os.path.dirname(path))
     shutil.rmtree(trash, ignore_errors=True)
 

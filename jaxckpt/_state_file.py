@@ -11,7 +11,7 @@ import os
 import re
 import uuid
 
-from . import _storage
+from . import _faults, _storage
 from .errors import CorruptCheckpointError
 
 FILENAME = "checkpoint"
@@ -164,6 +164,10 @@ def read(directory: str) -> CheckpointState | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorruptCheckpointError(f"{file}: not UTF-8 text") from e
+    if not text.strip():
+        # Never written empty (it always names the latest checkpoint): an empty
+        # file is damage, e.g. a crash on a filesystem that reorders writes.
+        raise CorruptCheckpointError(f"{file}: the state file is empty (damaged)")
     return parse(text, file)
 
 
@@ -173,6 +177,7 @@ def write(directory: str, state: CheckpointState) -> None:
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _storage.write_file_durably(tmp, render(state).encode("utf-8"))
+        _faults.point("state_file.before_replace")
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -180,6 +185,7 @@ def write(directory: str, state: CheckpointState) -> None:
         except OSError:
             pass
         raise
+    _faults.point("state_file.after_replace")
     _storage.fsync_dir(directory)
 
 
