@@ -299,8 +299,8 @@ class CheckpointManager:
             with self._lock:
                 grown = _retention.add(self._present(), path, timestamp)
                 kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
-                _deletions.mark(self._dir, delete)
                 try:
+                    _deletions.mark(self._dir, delete)
                     _state_file.write(self._dir, self._render(kept, path))
                 except BaseException:
                     self._unpublish(path, delete)
