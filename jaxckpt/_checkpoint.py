@@ -59,7 +59,7 @@ def write(snapshot: _snapshot.Snapshot, final: str, *, replace: bool, created: f
     On failure nothing is left under ``final`` (nor of the temporary).
     """
     tmp = _commit.temp_sibling(final)
-    os.makedirs(tmp)
+    os.mkdir(tmp)  # not makedirs: a vanished directory (or mount) is an error, not recreated
     try:
         _write_into(snapshot, tmp, created)
         _commit.publish(tmp, final, replace=replace)

@@ -425,6 +425,7 @@ class CheckpointManager:
             StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
         """
         if checkpoint is None:
+            _faults.point("manager.restore_waits")
             self._writer.wait()
             path = self.latest_checkpoint
             if path is None:
