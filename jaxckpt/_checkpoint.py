@@ -263,14 +263,12 @@ class Reader:
         packed = [leaf for leaf in arrays if leaf["where"][0] == "packed"]
         if packed:
             total = self.manifest["packed_nbytes"]
+            store, first = None, None  # store stays None only if the open failed
             try:
                 store = self._open(["packed"], [total]).result()
                 _storage.read(store, ()).result()
             except Exception as e:
-                store = None
                 first = e
-            else:
-                first = None
             if first is not None and store is None:
                 problems += [str(self.damaged(leaf, first)) for leaf in packed]
             elif first is not None:
