@@ -22,6 +22,8 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
         FileExistsError: ``path`` exists.
         TypeError: a leaf cannot be saved (the message names its key path), or
             ``metadata`` is not a JSON-able dict. Nothing is written.
+        ValueError: two keys of the tree print alike (naming the key path), or
+            ``path`` is a URL of an unknown scheme. Nothing is written.
     """
     final = _storage.local_path(path)
     if os.path.lexists(final):
@@ -87,8 +89,11 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
 
     Raises:
         CorruptCheckpointError: the state file exists but cannot be parsed.
+        NotADirectoryError: ``directory`` is a file.
     """
     root = _storage.local_path(directory)
+    if os.path.isfile(root):
+        raise NotADirectoryError(errno.ENOTDIR, "checkpoint directory is a file", root)
     state = _state_file.read(root)
     if state is None:
         return None

@@ -117,6 +117,10 @@ def read_manifest(path: str) -> dict:
         with open(file, "rb") as f:
             data = f.read()
     except FileNotFoundError:
+        if os.path.isfile(os.path.join(path, "checkpoint")):
+            raise CheckpointNotFoundError(
+                f"{path} is a CheckpointManager directory, not a checkpoint; restore one of "
+                "its checkpoints (see jaxckpt.latest_checkpoint(directory))") from None
         if os.path.isdir(path):
             raise CheckpointNotFoundError(
                 f"{path} is not a committed checkpoint (no {_format.MANIFEST}); it may be "

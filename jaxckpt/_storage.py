@@ -36,7 +36,10 @@ def local_path(path: str | os.PathLike) -> str:
     Raises:
         ValueError: ``path`` is a URL with a scheme this version cannot commit to.
     """
-    text = os.fspath(path)
+    try:
+        text = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"checkpoint path must be str or os.PathLike, got {path!r}") from None
     if not isinstance(text, str):
         raise TypeError(f"checkpoint path must be str or os.PathLike of str, got {path!r}")
     if not text:
