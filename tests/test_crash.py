@@ -141,14 +141,14 @@ def test_sigkill_at_random_instants_leaves_directory_restorable(tmp_path, chain)
 _AIMED = {
     "orphan-then-exchange": [("manager.committed", 2, "orphan"),
                              ("commit.exchanged", 0, r"^\.ckpt-3\.tmp-[0-9a-f]+$")],
-    "state-file": [("state_file.before_replace", 2, r"^checkpoint\.tmp-[0-9a-f]+$"),
-                   ("state_file.after_replace", 1, None)],
-    # The first deletion of the second round is the new manager's sweep of ckpt-1.
+    "publish-then-state-file": [("commit.before_publish", 1, r"^\.ckpt-2\.tmp-[0-9a-f]+$"),
+                                ("state_file.before_replace", 1, r"^checkpoint\.tmp-[0-9a-f]+$"),
+                                ("state_file.after_replace", 1, None)],
+    # Round 2 dies in the new manager's sweep of ckpt-1 (before it prints "start"),
+    # round 3 in the retention deletion of ckpt-2.
     "deletion": [("manager.before_delete", 0, r"^\.ckpt-1\.deleting$"),
-                 ("commit.remove.renamed", 1, r"^\.ckpt-2\.trash-[0-9a-f]+$")],
-    "sweep-on-open": [("manager.before_delete", 0, r"^\.ckpt-1\.deleting$"),
-                      ("commit.remove.renamed", 0, r"^\.ckpt-1\.trash-[0-9a-f]+$")],
-    "publish": [("commit.before_publish", 1, r"^\.ckpt-2\.tmp-[0-9a-f]+$")],
+                 ("commit.remove.renamed", 0, r"^\.ckpt-1\.trash-[0-9a-f]+$"),
+                 ("commit.remove.renamed", 0, r"^\.ckpt-2\.trash-[0-9a-f]+$")],
 }
 
 
