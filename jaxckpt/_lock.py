@@ -17,10 +17,14 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import weakref
 
 from .errors import CheckpointError
 
 log = logging.getLogger("jaxckpt")
+
+
+_HELD: "weakref.WeakSet[DirectoryLock]" = weakref.WeakSet()
 
 
 class DirectoryLock:
@@ -29,11 +33,12 @@ class DirectoryLock:
     def __init__(self, directory: str, fd: int):
         self.directory = directory
         self._fd: int | None = fd
+        _HELD.add(self)
 
-    def release(self) -> None:
+    def release(self, _close=os.close) -> None:  # os.close bound early: __del__ at exit
         fd, self._fd = self._fd, None
         if fd is not None:
-            os.close(fd)  # closing the only descriptor drops the flock
+            _close(fd)  # closing the last descriptor of the open file drops the flock
 
     @property
     def held(self) -> bool:
@@ -41,6 +46,19 @@ class DirectoryLock:
 
     def __del__(self) -> None:
         self.release()
+
+
+def _drop_in_child() -> None:
+    # A forked child (a data-loader worker, say) shares the open file and so
+    # the lock; closing its copy leaves the lock to the parent alone, so that
+    # it still dies with the parent.
+    for lock in list(_HELD):
+        fd, lock._fd = lock._fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+os.register_at_fork(after_in_child=_drop_in_child)
 
 
 def is_local(directory: str) -> bool:

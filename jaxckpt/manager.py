@@ -322,7 +322,10 @@ class CheckpointManager:
         removed under a live manager), so the state file never names them."""
         present, gone = [], []
         for p, t in self._retention.active:
-            (present.append((p, t)) if _commit.is_committed(p) else gone.append(p))
+            if _commit.is_committed(p):
+                present.append((p, t))
+            else:
+                gone.append(p)
         if gone:
             log.warning("checkpoints %s disappeared from %s; no longer listing them", gone,
                         self._dir)

@@ -333,6 +333,36 @@ def test_only_process_zero_of_a_distributed_program_takes_the_lock(tmp_path):
                 f.close()
 
 
+def test_a_forked_child_does_not_keep_the_lock(tmp_path):
+    """A data-loader worker forked from the training process shares the open
+    file of the lock; the lock must still go with the parent's manager."""
+    import fcntl
+
+    m = jaxckpt.CheckpointManager(tmp_path)
+    read_end, write_end = os.pipe()
+    ready_read, ready_write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child (its fork hooks have run) says so, then waits to exit
+        os.write(ready_write, b"r")
+        os.read(read_end, 1)
+        os._exit(0)
+    os.close(read_end)
+    os.close(ready_write)
+    try:
+        assert os.read(ready_read, 1) == b"r"
+        os.close(ready_read)
+        m.close()
+        fd = os.open(tmp_path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # BlockingIOError if the child held it
+        finally:
+            os.close(fd)
+    finally:
+        os.write(write_end, b"x")
+        os.close(write_end)
+        os.waitpid(pid, 0)
+
+
 def test_new_manager_in_the_same_process_takes_over(tmp_path):
     """A notebook cell re-run: the old manager (a save likely still in flight)
     is flushed and closed before the new one reads the directory."""
