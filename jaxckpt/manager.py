@@ -112,6 +112,16 @@ class CheckpointManager:
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are already in flight).
+
+    One process writes a directory: the manager holds a lock on it (process 0
+    only in a multi-process JAX program; none for URL directories) that dies
+    with the process. A new manager on the same directory in the same process
+    takes over: the old one is flushed and closed, with a warning.
+
+    Raises:
+        CheckpointError: another process's manager holds the directory.
+        ValueError, TypeError, NotADirectoryError: a bad argument, before
+            anything is written.
     """
 
     def __init__(

@@ -36,6 +36,7 @@ class Ctx:
     afile: str  # a regular file
     fresh: str  # a path that does not exist (and must not be created)
     m: jaxckpt.CheckpointManager
+    tm: Any = None  # a live tf_compat manager on <base>/tfroot
 
     @property
     def tree(self) -> dict:
@@ -222,6 +223,10 @@ ROWS: list[Row] = [
      "ckpt-99"),
     ("mngr.restore: target mismatch", lambda c: c.m.restore(1, {"w": np.zeros(3)}),
      StructureMismatchError, r"\['w'\]"),
+    # A mismatch is the caller's error, not damage: no falling back to older checkpoints.
+    ("mngr.restore_or_initialize: target mismatch",
+     lambda c: c.m.restore_or_initialize({"w": np.zeros(3)}), StructureMismatchError,
+     r"(?s)ckpt-2.*\['w'\]"),
     # --- tf_compat
     ("tf Checkpoint: save_counter given", lambda c: tf_compat.Checkpoint(save_counter=1),
      ValueError, "save_counter"),
@@ -231,6 +236,10 @@ ROWS: list[Row] = [
     ("tf manager: max_to_keep=0",
      lambda c: tf_compat.CheckpointManager(tf_compat.Checkpoint(), c.root, 0), ValueError,
      "max_to_keep"),
+    ("tf manager.save: number -1", lambda c: c.tm.save(checkpoint_number=-1), ValueError,
+     "checkpoint_number must be >= 0"),
+    ("tf manager.save: number 'x'", lambda c: c.tm.save(checkpoint_number="x"), ValueError,
+     "checkpoint_number"),
     ("tf manager: interval without step_counter",
      lambda c: tf_compat.CheckpointManager(tf_compat.Checkpoint(), c.fresh, 3,
                                            checkpoint_interval=2),
@@ -250,8 +259,13 @@ def ctx(tmp_path_factory):
     c.m.save(_tree())
     c.m.save(_tree())
     c.m.wait_until_finished()
+    c.tm = tf_compat.CheckpointManager(tf_compat.Checkpoint(x=np.ones(2)), base / "tfroot", 3)
+    c.tm.save()
+    c.tm.wait_until_finished()
     yield c
     c.m.close()
+    assert c.tm.checkpoint.save_counter == 1  # bad saves did not count
+    c.tm.close()
 
 
 def test_the_table_is_large_enough():
