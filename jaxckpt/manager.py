@@ -174,6 +174,7 @@ class CheckpointManager:
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._pending: dict[str, threading.Event] = {}
         self._closed_why = "it was closed"
+        self._recheck = False  # after a failed save: re-check the active set on disk
         with _OPENING:
             _take_over(self._dir)
             os.makedirs(self._dir, exist_ok=True)
@@ -324,12 +325,19 @@ class CheckpointManager:
                 except OSError as e:  # the new checkpoint is committed; the next manager retries
                     log.warning("could not delete old checkpoint %s: %r", old, e)
             log.info("committed %s (%d bytes)", path, snapshot.nbytes)
+        except BaseException:
+            self._recheck = True  # the failure may be the directory vanishing under us
+            raise
         finally:
             self._finish(path, done)
 
     def _present(self) -> _retention.Retention:
-        """The active set less checkpoints that vanished from disk (a directory
-        removed under a live manager), so the state file never names them."""
+        """The active set; after a failed save, less the checkpoints that vanished
+        from disk (a directory removed under a live manager), so that the state
+        file never names them. Costs one read per checkpoint, so only then."""
+        if not self._recheck:
+            return self._retention
+        self._recheck = False
         present, gone = [], []
         for p, t in self._retention.active:
             if _commit.is_committed(p):
