@@ -39,6 +39,8 @@ def save(
         FileExistsError: ``path`` exists.
         TypeError: a leaf cannot be saved (the message names its key path), or
             ``metadata`` is not a JSON-able dict. Nothing is written.
+        ValueError: two keys of the tree print alike (naming the key path), or
+            ``path`` is a URL of an unknown scheme. Nothing is written.
     """
     final = _location.locate(path)
     if final.exists():
@@ -119,8 +121,11 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
 
     Raises:
         CorruptCheckpointError: the state file exists but cannot be parsed.
+        NotADirectoryError: ``directory`` is a file.
     """
     root = _location.locate(directory)
+    if root.is_local and os.path.isfile(root.path):
+        raise NotADirectoryError(errno.ENOTDIR, "checkpoint directory is a file", root.path)
     state = _state_file.read(root)
     if state is None:
         return None

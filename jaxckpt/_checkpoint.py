@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _commit, _format, _location, _multihost, _snapshot, _storage, _tree
+from . import _commit, _faults, _format, _location, _multihost, _snapshot, _storage, _tree
 from ._location import Dir
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
@@ -83,6 +83,7 @@ def write(
             coord.announce(e)
             _commit.abort(staging)
         raise
+    _faults.point("multihost.part_written")
     coord.part_done(None)
     if not coord.primary:
         coord.wait_commit()
@@ -164,6 +165,10 @@ def read_manifest(path: str | Dir) -> dict:
     if data is None:
         if where.is_local and os.path.isfile(where.path):
             raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")
+        if where.read("checkpoint") is not None:
+            raise CheckpointNotFoundError(
+                f"{where} is a CheckpointManager directory, not a checkpoint; restore one of "
+                "its checkpoints (see jaxckpt.latest_checkpoint(directory))")
         if where.exists():
             raise CheckpointNotFoundError(
                 f"{where} is not a committed checkpoint (no {_format.MANIFEST}); it may be "
@@ -312,14 +317,12 @@ class Reader:
         packed = [leaf for leaf in arrays if leaf["where"][0] == "packed"]
         if packed:
             total = self.manifest["packed_nbytes"]
+            store, first = None, None  # store stays None only if the open failed
             try:
                 store = self._open(["packed"], [total]).result()
                 _storage.read(store, ()).result()
             except Exception as e:
-                store = None
                 first = e
-            else:
-                first = None
             if first is not None and store is None:
                 problems += [str(self.damaged(leaf, first)) for leaf in packed]
             elif first is not None:

@@ -31,7 +31,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 
-from . import _format, _location, _storage
+from . import _faults, _format, _location, _storage
 from ._location import Dir, KvDir
 
 log = logging.getLogger("jaxckpt")
@@ -102,7 +102,7 @@ def stage(final: Dir, token: str, *, create: bool) -> Staging:
     if final.is_local:
         tmp = final.parent().join(f".{final.name}{_TMP}{token}")
         if create:
-            os.makedirs(tmp.path)
+            os.mkdir(tmp.path)  # not makedirs: a vanished directory is an error, not recreated
         return Staging(final, tmp, None)
     key = f"{DATA_PREFIX}{token}"
     return Staging(final, final.join(key), key)
@@ -156,12 +156,14 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
     Raises:
         FileExistsError: ``final`` exists and ``replace`` is False.
     """
+    _faults.point("commit.before_publish")
     parent = os.path.dirname(final)
     if os.path.lexists(final):
         if not replace:
             raise FileExistsError(errno.EEXIST, "checkpoint already exists", final)
         if _rename2(tmp, final, _RENAME_EXCHANGE):
             # `tmp` now holds the old checkpoint.
+            _faults.point("commit.exchanged")
             _storage.fsync_dir(parent)
             remove(tmp)
             return
@@ -202,6 +204,7 @@ def remove(checkpoint: str | Dir) -> None:
         return
     trash = _trash_name(path)
     os.rename(path, trash)
+    _faults.point("commit.remove.renamed")
     _storage.fsync_dir(os.path.dirname(path))
     shutil.rmtree(trash, ignore_errors=True)
 

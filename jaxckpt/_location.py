@@ -212,6 +212,10 @@ def _aws_spec(bucket: str, prefix: str) -> dict:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region:
         spec["aws_region"] = region
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # What the default chain would pick first anyway; naming it spares the
+        # chain's errors about missing ~/.aws files on every open.
+        spec["aws_credentials"] = {"type": "environment"}
     return spec
 
 

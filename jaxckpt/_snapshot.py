@@ -138,8 +138,16 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
     metadata = check_metadata(metadata)
     primary = _multihost.process_index() == 0
     entries, _ = _tree.flatten(tree)
+    seen: set[str] = set()
     for entry in entries:
         _tree.check_leaf(entry)
+        if entry.path_str in seen:
+            # Keys are stored as text: two keys that print alike would lose a leaf.
+            raise ValueError(
+                f"two leaves have the key path {entry.path_str} once keys are stored as text "
+                "(dict keys other than str and int are stored as str(key)); use distinct "
+                "str or int keys")
+        seen.add(entry.path_str)
 
     records: list[dict] = []
     arrays: list[ArrayLeaf] = []

@@ -13,7 +13,7 @@ import os
 import re
 import uuid
 
-from . import _location, _storage
+from . import _faults, _location, _storage
 from ._location import Dir
 from .errors import CorruptCheckpointError
 
@@ -178,6 +178,10 @@ def read(directory: str | Dir) -> CheckpointState | None:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise CorruptCheckpointError(f"{file}: not UTF-8 text") from e
+    if not text.strip():
+        # Never written empty (it always names the latest checkpoint): an empty
+        # file is damage, e.g. a crash on a filesystem that reorders writes.
+        raise CorruptCheckpointError(f"{file}: the state file is empty (damaged)")
     return parse(text, file)
 
 
@@ -192,6 +196,7 @@ def write(directory: str | Dir, state: CheckpointState) -> None:
     tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
     try:
         _storage.write_file_durably(tmp, data)
+        _faults.point("state_file.before_replace")
         os.replace(tmp, final)
     except BaseException:
         try:
@@ -199,6 +204,7 @@ def write(directory: str | Dir, state: CheckpointState) -> None:
         except OSError:
             pass
         raise
+    _faults.point("state_file.after_replace")
     _storage.fsync_dir(where.path)
 
 

@@ -20,11 +20,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _api, _checkpoint, _commit, _location, _multihost, _retention, _snapshot, _state_file
-from . import _display, _inspect, _stats
-from . import _in_jit
+from . import (_api, _checkpoint, _commit, _deletions, _faults, _location, _lock, _multihost,
+               _retention, _snapshot, _state_file)
+from . import _display, _in_jit, _inspect, _stats
 from ._writer import Writer
-from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
+from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
+                     CorruptCheckpointError)
 
 log = logging.getLogger("jaxckpt")
 
@@ -58,6 +59,7 @@ def as_number(value: Any, what: str = "checkpoint_number") -> int:
 
 
 def _live_managers() -> list:
+    _MANAGERS[:] = [ref for ref in _MANAGERS if ref() is not None]
     return [m for m in (ref() for ref in _MANAGERS) if m is not None]
 
 
@@ -66,6 +68,27 @@ _MANAGERS: list = []
 # multi-process program makes the same ones, so the count pairs them up.
 _INSTANCES: dict[str, int] = {}
 _INSTANCES_LOCK = threading.Lock()
+
+_OPENING = threading.Lock()  # one takeover-and-lock at a time in this process
+
+
+def _take_over(directory: str) -> None:
+    """Closes (flushing) this process's open managers on ``directory``, with a warning.
+
+    A notebook cell that makes a manager, re-run, must not fail on the lock
+    that its previous run holds.
+    """
+    for other in _live_managers():
+        if other._closed or not _lock.same_directory(other._dir, directory):
+            continue
+        problem = ""
+        try:
+            other._close("a newer CheckpointManager on the same directory took over")
+        except CheckpointWriteError as e:
+            problem = f"; its last background save had failed: {e.__cause__!r}"
+        warnings.warn(
+            f"a CheckpointManager for {directory} was still open in this process; it was "
+            f"flushed and closed, and the new one takes over{problem}", stacklevel=3)
 
 
 @atexit.register
@@ -98,6 +121,16 @@ class CheckpointManager:
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are already in flight).
+
+    One process writes a directory: the manager holds a lock on it (process 0
+    only in a multi-process JAX program; none for URL directories) that dies
+    with the process. A new manager on the same directory in the same process
+    takes over: the old one is flushed and closed, with a warning.
+
+    Raises:
+        CheckpointError: another process's manager holds the directory.
+        ValueError, TypeError, NotADirectoryError: a bad argument, before
+            anything is written.
     """
 
     def __init__(
@@ -116,6 +149,7 @@ class CheckpointManager:
         coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
     ):
         self._max_to_keep = _check_positive_int("max_to_keep", max_to_keep)
+        _check_positive_int("max_pending", max_pending, allow_none=False)
         if keep_checkpoint_every_n_hours is not None and (
             isinstance(keep_checkpoint_every_n_hours, bool)
             or not isinstance(keep_checkpoint_every_n_hours, numbers.Real)
@@ -149,10 +183,8 @@ class CheckpointManager:
         self._root = _location.locate(directory)
         self._dir = str(self._root)
         self._primary = _multihost.process_index() == 0
-        if self._root.is_local:
-            if os.path.exists(self._dir) and not os.path.isdir(self._dir):
-                raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
-            os.makedirs(self._dir, exist_ok=True)
+        if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
+            raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
         with _INSTANCES_LOCK:
             _INSTANCES[self._dir] = _INSTANCES.get(self._dir, 0) + 1
             self._scope = _multihost.scope(self._dir, "mngr", _INSTANCES[self._dir])
@@ -160,23 +192,42 @@ class CheckpointManager:
         self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
         self._lock = threading.Lock()  # guards retention, latest, pending
-        self._save_lock = threading.Lock()  # orders numbering with snapshots
+        self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._pending: dict[str, threading.Event] = {}
         self._stats = _stats.StatsRecorder()
-        self._recover()
-        if self._primary:
-            _commit.sweep_leftovers(self._root, self._name)
-            _state_file.sweep_temporaries(self._root)
-        self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
-        self._closed = False
-        _MANAGERS.append(weakref.ref(self))
+        self._closed_why = "it was closed"
+        self._recheck = False  # after a failed save: re-check the active set on disk
+        with _OPENING:
+            _take_over(self._dir)
+            if self._root.is_local:
+                os.makedirs(self._dir, exist_ok=True)
+            self._dir_lock = _lock.acquire(self._dir)  # None: a URL, or not process 0
+            try:
+                self._recover()
+                if self._primary:  # process 0 alone cleans up (and commits, and deletes)
+                    if self._named is not None:
+                        _deletions.sweep(self._root, self._name, self._named)
+                    _commit.sweep_leftovers(self._root, self._name)
+                    _state_file.sweep_temporaries(self._root)
+                self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
+            except BaseException:
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
+                raise
+            self._closed = False
+            _MANAGERS.append(weakref.ref(self))
 
     # ------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
         now = self._clock()
-        state = _state_file.read(self._root)
         self._max_number = 0
+        self._named: set[str] | None = set()  # what the state file names; None: unknown
+        try:
+            state = _state_file.read(self._root)
+        except CorruptCheckpointError as e:
+            self._recover_by_listing(e, now)
+            return
         if state is None:
             self._retention = _retention.fresh(now)
             self._latest = None
@@ -197,11 +248,27 @@ class CheckpointManager:
             self._retention.active = [(p, t) for p, t in self._retention.active
                                       if p not in missing]
         names = paths + ([state.model_checkpoint_path] if state.model_checkpoint_path else [])
+        self._named = {_state_file.resolve(self._root, p) for p in names}
         for p in names:
             n = self._number_of(p)
             if n is not None:
                 self._max_number = max(self._max_number, n)
         self._latest = _api.latest_checkpoint(self._root)
+
+    def _recover_by_listing(self, damage: CorruptCheckpointError, now: float) -> None:
+        """Recovery when the state file is damaged: number past every checkpoint on
+        disk and take the newest committed one as latest; manage none of them, so
+        that nothing is deleted on a guess. The next save rewrites the state file."""
+        self._retention = _retention.fresh(now)
+        self._named = None  # deletion intents wait for a manager with a sound state file
+        found = sorted((n, self._checkpoint_path(n)) for name in self._root.listdir()
+                       if (n := self._number_of(name)) is not None)
+        self._max_number = max((n for n, _ in found), default=0)
+        committed = [p for _, p in found if _commit.is_committed(p)]
+        self._latest = committed[-1] if committed else None
+        log.warning("%s; taking the newest committed checkpoint on disk (%s) as the latest and "
+                    "numbering from %d; the next save rewrites the state file",
+                    damage, self._latest, self._max_number + 1)
 
     def _number_of(self, path: str) -> int | None:
         m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
@@ -233,6 +300,7 @@ class CheckpointManager:
         self._raise_error()
         _in_jit.wait_ready(self, state)
         with self._save_lock:
+            self._check_open()  # again: close() may have won the lock
             step = None
             if self._interval is not None:
                 step = as_number(self._step_counter(state), "step_counter(state)")
@@ -291,21 +359,33 @@ class CheckpointManager:
         try:
             _checkpoint.write(snapshot, _location.locate(path), replace=True,
                               created=timestamp, coordinator=coord)
+            _faults.point("manager.committed")
             with self._lock:
-                grown = _retention.add(self._retention, path, timestamp)
+                grown = _retention.add(self._present(), path, timestamp)
                 kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
                 if self._primary:
-                    _state_file.write(self._root, self._render(kept, path))
+                    try:
+                        _deletions.mark(self._root, delete)
+                        _state_file.write(self._root, self._render(kept, path))
+                    except BaseException:
+                        self._unpublish(path, delete)
+                        raise
                 self._retention, self._latest = kept, path
             if self._primary:
                 for old in delete:
-                    _commit.remove(old)
+                    _faults.point("manager.before_delete")
+                    try:
+                        _commit.remove(old)
+                        _deletions.done(self._root, old)
+                    except OSError as e:  # the new one is committed; the next manager retries
+                        log.warning("could not delete old checkpoint %s: %r", old, e)
             elapsed = time.perf_counter() - begin
             log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
                      elapsed, f", deleted {len(delete)} old" if delete else "")
             if stats is not None:
                 stats.deleted, stats.write_s = list(delete), elapsed
         except BaseException as e:
+            self._recheck = True  # the failure may be the directory vanishing under us
             if stats is not None:
                 stats.error = repr(e)
             raise
@@ -321,6 +401,36 @@ class CheckpointManager:
             log.warning("clock went backwards in %s: this save is stamped %.3f, before the "
                         "newest checkpoint's %.3f; retention by time may keep or drop "
                         "checkpoints out of order", self._dir, timestamp, newest)
+
+    def _present(self) -> _retention.Retention:
+        """The active set; after a failed save, less the checkpoints that vanished
+        from disk (a directory removed under a live manager), so that the state
+        file never names them. Costs one read per checkpoint, so only then."""
+        if not self._recheck:
+            return self._retention
+        self._recheck = False
+        present, gone = [], []
+        for p, t in self._retention.active:
+            if _commit.is_committed(p):
+                present.append((p, t))
+            else:
+                gone.append(p)
+        if gone:
+            log.warning("checkpoints %s disappeared from %s; no longer listing them", gone,
+                        self._dir)
+        return _retention.Retention(present, self._retention.last_preserved)
+
+    def _unpublish(self, path: str, delete: list[str]) -> None:
+        """After a failed state-file write: the new checkpoint is not committed, so
+        remove it, unless the old state file names that path (a replaced number)."""
+        for old in delete:
+            _deletions.done(self._root, old)
+        if path == self._latest or any(p == path for p, _ in self._retention.active):
+            return
+        try:
+            _commit.remove(path)
+        except OSError as e:
+            log.warning("could not remove %s after its state-file write failed: %r", path, e)
 
     def _finish(self, path: str, done: threading.Event) -> None:
         with self._lock:
@@ -346,7 +456,9 @@ class CheckpointManager:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise CheckpointError(f"CheckpointManager for {self._dir} is closed")
+            raise CheckpointError(
+                f"CheckpointManager for {self._dir} is closed ({self._closed_why}); "
+                "make a new one to save or restore")
 
     def wait_until_finished(self) -> None:
         """Blocks until every queued save is committed (or failed).
@@ -364,10 +476,19 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: a background save failed.
         """
+        self._close("close() was called")
+
+    def _close(self, why: str) -> None:
         if not self._closed:
+            # Outside the lock: a pending save_in_jit callback takes it.
             _in_jit.drain(self)
-            self._closed = True
-            self._writer.close()
+        with self._save_lock:  # a save in progress finishes queueing first
+            if not self._closed:
+                self._closed = True
+                self._closed_why = why
+                self._writer.close()
+                if self._dir_lock is not None:
+                    self._dir_lock.release()
         self._raise_error()
 
     def __enter__(self) -> "CheckpointManager":
@@ -468,6 +589,7 @@ class CheckpointManager:
         """
         _in_jit.drain(self)
         if checkpoint is None:
+            _faults.point("manager.restore_waits")
             self._writer.wait()
             path = self.latest_checkpoint
             if path is None:
@@ -477,6 +599,7 @@ class CheckpointManager:
             with self._lock:
                 done = self._pending.get(path)
             if done is not None:
+                _faults.point("manager.restore_waits")
                 done.wait()
         result = _api.restore(path, target, partial=partial, progress=progress)
         if self._interval is not None:
@@ -490,19 +613,54 @@ class CheckpointManager:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
 
         Without ``target`` the structure comes from ``jax.eval_shape(init_fn)``
-        when ``init_fn`` is given, else the raw saved structure.
+        when ``init_fn`` is given, else the raw saved structure. A damaged or
+        vanished checkpoint is skipped, with a WARNING naming it, for the next
+        older one. Waits for pending saves first.
+
+        Raises:
+            CorruptCheckpointError: checkpoints exist but none of them restores.
+            StructureMismatchError: ``target`` does not fit the checkpoint.
         """
         _in_jit.drain(self)
         self._writer.wait()
-        latest = self.latest_checkpoint
-        if latest is not None:
+        if self.latest_checkpoint is not None:
             if target is None and self._init_fn is not None:
                 import jax
 
                 target = jax.eval_shape(self._init_fn)
-            return self.restore(latest, target)
+            found = self._restore_newest_sound(target)
+            if found is not None:
+                return found[1]
         if self._init_fn is not None:
             return self._init_fn()
+        return None
+
+    def _restore_newest_sound(self, target: Any) -> tuple[str, Any] | None:
+        """(path, state) of the newest checkpoint that restores, after every
+        pending save; None if there is no committed checkpoint.
+
+        A damaged or vanished checkpoint is skipped with a WARNING naming it.
+
+        Raises:
+            CorruptCheckpointError: every committed checkpoint is damaged.
+        """
+        self._writer.wait()
+        with self._lock:
+            newest_first = [self._latest] if self._latest else []
+            newest_first += [p for p, _ in reversed(self._retention.active)
+                             if p not in newest_first]
+        damaged = []
+        for path in newest_first:
+            try:
+                return path, self.restore(path, target)
+            except (CorruptCheckpointError, CheckpointNotFoundError) as e:
+                log.warning("checkpoint %s cannot be restored, falling back to an older one: %s",
+                            path, e)
+                damaged.append(f"{path}: {e}")
+        if damaged:
+            raise CorruptCheckpointError(
+                f"no checkpoint in {self._dir} can be restored; every one is damaged "
+                "or gone:\n  " + "\n  ".join(damaged))
         return None
 
     @property

@@ -107,12 +107,14 @@ class CheckpointManager:
     def restore_or_initialize(self) -> str | None:
         """Restores the latest checkpoint into the holder and returns its path,
         or calls ``init_fn`` and returns None."""
-        latest = self.latest_checkpoint
-        if latest is not None:
-            self._checkpoint._load(self._core.restore(latest, self._checkpoint._state()))
+        # The newest checkpoint that restores: damaged ones are skipped with a warning.
+        found = self._core._restore_newest_sound(self._checkpoint._state())
+        if found is not None:
+            path, state = found
+            self._checkpoint._load(state)
             if self._interval is not None:
                 self._last_step = _evaluate(self._step_counter)
-            return latest
+            return path
         if self._init_fn is not None:
             self._init_fn()
         return None

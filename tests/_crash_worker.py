@@ -1,7 +1,16 @@
-"""A training-like process for the crash tests: saves forever until killed.
+"""A training-like process for the crash tests: saves asynchronously until killed.
 
-Step i's state is a pure function of i, so the test can check any restored
-checkpoint bit-exact against ``state(i)``.
+``python _crash_worker.py DIR MAX_SAVES`` opens a manager on DIR
+(max_to_keep=2), resumes from its latest checkpoint, and saves steps one
+after the other without waiting for commits, overwriting its NumPy buffers
+in place as soon as each ``save`` returns (as a training step would). It
+prints ``start N`` once the manager is open (N: the first step it saves)
+and ``saved N`` after each ``save`` returns; after MAX_SAVES saves it closes
+the manager and prints ``done``.
+
+Step i's state is a pure function of i, ``state(i)``: about 22 MiB in 207
+leaves (one 12 MiB leaf, four 2 MiB ones, 200 small ones packed together, a
+``jax.Array``, the step), so the test can check any checkpoint bit-exact.
 """
 
 from __future__ import annotations
@@ -10,27 +19,73 @@ import sys
 
 import numpy as np
 
+N_LAYERS = 100
+MAX_TO_KEEP = 2
 
-def state(i: int) -> dict:
-    rng = np.random.default_rng(i)
+
+def _bases() -> dict:
     return {
-        "params": {f"layer{j}": rng.standard_normal((64, 64)).astype(np.float32) for j in range(40)},
-        "big": np.full((1 << 20,), i, np.float32),
-        "step": i,
+        "big": np.arange(3 << 20, dtype=np.uint32) * np.uint32(2654435761),
+        "mid": [np.arange(1 << 19, dtype=np.uint32) * np.uint32(j + 3) for j in range(4)],
+        "w": [np.arange(4096, dtype=np.uint32) * np.uint32(j + 7) for j in range(N_LAYERS)],
     }
 
 
-def main(directory: str) -> None:
+_BASES = _bases()
+
+
+def _empty() -> dict:
+    return {
+        "big": np.empty(3 << 20, np.float32),
+        "mid": [np.empty(1 << 19, np.float32) for _ in range(4)],
+        "layers": [{"w": np.empty(4096, np.float32), "b": np.empty(64, np.int32)}
+                   for _ in range(N_LAYERS)],
+        "dev": np.empty(256, np.float32),
+        "step": 0,
+    }
+
+
+def fill(tree: dict, i: int) -> dict:
+    """Writes step ``i``'s values into ``tree``'s NumPy buffers in place."""
+    k = np.uint32(i)
+    np.add(_BASES["big"], k, out=tree["big"].view(np.uint32))
+    for buf, base in zip(tree["mid"], _BASES["mid"]):
+        np.add(base, k, out=buf.view(np.uint32))
+    for layer, base in zip(tree["layers"], _BASES["w"]):
+        np.add(base, k, out=layer["w"].view(np.uint32))
+        layer["b"][:] = i
+    tree["dev"][:] = np.float32(i) * 0.5
+    tree["step"] = i
+    return tree
+
+
+def state(i: int) -> dict:
+    """Step ``i``'s state as plain NumPy (what a raw restore gives back)."""
+    return fill(_empty(), i)
+
+
+def main(directory: str, max_saves: int) -> None:
+    import jax
+
     import jaxckpt
 
-    m = jaxckpt.CheckpointManager(directory, max_to_keep=2)
-    i = (m.restore()["step"] + 1) if m.latest_checkpoint else 1
-    while True:
-        m.save(state(i), checkpoint_number=i)
-        m.wait_until_finished()
-        print(f"committed {i}", flush=True)
+    m = jaxckpt.CheckpointManager(directory, max_to_keep=MAX_TO_KEEP)
+    restored = m.restore_or_initialize()
+    i = 1 if restored is None else int(restored["step"]) + 1
+    print(f"start {i}", flush=True)
+    tree = _empty()
+    for _ in range(max_saves):
+        fill(tree, i)
+        # A fresh device array each step, as a jitted update returns (from a
+        # buffer nobody mutates: on CPU, device_put may alias NumPy memory).
+        saved = {**tree, "dev": jax.device_put(tree["dev"].copy())}
+        path = m.save(saved)
+        assert path.endswith(f"ckpt-{i}"), (path, i)  # numbering continues
+        print(f"saved {i}", flush=True)
         i += 1
+    m.close()
+    print("done", flush=True)
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], int(sys.argv[2]))

@@ -12,3 +12,12 @@ import jax  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 jax.config.update("jax_enable_x64", True)
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Prints what the reliability tests tried (kill rounds, faults, corruptions, bad inputs)."""
+    from _reliability import TALLY
+
+    if TALLY:
+        terminalreporter.write_line(
+            "reliability: " + ", ".join(f"{k} {v}" for k, v in sorted(TALLY.items())))

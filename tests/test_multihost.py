@@ -2,8 +2,8 @@
 
 Saved by 2 processes x 2 devices on a (4,) mesh; restored by 1 process with 4
 devices on a (2, 2) mesh, by 4 processes x 1 device, and by 2 x 2 on (2, 2).
-A process killed mid-save makes the others fail naming it, and the previous
-checkpoint stays the latest.
+A process killed mid-save (its part written, not yet reported) makes the
+others fail naming it, and the previous checkpoint stays the latest.
 """
 
 from __future__ import annotations
@@ -32,14 +32,18 @@ def _free_port() -> int:
 
 
 def run(scenario: str, directory: str, nproc: int, devices: int, mesh: str,
-        timeout: float = 180) -> list[dict]:
-    """Runs ``nproc`` worker processes; returns each one's facts (or raises with its log)."""
+        timeout: float = 180, extra_env: dict[int, dict] | None = None) -> list[dict]:
+    """Runs ``nproc`` worker processes; returns each one's facts (or raises with its log).
+
+    ``extra_env`` maps a process id to environment variables for it alone.
+    """
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(directory), str(port),
                                str(nproc), str(i), mesh],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**env, **(extra_env or {}).get(i, {})})
              for i in range(nproc)]
     outs = []
     for i, p in enumerate(procs):
@@ -95,7 +99,9 @@ def test_two_processes_save_and_restore_onto_other_topologies(tmp_path):
 
 def test_process_killed_mid_save_is_named_and_nothing_is_committed(tmp_path):
     d = tmp_path / "run"
-    facts = run("kill", d, nproc=2, devices=2, mesh="4")
+    kill = {"JAXCKPT_FAULT_POINT": "multihost.part_written", "JAXCKPT_FAULT_ACTION": "kill",
+            "JAXCKPT_FAULT_SKIP": "1"}  # ckpt-1 goes through; dies writing ckpt-2
+    facts = run("kill", d, nproc=2, devices=2, mesh="4", extra_env={1: kill})
     err = facts[0]["error"]
     assert err is not None, "process 0 committed without process 1's part"
     assert "process(es) 1 of 2" in err and "ckpt-2" in err, err

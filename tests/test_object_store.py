@@ -20,6 +20,7 @@ from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _state_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _crash_worker import state as crash_state  # noqa: E402
+from _reliability import check_sound  # noqa: E402
 from _s3_server import s3, s3_server  # noqa: E402,F401
 
 
@@ -130,43 +131,36 @@ def test_damaged_object_is_caught(s3):
         jaxckpt.restore(url)
 
 
-def test_writer_killed_mid_save_on_s3_leaves_previous_checkpoint_latest(s3, tmp_path):
+def test_writer_killed_mid_save_on_s3_leaves_previous_checkpoint_latest(s3):
     server, bucket = s3
     d = f"s3://{bucket}/crash"
     worker = os.path.join(os.path.dirname(__file__), "_crash_worker.py")
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    env.pop("XLA_FLAGS", None)
     rng = random.Random(7)
     last = 0
     for _ in range(2):
-        proc = subprocess.Popen([sys.executable, worker, d], stdout=subprocess.PIPE, text=True,
-                                env=env, stderr=subprocess.DEVNULL)
-        seen = 0
+        proc = subprocess.Popen([sys.executable, worker, d, "1000"], stdout=subprocess.PIPE,
+                                text=True, env=env, stderr=subprocess.DEVNULL)
+        want_saves, saves = rng.randint(2, 4), 0
         for line in proc.stdout:
-            if line.startswith("committed"):
-                seen += 1
-                if seen >= 2:
+            if line.startswith("saved"):
+                saves += 1
+                if saves >= want_saves:
                     break
-        time.sleep(rng.uniform(0.0, 0.3))  # lands the kill somewhere in the next save
+        time.sleep(rng.uniform(0.0, 0.3))  # lands the kill somewhere in a save
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         proc.stdout.close()
-        latest = jaxckpt.latest_checkpoint(d)
-        assert latest is not None
-        for name in _state_file.read(d).all_model_checkpoint_paths:
-            jaxckpt.verify(f"{d}/{name}")
-        out = jaxckpt.restore(latest)
-        i = out["step"]
-        assert latest == f"{d}/ckpt-{i}" and i >= last
-        want = crash_state(i)
-        assert np.array_equal(out["big"], want["big"])
-        for k, v in want["params"].items():
-            assert out["params"][k].tobytes() == v.tobytes()
+        i = check_sound(d, crash_state)
+        assert i >= last
         last = i
+    assert last > 0, "no save committed before the kills"
     with jaxckpt.CheckpointManager(d, max_to_keep=2) as m:
         for name in {k.split("/")[1] for k in server.keys(bucket, "crash/")} - {"checkpoint"}:
             assert server.keys(bucket, f"crash/{name}/_CHECKPOINT"), f"{name} left uncommitted"
         assert m.save(crash_state(last + 1)) == f"{d}/ckpt-{last + 1}"
-    assert jaxckpt.restore(jaxckpt.latest_checkpoint(d))["step"] == last + 1
+    assert check_sound(d, crash_state) == last + 1
 
 
 def test_cli_ls_show_verify_on_s3(s3, capsys):
