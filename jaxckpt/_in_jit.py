@@ -77,13 +77,7 @@ def _plan(state: Any) -> tuple[list[_Slot], list[jax.Array]]:
         leaf = entry.leaf
         record: dict[str, Any] = {"path": [list(t) for t in entry.path]}
         if _is_array(leaf):
-            if _tree.is_prng_key(leaf):
-                record["kind"] = "key"
-                record["impl"] = str(jax.random.key_impl(leaf))
-                record["key_shape"] = list(leaf.shape)
-                leaf = jax.random.key_data(leaf)
-            else:
-                record["kind"] = "jax"
+            leaf = _snapshot.jax_kind(record, leaf)
             dtype = np.dtype(leaf.dtype)
             if dtype == jax.dtypes.float0:
                 raise TypeError(f"leaf at key path {entry.path_str} has dtype float0 (a "

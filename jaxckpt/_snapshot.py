@@ -95,6 +95,18 @@ def _small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
 
 
+def jax_kind(record: dict, leaf: Any) -> Any:
+    """Records a jax leaf's kind (``jax`` or ``key``); returns the array to store
+    (a typed PRNG key array's key data). Works on traced values too."""
+    if _tree.is_prng_key(leaf):
+        record["kind"] = "key"
+        record["impl"] = str(jax.random.key_impl(leaf))
+        record["key_shape"] = list(leaf.shape)
+        return jax.random.key_data(leaf)
+    record["kind"] = "jax"
+    return leaf
+
+
 def host_array(record: dict, data: np.ndarray) -> ArrayLeaf:
     """An array leaf of host data that this process writes whole."""
     shape = tuple(data.shape)
@@ -157,13 +169,7 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
         record: dict[str, Any] = {"path": [list(t) for t in entry.path]}
         records.append(record)
         if isinstance(leaf, jax.Array):
-            if _tree.is_prng_key(leaf):
-                record["kind"] = "key"
-                record["impl"] = str(jax.random.key_impl(leaf))
-                record["key_shape"] = list(leaf.shape)
-                leaf = jax.random.key_data(leaf)
-            else:
-                record["kind"] = "jax"
+            leaf = jax_kind(record, leaf)
             shape = tuple(leaf.shape)
             dtype = np.dtype(leaf.dtype)
             sharding = leaf.sharding
