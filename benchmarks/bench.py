@@ -45,7 +45,7 @@ import bench_train  # noqa: E402
 import bench_trees  # noqa: E402
 
 MiB = bench_trees.MiB
-LIMITS = ("raw_per_leaf", "raw_packed")
+LIMITS = ("raw_per_leaf", "raw_packed")  # buffered writes: issue 3's "raw write+fsync"
 LIBS = ("orbax", "jaxckpt")
 
 
@@ -118,6 +118,12 @@ def storage_workload(name: str, args: argparse.Namespace, root: str) -> dict:
     out["memcpy_fresh"] = stat([c["fresh"] for c in copies])
     out["memcpy_reused"] = stat([c["reused"] for c in copies])
     del host
+    if not args.no_probes:
+        # What any restore (fresh arrays) and any buffered write (fresh page
+        # cache) pays here before a byte moves: faulting in state-size memory.
+        touches = [bench_memory.touch_fresh_seconds(state_bytes, 3.0) for _ in range(args.reps)]
+        out["touch_cold"] = stat([x["cold"] for x in touches])
+        out["touch_warm"] = stat([x["warm"] for x in touches])
 
     savers: dict[str, Any] = {}
     results: dict[str, dict] = {}
@@ -229,6 +235,8 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
             "contenders": {k: {"loop": stat([r["loop_s"] for r in runs[k]]),
                                "step": stat([r["loop_s"] / args.w4_steps for r in runs[k]]),
                                "drain": stat([r["drain_s"] for r in runs[k]]),
+                               "blocked_per_save": stat([r["blocked_s"] / r["saves"]
+                                                         for r in runs[k] if r["saves"]]),
                                "error": errors.get(k)} for k in factories}}
 
 
@@ -386,14 +394,23 @@ def storage_rows(t: Table, name: str, res: dict, full: bool) -> None:
           mib(c["orbax"].get("restore_peak_extra_bytes")),
           mib(c["jaxckpt"].get("restore_peak_extra_bytes")))
     files = lambda k: str(c[k]["files"]) if c[k].get("files") is not None else "-"  # noqa: E731
-    t.row("  files per checkpoint", f"{files('raw_per_leaf')} / {files('raw_packed')}",
+    t.row("  files per checkpoint (limit: file per leaf / packed)",
+          f"{files('raw_per_leaf')} / {files('raw_packed')}",
           files("orbax"), files("jaxckpt"))
+    jc, jr = med(c["jaxckpt"].get("commit")), med(c["jaxckpt"].get("restore"))
     for k, label in (("raw_per_leaf", "write+fsync, file per leaf"),
-                     ("raw_packed", "write+fsync, one packed file")):
-        t.row(f"  limit: {label}, ms", _err_or(res, k, cell(c[k].get("commit"))))
+                     ("raw_packed", "write+fsync, one packed file"),
+                     ("raw_direct", "O_DIRECT write+fsync, packed")):
+        t.row(f"  limit: {label}, ms", _err_or(res, k, cell(c[k].get("commit"))), "", "", "",
+              ratio(jc, med(c[k].get("commit"))))
     for k, label in (("raw_per_leaf", "read, file per leaf"),
-                     ("raw_packed", "read, one packed file")):
-        t.row(f"  limit: {label}, ms", _err_or(res, k, cell(c[k].get("restore"))))
+                     ("raw_packed", "read, one packed file"),
+                     ("raw_direct", "O_DIRECT read, packed")):
+        t.row(f"  limit: {label}, ms", _err_or(res, k, cell(c[k].get("restore"))), "", "", "",
+              ratio(jr, med(c[k].get("restore"))))
+    if res.get("touch_cold"):
+        t.row("  limit: fault in state-size memory, cold, ms", cell(res["touch_cold"]))
+        t.row("  limit: fault in state-size memory, warm, ms", cell(res["touch_warm"]))
     t.row("  limit: memcpy into fresh buffers, ms", cell(res["memcpy_fresh"]))
     t.row("  limit: memcpy into reused buffers, ms", cell(res["memcpy_reused"]))
 
@@ -417,6 +434,8 @@ def train_rows(t: Table, res: dict, full: bool) -> None:
     oj = over("jaxckpt")
     t.row("  step-time overhead vs none", "", fmt(over("orbax")), fmt(oj), "", "",
           "<= 2%", _verdict(None if oj is None else oj <= 0.02, full))
+    t.row("  save() blocks per save (waits for the step), ms", "",
+          cell(c["orbax"].get("blocked_per_save")), cell(c["jaxckpt"].get("blocked_per_save")))
     t.row("  wait for the last save after the loop, ms", "", cell(c["orbax"]["drain"]),
           cell(c["jaxckpt"]["drain"]))
 
@@ -451,12 +470,14 @@ def process_rows(t: Table, imports: dict | None, grow: dict | None, fsync: dict 
                     f"{', rename synced' if r['commit_rename_then_parent_fsync'] else ', rename NOT synced'}")
         t.row("  fsync'd files / commit rename durable", "", fs("orbax"), fs("jaxckpt"))
     if faults:
-        n = faults["np_empty"]
-        h = faults.get("thp_madvise")
-        t.row("  first touch of fresh memory, MiB/s (4K / THP)",
-              f"{n['first_touch_MiBps']:.0f} / {h['first_touch_MiBps']:.0f}" if h else
-              f"{n['first_touch_MiBps']:.0f}")
-        t.row("  touch of freed-and-reused memory, MiB/s", f"{n['retouch_MiBps']:.0f}")
+        f4, fh = faults.get("4k", {}), faults.get("thp", {})
+        r = lambda d, k: f"{d[k]:.0f}" if k in d else "-"  # noqa: E731
+        t.row("  first touch of fresh memory, MiB/s: cold (4K / THP)",
+              f"{r(f4, 'cold_MiBps')} / {r(fh, 'cold_MiBps')}")
+        t.row("  first touch of fresh memory, MiB/s: warm (4K / THP)",
+              f"{r(f4, 'warm_MiBps')} / {r(fh, 'warm_MiBps')}")
+        t.row("  write to touched memory, MiB/s (4K / THP)",
+              f"{r(f4, 'retouch_MiBps')} / {r(fh, 'retouch_MiBps')}")
 
 
 # ---------------------------------------------------------------- main
@@ -518,7 +539,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--w4-steps", type=int, default=300)
     ap.add_argument("--w4-every", type=int, default=50)
     ap.add_argument("--no-probes", action="store_true",
-                    help="skip the import-time, fsync and memory-growth probes")
+                    help="skip the probes: page-fault rates, import times, fsync (strace), "
+                         "memory growth over 50 saves")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="print the table of an earlier run's JSON and exit")
     args = ap.parse_args(argv)
@@ -556,8 +578,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
     try:
-        log("page-fault rate of fresh memory")
-        report["page_faults"] = bench_memory.page_fault_rates()
+        if not args.no_probes:
+            log("page-fault rate of fresh memory")
+            report["page_faults"] = bench_memory.page_fault_rates()
         for name in args.workloads:
             log(f"{name} ...")
             try:
@@ -624,9 +647,12 @@ def footnotes(report: dict) -> str:
         f"peak host mem: {m['peak_memory_method']}, minus RSS at the call's start (save; the "
         "state itself is already resident on the CPU backend), minus the state's size "
         "(restore, which must allocate it).",
-        f"settle before each timed W1/W2 call: {m['settle']} s (free page reporting hands "
-        "freed memory back to the hypervisor after ~2 s; re-faulting it is slow, see the "
-        "first-touch row).",
+        f"settle before each timed W1/W2 call: {m['settle']} s. This VM hands memory freed "
+        "for ~2 s back to the hypervisor (free page reporting); faulting it in again is "
+        "'cold' (see the first-touch rows), so a fresh allocation, or a buffered write's new "
+        "page-cache pages, cost far more after an idle pause than right after a free "
+        "('warm'). --settle 3 makes every timed call cold, as between real saves minutes "
+        "apart; 0 (default) runs them back to back.",
     ]
     fs = report.get("fsync") or {}
     o = fs.get("orbax", {})

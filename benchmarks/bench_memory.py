@@ -104,39 +104,77 @@ def _touch(buf: np.ndarray) -> float:
     return time.perf_counter() - t
 
 
-def page_fault_rates(nbytes: int = 256 * MiB) -> dict:
-    """First-touch and re-touch write rates (MiB/s) of fresh anonymous memory:
-    malloc'd (np.empty: 4 KiB pages unless THP is "always") and mmap'd with
-    madvise(MADV_HUGEPAGE). The gap between first and second touch is the
-    page-fault cost."""
-    out: dict = {"bytes": nbytes}
-    mib = nbytes / MiB
-    buf = np.empty(nbytes, np.uint8)
-    first, second = _touch(buf), _touch(buf)
-    del buf
-    out["np_empty"] = {"first_touch_MiBps": mib / first, "retouch_MiBps": mib / second,
-                       "fault_s_per_GiB": (first - second) / mib * 1024}
-    try:
-        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
-            out["thp_setting"] = f.read().strip()
-    except OSError:
-        out["thp_setting"] = None
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
-    if advice is None:
-        return out
+def _anonymous(nbytes: int, huge: bool) -> mmap.mmap:
     region = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    try:
+    advice = getattr(mmap, "MADV_HUGEPAGE" if huge else "MADV_NOHUGEPAGE", None)
+    if advice is not None:
         region.madvise(advice)
+    return region
+
+
+def _touch_fresh(nbytes: int, huge: bool) -> float:
+    """Seconds to first-write ``nbytes`` of a new private anonymous mapping."""
+    region = _anonymous(nbytes, huge)
+    try:
         buf = np.frombuffer(region, np.uint8)
-        first = _touch(buf)
-        huge = _anon_huge_kib()
-        second = _touch(buf)
+        seconds = _touch(buf)
         del buf
     finally:
         region.close()
-    out["thp_madvise"] = {"first_touch_MiBps": mib / first, "retouch_MiBps": mib / second,
-                          "fault_s_per_GiB": (first - second) / mib * 1024,
-                          "anon_huge_MiB_while_mapped": (huge or 0) / 1024}
+    return seconds
+
+
+def touch_fresh_seconds(nbytes: int, settle_s: float) -> dict[str, float]:
+    """First touch of ``nbytes`` of fresh memory (THP, as NumPy allocates
+    large arrays): ``cold`` after ``settle_s`` idle, ``warm`` right after
+    freeing the same amount."""
+    if settle_s > 0:
+        settled_rss()
+        time.sleep(settle_s)
+    cold = _touch_fresh(nbytes, huge=True)
+    warm = _touch_fresh(nbytes, huge=True)
+    return {"cold": cold, "warm": warm}
+
+
+def page_fault_rates(nbytes: int = 256 * MiB, settle_s: float = 3.0) -> dict:
+    """First-touch write rates (MiB/s) of fresh private anonymous memory.
+
+    For 4 KiB pages (MADV_NOHUGEPAGE) and transparent huge pages
+    (MADV_HUGEPAGE, what NumPy asks for on large arrays): ``cold`` after
+    ``settle_s`` seconds idle (on a VM with free page reporting the freed
+    memory has gone back to the hypervisor), ``warm`` right after the same
+    amount was freed, and ``retouch`` of memory already touched (the plain
+    write bandwidth). The gap between first touch and retouch is the
+    page-fault cost.
+    """
+    mib = nbytes / MiB
+    out: dict = {"bytes": nbytes, "settle_s": settle_s}
+    for path, name in (("/sys/kernel/mm/transparent_hugepage/enabled", "thp_setting"),
+                       ("/sys/module/page_reporting/parameters/page_reporting_order",
+                        "page_reporting_order")):
+        try:
+            with open(path) as f:
+                out[name] = f.read().strip()
+        except OSError:
+            out[name] = None
+    for huge in (False, True):
+        key = "thp" if huge else "4k"
+        settled_rss()
+        time.sleep(settle_s)
+        cold = _touch_fresh(nbytes, huge)
+        warm = _touch_fresh(nbytes, huge)
+        region = _anonymous(nbytes, huge)
+        try:
+            buf = np.frombuffer(region, np.uint8)
+            _touch(buf)
+            retouch = _touch(buf)
+            anon_huge = _anon_huge_kib()
+            del buf
+        finally:
+            region.close()
+        out[key] = {"cold_MiBps": mib / cold, "warm_MiBps": mib / warm,
+                    "retouch_MiBps": mib / retouch,
+                    "anon_huge_MiB_while_mapped": (anon_huge or 0) / 1024}
     return out
 
 

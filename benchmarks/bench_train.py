@@ -102,13 +102,15 @@ def run(loop: Loop, train_step: Callable, state0: Any, data: list, steps: int, e
         first_number: int) -> dict:
     """Trains ``steps`` steps from a copy of ``state0``; seconds of the loop and drain."""
     state = jax.block_until_ready(copy_state(state0))
-    saves = 0
+    saves, blocked = 0, 0.0
     t = time.perf_counter()
     for i in range(steps):
         x, y = data[i % len(data)]
         state, _ = train_step(state, x, y)
         if loop.save is not None and (i + 1) % every == 0:
+            t_save = time.perf_counter()
             loop.save(state, first_number + saves)
+            blocked += time.perf_counter() - t_save
             saves += 1
     jax.block_until_ready(state)
     elapsed = time.perf_counter() - t
@@ -116,4 +118,5 @@ def run(loop: Loop, train_step: Callable, state0: Any, data: list, steps: int, e
     if loop.wait is not None:
         loop.wait()
     return {"loop_s": elapsed, "drain_s": time.perf_counter() - t, "saves": saves,
+            "blocked_s": blocked,
             "step_ms": elapsed / steps * 1e3}
