@@ -21,24 +21,36 @@ import tempfile
 
 _IMPORT = ("import time; t = time.perf_counter(); import {m}; "
            "print(time.perf_counter() - t)")
+# The same module imported after jax in the same fresh interpreter: what it
+# adds to a program that already uses jax (less noisy than a difference of
+# two separate medians).
+_AFTER_JAX = ("import time, jax; t = time.perf_counter(); import {m}; "
+              "print(time.perf_counter() - t)")
 
 
-def import_times(modules: list[str], samples: int = 5) -> dict[str, dict]:
-    """Seconds for ``import M`` in a fresh interpreter: median, min, max, samples."""
-    runs: dict[str, list[float]] = {m: [] for m in modules}
+def import_times(modules: list[str], samples: int = 7) -> dict[str, dict]:
+    """Seconds for ``import M`` in a fresh interpreter: median, min, max, samples.
+
+    Also ``M after jax`` for every M but jax: the import's cost in a fresh
+    interpreter that has already imported jax.
+    """
+    keys = modules + [f"{m} after jax" for m in modules if m != "jax"]
+    runs: dict[str, list[float]] = {m: [] for m in keys}
     errors: dict[str, str] = {}
     for _ in range(samples):
-        for m in modules:
-            if m in errors:
+        for key in keys:
+            if key in errors:
                 continue
-            p = subprocess.run([sys.executable, "-c", _IMPORT.format(m=m)],
-                               capture_output=True, text=True)
+            m, _, after = key.partition(" after ")
+            code = (_AFTER_JAX if after else _IMPORT).format(m=m)
+            p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if p.returncode:
-                errors[m] = p.stderr.strip().splitlines()[-1] if p.stderr else f"rc {p.returncode}"
+                errors[key] = (p.stderr.strip().splitlines()[-1] if p.stderr
+                               else f"rc {p.returncode}")
             else:
-                runs[m].append(float(p.stdout.strip().splitlines()[-1]))
+                runs[key].append(float(p.stdout.strip().splitlines()[-1]))
     out = {}
-    for m in modules:
+    for m in keys:
         if m in errors:
             out[m] = {"error": errors[m]}
         else:

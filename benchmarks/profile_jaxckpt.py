@@ -87,6 +87,8 @@ def take_totals() -> dict[str, list]:
 
 def report(phase: str, seconds: list[float], totals: dict[str, list], reps: int) -> None:
     per = sorted(seconds)[len(seconds) // 2]
+    if not seconds:
+        return
     print(f"\n== {phase}: median {per * 1e3:.1f} ms over {len(seconds)} "
           f"(min {min(seconds) * 1e3:.1f}, max {max(seconds) * 1e3:.1f})")
     total = sum(seconds)
@@ -97,6 +99,103 @@ def report(phase: str, seconds: list[float], totals: dict[str, list], reps: int)
               f"{calls / reps:>11.0f}{secs / calls * 1e6:>10.1f}")
 
 
+def _best(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
+    """(median, min) seconds of ``fn()`` over ``reps`` calls."""
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        out = fn()
+        jax.block_until_ready(out)
+        times.append(time.perf_counter() - t)
+        del out
+    return sorted(times)[len(times) // 2], min(times)
+
+
+def parts(tree: Any, path: str, reps: int) -> None:
+    """The building blocks of a save and a restore, timed one by one."""
+    leaves = jax.tree.leaves(tree)
+    n = len(leaves)
+    host = [np.asarray(x) for x in leaves]
+    total = sum(x.nbytes for x in host)
+    rows: list[tuple[str, tuple[float, float], int]] = []
+
+    def add(label: str, fn: Callable[[], Any], per: int = n) -> None:
+        rows.append((label, _best(fn, reps), per))
+
+    add("jax.tree_util.tree_flatten_with_path", lambda: jax.tree_util.tree_flatten_with_path(tree))
+    add("_tree.flatten (key-path tokens)", lambda: _tree.flatten(tree))
+    add("np.asarray(leaf) per leaf (CPU: zero-copy view)", lambda: [np.asarray(x) for x in leaves])
+    add("leaf.addressable_shards per leaf", lambda: [x.addressable_shards for x in leaves])
+    add("np.dtype(leaf.dtype).name per leaf", lambda: [np.dtype(x.dtype).name for x in leaves])
+    add("_snapshot.take (whole blocking phase)", lambda: _snapshot.take(tree))
+
+    def pack(buf: np.ndarray | None) -> np.ndarray:
+        out = np.empty(total, np.uint8) if buf is None else buf
+        off = 0
+        for x in host:
+            out[off:off + x.nbytes] = x.reshape(-1).view(np.uint8)
+            off += x.nbytes
+        return out
+
+    reused = np.empty(total, np.uint8)
+    reused.fill(0)
+    add("pack all leaves into a fresh np.empty buffer", lambda: pack(None))
+    add("pack all leaves into a reused buffer", lambda: pack(reused))
+    del reused
+
+    reader = _checkpoint.Reader(path)
+    arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
+    add("Reader(path) (manifest read + msgpack)", lambda: _checkpoint.Reader(path), 1)
+    add("Reader.read_arrays, every leaf whole (tensorstore)",
+        lambda: reader.read_arrays([(leaf, [()]) for leaf in arrays]))
+    dev = jax.devices()[0]
+    add("jax.device_put per leaf, 16-byte-aligned host arrays (copies)",
+        lambda: [jax.device_put(x, dev) for x in _misaligned(host)])
+    add("jax.device_put per leaf, 64-byte-aligned host arrays (aliases)",
+        lambda: [jax.device_put(x, dev) for x in _aligned_copies(host)])
+    add("jax.device_put(list) in one call, 64-byte-aligned",
+        lambda: jax.device_put(_aligned_copies(host), dev))
+    print(f"\n== building blocks ({n} leaves, {total / 2**20:.1f} MiB); median [min] of {reps}")
+    print(f"   {'':66}{'ms':>9}{'min ms':>9}{'us/leaf':>9}")
+    for label, (m, lo), per in rows:
+        print(f"   {label:66}{m * 1e3:>9.2f}{lo * 1e3:>9.2f}{m / per * 1e6:>9.1f}")
+    print("   (device_put inputs are built once before the timings; the copy's destination"
+          " is fresh XLA memory each time)")
+
+
+_input_cache: dict[str, list] = {}
+
+
+def _misaligned(host: list[np.ndarray]) -> list[np.ndarray]:
+    """Copies of ``host`` whose data start 16 bytes past a 64-byte boundary,
+    like tensorstore's read buffers; built once, outside the timings."""
+    key = "mis"
+    if key not in _input_cache:
+        out = []
+        for x in host:
+            raw = np.empty(x.nbytes + 128, np.uint8)
+            off = (-raw.ctypes.data) % 64 + 16
+            view = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
+            view[...] = x
+            out.append(view)
+        _input_cache[key] = out
+    return _input_cache[key]
+
+
+def _aligned_copies(host: list[np.ndarray]) -> list[np.ndarray]:
+    key = "al"
+    if key not in _input_cache:
+        out = []
+        for x in host:
+            raw = np.empty(x.nbytes + 128, np.uint8)
+            off = (-raw.ctypes.data) % 64
+            view = raw[off:off + x.nbytes].view(x.dtype).reshape(x.shape)
+            view[...] = x
+            out.append(view)
+        _input_cache[key] = out
+    return _input_cache[key]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", default="W2", choices=["W1", "W2", "W3"])
@@ -105,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dir", default=None)
     ap.add_argument("--pyinstrument", metavar="DIR", default=None,
                     help="write a pyinstrument text profile per phase into DIR")
+    ap.add_argument("--phases", default="save,restore",
+                    help="comma-separated: save (blocking + writer), restore, parts "
+                         "(building blocks timed one by one); default save,restore")
+    ap.add_argument("--no-timers", action="store_true",
+                    help="do not wrap internal functions (for an unbiased external profiler)")
     args = ap.parse_args(argv)
+    phases_wanted = set(args.phases.split(","))
 
     tree = bench_trees.build(args.workload, args.scale)
     target = bench_trees.abstract(tree)
@@ -123,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         mngr.save(tree, checkpoint_number=0)  # warm-up, untimed
         mngr.wait_until_finished()
         mngr.restore(None, target)
-        instrument()
+        if not args.no_timers:
+            instrument()
         phases: dict[str, list[float]] = {"save() blocking": [], "write + commit (writer)": []}
         totals_block: dict[str, list] = {}
         totals_write: dict[str, list] = {}
@@ -134,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                 e[0] += s
                 e[1] += c
 
-        for i in range(1, args.reps + 1):
+        for i in range(1, args.reps + 1 if "save" in phases_wanted else 1):
             if args.pyinstrument:
                 profiler = pyinstrument.Profiler(interval=0.0005)
                 profiler.start()
@@ -152,12 +258,14 @@ def main(argv: list[str] | None = None) -> int:
             phases["save() blocking"].append(t1 - t)
             phases["write + commit (writer)"].append(t2 - t1)
             merge(totals_write, take_totals())
-        report("save() blocking", phases["save() blocking"], totals_block, args.reps)
-        report("write + commit on the writer thread (from save() return to committed)",
-               phases["write + commit (writer)"], totals_write, args.reps)
+        path = mngr.latest_checkpoint
+        if "save" in phases_wanted:
+            report("save() blocking", phases["save() blocking"], totals_block, args.reps)
+            report("write + commit on the writer thread (from save() return to committed)",
+                   phases["write + commit (writer)"], totals_write, args.reps)
 
         # The writer's job again, synchronously on this thread, for pyinstrument.
-        if args.pyinstrument:
+        if args.pyinstrument and "save" in phases_wanted:
             snapshot = _snapshot.take(tree)
             profiler = pyinstrument.Profiler(interval=0.0005)
             profiler.start()
@@ -170,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
             take_totals()
 
         restores = []
-        for i in range(args.reps):
+        for i in range(args.reps if "restore" in phases_wanted else 0):
             if args.pyinstrument:
                 profiler = pyinstrument.Profiler(interval=0.0005)
                 profiler.start()
@@ -184,7 +292,10 @@ def main(argv: list[str] | None = None) -> int:
                           "w") as f:
                     f.write(profiler.output_text(unicode=False, color=False, show_all=False))
             del out
-        report("restore with target", restores, take_totals(), args.reps)
+        if restores:
+            report("restore with target", restores, take_totals(), args.reps)
+        if "parts" in phases_wanted:
+            parts(tree, path, max(3, args.reps))
         mngr.close()
     finally:
         shutil.rmtree(root, ignore_errors=True)
