@@ -317,11 +317,6 @@ def _verdict(ok: bool | None, full_scale: bool) -> str:
     return "ok" if ok else "MISS"
 
 
-def _lib(res: dict, key: str, field: str) -> dict | None:
-    c = res["contenders"].get(key, {})
-    return c.get(field) if c and not c.get("error") else c.get(field) if c else None
-
-
 def _err_or(res: dict, key: str, text: str) -> str:
     err = res["contenders"].get(key, {}).get("error")
     return f"FAILED ({err.split(':')[0]})" if err and text == "-" else text

@@ -141,7 +141,6 @@ def parts(tree: Any, path: str, reps: int) -> None:
     reused.fill(0)
     add("pack all leaves into a fresh np.empty buffer", lambda: pack(None))
     add("pack all leaves into a reused buffer", lambda: pack(reused))
-    del reused
 
     reader = _checkpoint.Reader(path)
     arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
@@ -266,7 +265,6 @@ def main(argv: list[str] | None = None) -> int:
 
         # The writer's job again, synchronously on this thread, for pyinstrument.
         if args.pyinstrument and "save" in phases_wanted:
-            snapshot = _snapshot.take(tree)
             profiler = pyinstrument.Profiler(interval=0.0005)
             profiler.start()
             jaxckpt.save(os.path.join(root, "sync"), tree)
@@ -274,7 +272,6 @@ def main(argv: list[str] | None = None) -> int:
             with open(os.path.join(args.pyinstrument, f"{args.workload}-save-sync.txt"),
                       "w") as f:
                 f.write(profiler.output_text(unicode=False, color=False, show_all=False))
-            del snapshot
             take_totals()
 
         restores = []
