@@ -25,8 +25,9 @@ torture: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/jaxckpt demo
 
+# BENCH_ARGS: e.g. BENCH_ARGS="--workloads W1,W3 --scale 0.1" (see benchmarks/bench.py --help)
 bench: $(STAMP)
-	$(BIN)/python benchmarks/first_measure.py
+	$(BIN)/python benchmarks/bench.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

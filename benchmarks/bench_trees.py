@@ -1,0 +1,126 @@
+"""The benchmark's state trees W1-W3, built the same way on every run.
+
+W1: 512 MiB in 16 float32 matrices. W2: 256 MiB in 2000 leaves shaped like
+a transformer's params plus Adam's mu/nu. W3: 10 leaves, 10 KiB in all.
+``scale`` multiplies the bytes (the leaf counts stay). Leaves are
+``jax.Array`` on the default device, filled with seeded random values so that
+no layer below can cheat on zero pages.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+MiB = 1 << 20
+
+
+def _random(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 1.0) -> jax.Array:
+    data = rng.standard_normal(shape, dtype=np.float32)
+    if scale != 1.0:
+        data *= np.float32(scale)
+    return jnp.asarray(data)
+
+
+def w1(scale: float = 1.0) -> dict:
+    """16 float32 matrices of 32 MiB each (times ``scale``)."""
+    rng = np.random.default_rng(1)
+    cols = 2048
+    rows = max(1, round(32 * MiB * scale / (cols * 4)))
+    return {f"w{i:02d}": _random(rng, (rows, cols)) for i in range(16)}
+
+
+def _transformer_shapes(d: int, vocab: int, layers: int) -> dict:
+    """Parameter shapes of a pre-LN transformer with untied embeddings: 666
+    leaves for 41 layers (16 per layer, 10 outside)."""
+    ffn = 4 * d
+
+    def dense(n_in: int, n_out: int) -> dict:
+        return {"kernel": (n_in, n_out), "bias": (n_out,)}
+
+    def norm() -> dict:
+        return {"scale": (d,), "bias": (d,)}
+
+    tree: dict[str, Any] = {"embed": {"embedding": (vocab, d)},
+                            "pos_embed": {"embedding": (512, d)}}
+    for i in range(layers):
+        tree[f"layers_{i}"] = {
+            "ln_attn": norm(),
+            "attn": {name: dense(d, d) for name in ("query", "key", "value", "out")},
+            "ln_mlp": norm(),
+            "mlp": {"up": dense(d, ffn), "down": dense(ffn, d)},
+        }
+    tree["ln_final"] = norm()
+    tree["pooler"] = dense(d, d)
+    tree["lm_head"] = dense(d, vocab)
+    tree["value_head"] = dense(d, 1)
+    return tree
+
+
+def _count(shapes: Any) -> int:
+    leaves = jax.tree.leaves(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    return sum(math.prod(s) for s in leaves)
+
+
+def w2(scale: float = 1.0) -> dict:
+    """A transformer's params + Adam state: 3 x 666 float32 leaves + 2 int32
+    counters = 2000 leaves, 256 MiB (times ``scale``).
+
+    The width shrinks with sqrt(scale); the vocabulary takes up the rest of
+    the byte budget, so the embeddings and LM head are the large leaves, as
+    in real models.
+    """
+    layers = 41
+    d = max(8, int(round(192 * math.sqrt(scale) / 8)) * 8)
+    budget = int(256 * MiB * scale / 4 / 3)  # float32 elements per copy
+    fixed = _count(_transformer_shapes(d, 0, layers))
+    vocab = max(1, (budget - fixed) // (2 * d + 1))
+    shapes = _transformer_shapes(d, vocab, layers)
+    rng = np.random.default_rng(2)
+    is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+    params = jax.tree.map(lambda s: _random(rng, s, 0.02), shapes, is_leaf=is_shape)
+    mu = jax.tree.map(lambda s: _random(rng, s, 1e-3), shapes, is_leaf=is_shape)
+    nu = jax.tree.map(lambda s: jnp.abs(_random(rng, s, 1e-6)), shapes, is_leaf=is_shape)
+    return {
+        "params": params,
+        "opt_state": {"count": jnp.asarray(1000, jnp.int32), "mu": mu, "nu": nu},
+        "step": jnp.asarray(1000, jnp.int32),
+    }
+
+
+def w3(scale: float = 1.0) -> dict:
+    """10 float32 vectors of 1 KiB each (times ``scale``)."""
+    rng = np.random.default_rng(3)
+    n = max(1, round(256 * scale))
+    return {f"v{i}": _random(rng, (n,)) for i in range(10)}
+
+
+BUILDERS = {"W1": w1, "W2": w2, "W3": w3}
+
+
+def build(name: str, scale: float) -> Any:
+    """The tree of workload ``name``, computed and resident."""
+    tree = BUILDERS[name](scale)
+    return jax.block_until_ready(tree)
+
+
+def nbytes(tree: Any) -> int:
+    return sum(x.nbytes for x in jax.tree.leaves(tree))
+
+
+def abstract(tree: Any) -> Any:
+    """The restore target: ShapeDtypeStructs with the leaves' shardings."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+def describe(tree: Any) -> str:
+    leaves = jax.tree.leaves(tree)
+    sizes = sorted(x.nbytes for x in leaves)
+    return (f"{nbytes(tree) / MiB:.1f} MiB in {len(leaves)} leaves "
+            f"(smallest {sizes[0]} B, median {sizes[len(sizes) // 2]} B, largest "
+            f"{sizes[-1] / MiB:.1f} MiB)")
