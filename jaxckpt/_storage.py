@@ -114,9 +114,36 @@ def write(store: ts.TensorStore, index: tuple, data: np.ndarray) -> ts.Future:
     return target.write(data, can_reference_source_data_indefinitely=True).commit
 
 
-def read(store: ts.TensorStore, index: tuple) -> ts.Future:
+# XLA's CPU client adopts a host buffer without copying only when it is
+# 64-byte aligned; tensorstore's own read buffers are 16-byte aligned.
+_ALIGN = 64
+
+
+def aligned_empty(shape: Sequence[int]) -> np.ndarray:
+    """An uninitialised ``uint8`` array of ``shape`` whose data is 64-byte aligned."""
+    n = math.prod(shape)
+    raw = np.empty(n + _ALIGN, np.uint8)
+    start = (-raw.ctypes.data) % _ALIGN
+    return raw[start : start + n].reshape(tuple(shape))
+
+
+class Read:
+    """A read in flight into an aligned host buffer; ``result()`` gives the buffer."""
+
+    def __init__(self, future: Any, out: np.ndarray):
+        self._future, self._out = future, out
+
+    def result(self) -> np.ndarray:
+        self._future.result()
+        return self._out
+
+
+def read(store: ts.TensorStore, index: tuple) -> Read:
+    """Starts reading ``store[index]`` into a fresh 64-byte-aligned buffer, so that
+    restored arrays become ``jax.Array``s on the CPU without another copy."""
     target = store[index] if index else store
-    return target.read()
+    out = aligned_empty(target.shape)
+    return Read(ts.array(out, copy=False, write=True).write(target), out)
 
 
 def byte_view(array: np.ndarray) -> np.ndarray:
