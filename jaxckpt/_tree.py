@@ -60,13 +60,13 @@ def path_str(path: tuple[tuple[str, Any], ...] | list) -> str:
     return "".join(parts) or "<root>"
 
 
-def _is_none(x: Any) -> bool:
+def is_none(x: Any) -> bool:
     return x is None
 
 
 def flatten(tree: Any) -> tuple[list[Entry], Any]:
     """Flattens ``tree`` keeping ``None`` as a leaf; returns entries and treedef."""
-    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_none)
+    with_path, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_none)
     entries = [Entry(tuple(_token(k) for k in kp), leaf) for kp, leaf in with_path]
     return entries, treedef
 

@@ -704,3 +704,24 @@ def test_unsupported_leaf_in_manager_save(tmp_path, bad):
         path = mngr.save({"fine": np.arange(3)})
         mngr.wait_until_finished()
     assert_raw_tree(jaxckpt.restore(path), {"fine": np.arange(3)})
+
+
+def test_same_structure_saved_again_records_its_own_leaves(tmp_path):
+    """The snapshot caches per tree structure; each save still stores its own
+    values, and a leaf of another shape, dtype or kind under the same structure."""
+    first = {"a": jnp.arange(4.0), "b": {"c": jnp.ones((2, 3), jnp.int32)}, "n": 1}
+    second = {"a": jnp.arange(4.0) + 10, "b": {"c": np.full((5,), 7, np.int8)}, "n": 2}
+    jaxckpt.save(tmp_path / "one", first)
+    jaxckpt.save(tmp_path / "two", second)
+    got1 = jaxckpt.restore(tmp_path / "one")
+    got2 = jaxckpt.restore(tmp_path / "two")
+    np.testing.assert_array_equal(got1["a"], np.arange(4.0))
+    np.testing.assert_array_equal(got1["b"]["c"], np.ones((2, 3), np.int32))
+    np.testing.assert_array_equal(got2["a"], np.arange(4.0) + 10)
+    assert got2["b"]["c"].dtype == np.int8 and got2["b"]["c"].shape == (5,)
+    assert (got1["n"], got2["n"]) == (1, 2)
+    deleted = {"a": jnp.arange(4.0), "b": {"c": jnp.ones((2, 3))}, "n": 3}
+    deleted["a"].delete()
+    with pytest.raises(TypeError, match=r"\['a'\]"):
+        jaxckpt.save(tmp_path / "three", deleted)
+    assert not (tmp_path / "three").exists()
