@@ -60,15 +60,15 @@ def _wrap(owner: Any, name: str, label: str | None = None) -> None:
 
 def instrument() -> None:
     for owner, names in (
-        (_snapshot, ["take", "_pieces", "check_metadata"]),
+        (_snapshot, ["take", "_pieces", "check_metadata", "_paths_of"]),
         (_tree, ["flatten", "check_leaf", "is_prng_key"]),
-        (_checkpoint, ["write", "_layout", "_pack", "_write_part", "read_manifest"]),
+        (_checkpoint, ["write", "_layout", "_write_part", "_write_packed", "_fill", "read_manifest"]),
         (_storage, ["open_array", "write", "read", "fsync_tree", "from_bytes", "byte_view"]),
         (_commit, ["stage", "seal_part", "commit", "publish"]),
         (_state_file, ["write"]),
         (_restore, ["restore_target"]),
         (_checkpoint.Reader, ["__init__", "read_arrays", "_read_packed"]),
-        (_restore._Plan, ["__init__", "problem", "requests", "build"]),
+        (_restore._Plan, ["__init__", "problem", "requests", "build", "transfers", "assemble"]),
     ):
         for name in names:
             label = f"{getattr(owner, '__name__', owner)}.{name}"

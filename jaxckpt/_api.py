@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from . import _checkpoint, _commit, _location, _multihost, _progress, _restore, _snapshot
+from . import _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore, _snapshot
 from . import _state_file
 from .errors import CorruptCheckpointError
 
@@ -81,13 +81,15 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         StructureMismatchError: ``target`` does not fit, naming every key path.
         CorruptCheckpointError: stored bytes fail their checksums.
     """
-    reader = _checkpoint.Reader(path)
-    # A partial restore reads less than the bar's total; the bar completes at the end.
-    with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path), progress) as bar:
-        reader.on_leaf_read = bar
-        if target is None:
-            return _restore.restore_raw(reader)
-        return _restore.restore_target(reader, target, partial)
+    with _gc.paused():  # decoding thousands of leaf records set off full collections
+        reader = _checkpoint.Reader(path)
+        # A partial restore reads less than the bar's total; the bar completes at the end.
+        with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path),
+                           progress) as bar:
+            reader.on_leaf_read = bar
+            if target is None:
+                return _restore.restore_raw(reader)
+            return _restore.restore_target(reader, target, partial)
 
 
 def metadata(path: str | os.PathLike) -> Any:

@@ -1,8 +1,9 @@
 """One checkpoint: write a snapshot to storage and commit it; read it back.
 
-Small leaves are packed back to back into one array (one file, one fsync for
-thousands of leaves); leaves of ``_format.LARGE_BYTES`` or more get an array each,
-chunked along their sharding so that each writer owns whole files.
+Small leaves are packed back to back into one array (4 MiB shard files, written
+concurrently, for thousands of leaves); leaves of ``_format.LARGE_BYTES`` or
+more get an array each, chunked along their sharding so that each writer owns
+whole files.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from . import _commit, _faults, _format, _location, _multihost, _snapshot, _stor
 from ._location import Dir
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
-def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int]:
-    """Assigns each array leaf its place; returns (packed bytes, inner chunk).
+def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
+    """Assigns each array leaf its place; returns the packed array's
+    (bytes, shard file size, inner chunk size).
 
     Depends only on what every process knows (shapes, dtypes, shardings), so
     all processes of a multi-process save compute the same layout.
@@ -37,22 +39,40 @@ def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int]:
                                              exact=arr.exact)
             arr.record["where"] = ["array", str(n_large), outer, inner]
             n_large += 1
-    inner = min(_storage.PACKED_INNER_BYTES, offset) if offset else 0
-    total = -(-offset // inner) * inner if inner else 0
-    return total, inner
+    if not offset:
+        return 0, 0, 0
+    inner = min(_storage.PACKED_INNER_BYTES, offset)
+    total = -(-offset // inner) * inner
+    return total, min(total, _storage.PACKED_SHARD_BYTES), inner
 
 
-def _pack(snapshot: _snapshot.Snapshot, total: int) -> np.ndarray:
-    buf = np.empty(total, np.uint8)
-    for arr in snapshot.arrays:
-        where = arr.record["where"]
-        if where[0] != "packed":
-            continue
-        _, off, nbytes = where
-        region = buf[off : off + nbytes].view(arr.dtype).reshape(arr.shape)
+def _packed_bytes(arr: _snapshot.ArrayLeaf) -> np.ndarray:
+    """A packed leaf's bytes, flat (assembled first if this process holds it in pieces)."""
+    if len(arr.shards) == 1 and arr.shards[0].data.shape == arr.shape:
+        data = np.ascontiguousarray(arr.shards[0].data)
+    else:
+        data = np.empty(arr.shape, arr.dtype)
         for shard in arr.shards:
-            region[tuple(slice(a, b) for a, b in shard.index)] = shard.data
-    return buf
+            data[tuple(slice(a, b) for a, b in shard.index)] = shard.data
+    return data.reshape(-1).view(np.uint8)
+
+
+def _fill(buf: np.ndarray, start: int, placed: list[tuple[int, np.ndarray]]) -> None:
+    """Copies the leaves' bytes that fall in ``[start, start + len(buf))`` into
+    ``buf`` and zeroes the padding between them (``placed`` is sorted by offset)."""
+    end = start + len(buf)
+    at = start
+    for off, data in placed:
+        stop = off + len(data)
+        if stop <= start or off >= end:
+            continue
+        lo, hi = max(off, start), min(stop, end)
+        if lo > at:
+            buf[at - start : lo - start] = 0
+        buf[lo - start : hi - start] = data[lo - off : hi - off]
+        at = hi
+    if at < end:
+        buf[at - start :] = 0
 
 
 def write(
@@ -73,9 +93,9 @@ def write(
     coord = coordinator
     token = coord.share_token(lambda: _stage_token(final))
     staging = _commit.stage(final, token, create=False)
-    total, inner = _layout(snapshot)
+    packed = _layout(snapshot)
     try:
-        _write_part(snapshot, staging.data, total, inner, coord.primary)
+        _write_part(snapshot, staging.data, packed, coord.primary)
         _commit.seal_part(staging)
     except BaseException as e:
         coord.part_done(e)
@@ -94,8 +114,9 @@ def write(
             "version": _format.VERSION,
             "created": created,
             "metadata": snapshot.metadata,
-            "packed_nbytes": total,
-            "packed_chunk": inner,
+            "packed_nbytes": packed[0],
+            "packed_shard": packed[1],
+            "packed_chunk": packed[2],
             "leaves": snapshot.records,
         }
         if staging.data_key is not None:
@@ -115,9 +136,10 @@ def _stage_token(final: Dir) -> str:
     return token
 
 
-def _write_part(snapshot: _snapshot.Snapshot, root: Dir, total: int, inner: int,
+def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int, int],
                 primary: bool) -> None:
     """Writes this process's shards (and, on process 0, the packed array)."""
+    total, shard, inner = packed
     opened = []
     for arr in snapshot.arrays:
         where = arr.record["where"]
@@ -128,28 +150,66 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, total: int, inner: int,
             opened.append((arr, _storage.open_array(spec)))
     packed_future = None
     if total and primary:
-        spec = _storage.array_spec(root.join(_format.PACKED).kvstore(), [total], [total],
+        spec = _storage.array_spec(root.join(_format.PACKED).kvstore(), [total], [shard],
                                    [inner], create=True)
         packed_future = _storage.open_array(spec)
     commits = []
-    for arr, fut in opened:
-        store = fut.result()
-        for shard in arr.shards:
-            index = tuple(slice(a, b) for a, b in shard.index)
-            commits.append(_storage.write(store, index, _storage.byte_view(shard.data)))
-    if packed_future is not None:
-        buf = _pack(snapshot, total)
-        commits.append(_storage.write(packed_future.result(), (), buf))
-    # Await every write, even after one failed: a write still running would
-    # recreate its files after the failed temporary is removed.
-    errors = []
-    for c in commits:
-        try:
-            c.result()
-        except Exception as e:
-            errors.append(e)
+    errors: list[BaseException] = []
+    try:
+        for arr, fut in opened:
+            store = fut.result()
+            for piece in arr.shards:
+                index = tuple(slice(a, b) for a, b in piece.index)
+                commits.append(_storage.write(store, index, _storage.byte_view(piece.data)))
+        if packed_future is not None:
+            _write_packed(snapshot, packed_future.result(), total, shard, errors)
+    finally:
+        # Await every write, even after one failed: a write still running would
+        # recreate its files after the failed temporary is removed.
+        for c in commits:
+            try:
+                c.result()
+            except Exception as e:
+                errors.append(e)
     if errors:
         raise errors[0]
+
+
+def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: int,
+                  errors: list[BaseException]) -> None:
+    """Writes the packed array one shard file at a time through a few reused
+    staging buffers: memory stays bounded (no copy of all the small leaves at
+    once) and the buffers, already touched, cost no page faults."""
+    placed = [(arr.record["where"][1], _packed_bytes(arr)) for arr in snapshot.arrays
+              if arr.record["where"][0] == "packed" and arr.shards]
+    inflight: list[tuple[Any, np.ndarray]] = []
+
+    def settle_oldest() -> None:
+        fut, buf = inflight.pop(0)
+        try:
+            fut.result()
+        except Exception as e:
+            errors.append(e)
+        finally:
+            _storage.staging.release(buf)
+
+    try:
+        for start in range(0, total, shard):
+            if len(inflight) >= _storage.PACKED_WINDOW:
+                settle_oldest()
+            if errors:
+                return
+            buf = _storage.staging.acquire(min(shard, total - start))
+            try:
+                _fill(buf, start, placed)
+                fut = _storage.write(store, (slice(start, start + len(buf)),), buf)
+            except BaseException:
+                _storage.staging.release(buf)
+                raise
+            inflight.append((fut, buf))
+    finally:
+        while inflight:
+            settle_oldest()
 
 
 # ---------------------------------------------------------------- reading
@@ -196,8 +256,9 @@ class Reader:
                                        shape, where[2], where[3], create=False)
         else:
             total = self.manifest["packed_nbytes"]
+            shard = self.manifest.get("packed_shard", total)  # one file before 0.2
             spec = _storage.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
-                                       [total], [self.manifest["packed_chunk"]], create=False)
+                                       [shard], [self.manifest["packed_chunk"]], create=False)
         return _storage.open_array(spec)
 
     def damaged(self, leaf: dict, e: BaseException) -> CorruptCheckpointError:

@@ -3,14 +3,15 @@
 A checkpoint is a directory (or object prefix) holding:
 
     _CHECKPOINT     the manifest; its presence is the commit record
-    packed/         one zarr3 uint8 array: small leaves' bytes back to back
+    packed/         one zarr3 uint8 array: small leaves' bytes back to back, in
+                    shard files of ``packed_shard`` bytes (version 1: one file)
     a/<n>/          one zarr3 array per large leaf, shape (*shape, itemsize) uint8
 
 The manifest is ``MAGIC + crc32(payload) as 4 little-endian bytes + payload``
 where the payload is msgpack of::
 
-    {"version": 1, "created": float, "metadata": user dict or None,
-     "packed_nbytes": int, "packed_chunk": int,
+    {"version": 2, "created": float, "metadata": user dict or None,
+     "packed_nbytes": int, "packed_shard": int, "packed_chunk": int,
      "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ],
      "data": "d-<token>"   (optional; object stores only)}
 
@@ -42,7 +43,9 @@ import numpy as np
 from .errors import CorruptCheckpointError
 
 MAGIC = b"JAXCKPT\x00"
-VERSION = 1
+VERSION = 2
+# Version 1 stored the packed array as one file (no "packed_shard").
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "_CHECKPOINT"
 PACKED = "packed"
 ARRAYS = "a"
@@ -112,9 +115,9 @@ def unpack_manifest(data: bytes, where: str) -> dict:
     except Exception as e:  # msgpack raises several unrelated types
         raise CorruptCheckpointError(f"{where}: {MANIFEST} cannot be decoded: {e}") from e
     version = manifest.get("version")
-    if version != VERSION:
+    if version not in READABLE_VERSIONS:
         raise CorruptCheckpointError(
             f"{where}: format version {version!r} is not supported by this jaxckpt "
-            f"(reads version {VERSION}); upgrade jaxckpt."
+            f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade jaxckpt."
         )
     return manifest

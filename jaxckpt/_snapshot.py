@@ -16,7 +16,6 @@ leaves it can assemble from its own devices, which go into the packed array.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 from typing import Any
@@ -24,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _format, _multihost, _tree
+from . import _format, _gc, _multihost, _tree
 
 
 @dataclasses.dataclass(slots=True)
@@ -149,13 +148,8 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
     (tens of ms on W2); nothing here makes cycles, so reference counting
     frees it all the same.
     """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
+    with _gc.paused():
         return _take(tree, metadata)
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 class _Paths:
