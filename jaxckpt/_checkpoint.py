@@ -94,8 +94,9 @@ def write(
     token = coord.share_token(lambda: _stage_token(final))
     staging = _commit.stage(final, token, create=False)
     packed = _layout(snapshot)
+    inline = None
     try:
-        _write_part(snapshot, staging.data, packed, coord.primary)
+        inline = _write_part(snapshot, staging.data, packed, coord.primary)
         _commit.seal_part(staging)
     except BaseException as e:
         coord.part_done(e)
@@ -119,6 +120,8 @@ def write(
             "packed_chunk": packed[2],
             "leaves": snapshot.records,
         }
+        if inline is not None:
+            manifest["packed_inline"] = inline
         if staging.data_key is not None:
             manifest["data"] = staging.data_key
         _commit.commit(staging, _format.pack_manifest(manifest), replace=replace)
@@ -137,9 +140,17 @@ def _stage_token(final: Dir) -> str:
 
 
 def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int, int],
-                primary: bool) -> None:
-    """Writes this process's shards (and, on process 0, the packed array)."""
+                primary: bool) -> bytes | None:
+    """Writes this process's shards and, on process 0, the packed array; returns
+    the packed bytes instead when they are small enough to go in the manifest."""
     total, shard, inner = packed
+    inline = None
+    if total and primary and total <= _storage.INLINE_BYTES:
+        # A file of its own would cost 3 directories, 3 fsyncs and a rename
+        # (over a third of a small save); the manifest's checksum covers them.
+        buf = np.empty(total, np.uint8)
+        _fill(buf, 0, _placed(snapshot))
+        inline, total = buf.tobytes(), 0
     opened = []
     for arr in snapshot.arrays:
         where = arr.record["where"]
@@ -173,6 +184,13 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
                 errors.append(e)
     if errors:
         raise errors[0]
+    return inline
+
+
+def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray]]:
+    """(offset, flat bytes) of the packed leaves this process holds, by offset."""
+    return [(arr.record["where"][1], _packed_bytes(arr)) for arr in snapshot.arrays
+            if arr.record["where"][0] == "packed" and arr.shards]
 
 
 def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: int,
@@ -180,8 +198,7 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
     """Writes the packed array one shard file at a time through a few reused
     staging buffers: memory stays bounded (no copy of all the small leaves at
     once) and the buffers, already touched, cost no page faults."""
-    placed = [(arr.record["where"][1], _packed_bytes(arr)) for arr in snapshot.arrays
-              if arr.record["where"][0] == "packed" and arr.shards]
+    placed = _placed(snapshot)
     inflight: list[tuple[Any, np.ndarray]] = []
 
     def settle_oldest() -> None:
@@ -323,6 +340,13 @@ class Reader:
 
     def _read_packed(self, leaves: list[dict]) -> dict[int, np.ndarray]:
         total = self.manifest["packed_nbytes"]
+        inline = self.manifest.get("packed_inline")
+        if inline is not None:
+            buf = _storage.aligned_empty((len(inline),))
+            buf[:] = np.frombuffer(inline, np.uint8)
+            return {id(leaf): _storage.from_bytes(buf[leaf["where"][1] : sum(leaf["where"][1:])],
+                                                  _stored_dtype(leaf), _stored_shape(leaf))
+                    for leaf in leaves}
         try:
             store = self._open(["packed"], [total]).result()
         except Exception as e:
@@ -376,7 +400,11 @@ class Reader:
         problems = []
         arrays = [leaf for leaf in self.leaves if leaf["kind"] != "py"]
         packed = [leaf for leaf in arrays if leaf["where"][0] == "packed"]
-        if packed:
+        if packed and "packed_inline" in self.manifest:  # checked with the manifest
+            if on_leaf:
+                for leaf in packed:
+                    on_leaf(leaf)
+        elif packed:
             total = self.manifest["packed_nbytes"]
             store, first = None, None  # store stays None only if the open failed
             try:

@@ -13,7 +13,9 @@ where the payload is msgpack of::
     {"version": 2, "created": float, "metadata": user dict or None,
      "packed_nbytes": int, "packed_shard": int, "packed_chunk": int,
      "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ],
-     "data": "d-<token>"   (optional; object stores only)}
+     "data": "d-<token>"   (optional; object stores only),
+     "packed_inline": bytes  (optional: the packed array itself, when it is
+                              at most 64 KiB; then there is no packed/)}
 
 On object stores, which cannot rename, the arrays live under the ``data``
 sub-prefix named in the manifest, so that saving a number again writes new

@@ -29,6 +29,8 @@ PACK_ALIGN = 64
 # and the writer stages at most PACKED_WINDOW of them at a time.
 PACKED_SHARD_BYTES = 4 << 20
 PACKED_WINDOW = 4
+# A packed array this small is stored in the manifest, not in a file of its own.
+INLINE_BYTES = 64 << 10
 
 _CRC = [{"name": "bytes"}, {"name": "crc32c"}]
 _INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]

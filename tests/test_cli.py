@@ -13,6 +13,7 @@ import pytest
 
 import jaxckpt
 from jaxckpt.cli import main
+from jaxckpt import _storage
 
 HOUR = 3600.0
 
@@ -36,6 +37,13 @@ def _array_file(ckpt: str, sub: str = "a") -> str:
         if files:
             return os.path.join(root, sorted(files)[0])
     raise AssertionError(f"no data file under {ckpt}/{sub}")
+
+
+@pytest.fixture(autouse=True)
+def _packed_in_files(monkeypatch):
+    """These small trees' packed leaves go in a file (not the manifest), so
+    that damage to them is a file to flip."""
+    monkeypatch.setattr(_storage, "INLINE_BYTES", 0)
 
 
 @pytest.fixture

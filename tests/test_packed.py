@@ -115,3 +115,23 @@ def test_unknown_format_version_asks_for_an_upgrade(tmp_path):
         f.write(_format.pack_manifest(manifest))
     with pytest.raises(CorruptCheckpointError, match="version 99 .*reads versions 1, 2.*upgrade"):
         jaxckpt.restore(tmp_path / "c")
+
+
+def test_a_tiny_packed_array_lives_in_the_manifest(tmp_path):
+    from jaxckpt import _format
+
+    tree = {f"v{i}": np.full(256, i, np.float32) for i in range(10)}  # 10 KiB
+    tree["k"] = np.arange(3, dtype=np.int8)
+    path = tmp_path / "c"
+    jaxckpt.save(path, tree)
+    assert sorted(os.listdir(path)) == [_format.MANIFEST]  # no packed/ files, no a/
+    jaxckpt.verify(path)
+    out = jaxckpt.restore(path)
+    for key, value in tree.items():
+        assert out[key].tobytes() == value.tobytes() and out[key].dtype == value.dtype
+    data = bytearray((path / _format.MANIFEST).read_bytes())
+    data[-100] ^= 0x01  # inside the packed bytes at the end of the manifest
+    (path / _format.MANIFEST).write_bytes(bytes(data))
+    for call in (jaxckpt.verify, jaxckpt.restore):
+        with pytest.raises(CorruptCheckpointError, match="checksum"):
+            call(path)
