@@ -195,20 +195,19 @@ def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray]]:
 
 def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: int,
                   errors: list[BaseException]) -> None:
-    """Writes the packed array one shard file at a time through a few reused
-    staging buffers: memory stays bounded (no copy of all the small leaves at
-    once) and the buffers, already touched, cost no page faults."""
+    """Writes the packed array one shard file at a time, at most
+    ``PACKED_WINDOW`` staged at once: memory stays bounded (no copy of all the
+    small leaves at once) while tensorstore writes and fsyncs several files
+    concurrently. Each staging buffer is fresh: tensorstore may keep
+    referencing what it was given after the write commits."""
     placed = _placed(snapshot)
-    inflight: list[tuple[Any, np.ndarray]] = []
+    inflight: list[Any] = []
 
     def settle_oldest() -> None:
-        fut, buf = inflight.pop(0)
         try:
-            fut.result()
+            inflight.pop(0).result()
         except Exception as e:
             errors.append(e)
-        finally:
-            _storage.staging.release(buf)
 
     try:
         for start in range(0, total, shard):
@@ -216,14 +215,9 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
                 settle_oldest()
             if errors:
                 return
-            buf = _storage.staging.acquire(min(shard, total - start))
-            try:
-                _fill(buf, start, placed)
-                fut = _storage.write(store, (slice(start, start + len(buf)),), buf)
-            except BaseException:
-                _storage.staging.release(buf)
-                raise
-            inflight.append((fut, buf))
+            buf = _storage.aligned_empty((min(shard, total - start),))
+            _fill(buf, start, placed)
+            inflight.append(_storage.write(store, (slice(start, start + len(buf)),), buf))
     finally:
         while inflight:
             settle_oldest()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -26,7 +25,8 @@ PACKED_INNER_BYTES = 256 << 10
 PACK_ALIGN = 64
 # The packed array is split into shard files of this size: tensorstore writes
 # them concurrently (256 MiB as one file: ~1.5 s here; as 4 MiB files: ~0.3 s),
-# and the writer stages at most PACKED_WINDOW of them at a time.
+# and the writer stages at most PACKED_WINDOW of them at a time, so a save
+# never holds a second copy of all the small leaves.
 PACKED_SHARD_BYTES = 4 << 20
 PACKED_WINDOW = 4
 # A packed array this small is stored in the manifest, not in a file of its own.
@@ -133,36 +133,6 @@ def aligned_empty(shape: Sequence[int]) -> np.ndarray:
     raw = np.empty(n + _ALIGN, np.uint8)
     start = (-raw.ctypes.data) % _ALIGN
     return raw[start : start + n].reshape(tuple(shape))
-
-
-class _Staging:
-    """A small pool of reused, aligned staging buffers of ``PACKED_SHARD_BYTES``.
-
-    Fresh memory page-faults slowly (and on some VMs memory freed a few
-    seconds ago is as slow as fresh), so the packed array's shards are staged
-    in buffers kept between saves: at most ``PACKED_WINDOW`` of them stay.
-    Smaller requests get a fresh buffer. Thread-safe.
-    """
-
-    def __init__(self) -> None:
-        self._free: list[np.ndarray] = []
-        self._lock = threading.Lock()
-
-    def acquire(self, nbytes: int) -> np.ndarray:
-        if nbytes == PACKED_SHARD_BYTES:
-            with self._lock:
-                if self._free:
-                    return self._free.pop()
-        return aligned_empty((nbytes,))
-
-    def release(self, buf: np.ndarray) -> None:
-        if len(buf) == PACKED_SHARD_BYTES:
-            with self._lock:
-                if len(self._free) < PACKED_WINDOW:
-                    self._free.append(buf)
-
-
-staging = _Staging()
 
 
 class Read:

@@ -1,9 +1,8 @@
 """The packed array of small leaves: shard files, staging-buffer reuse, damage.
 
-Small leaves are packed back to back into 4 MiB shard files written through
-a few reused staging buffers; these tests cross shard boundaries with
-leaves, reuse the buffers across saves of different values, and damage one
-shard file.
+Small leaves are packed back to back into 4 MiB shard files, a few staged
+at a time; these tests cross shard boundaries with leaves, save different
+values in turn, and damage one shard file.
 """
 
 from __future__ import annotations
@@ -51,18 +50,18 @@ def test_leaves_across_shard_files_restore_bit_exact(tmp_path):
     assert out["tail"].tobytes() == tree["tail"].tobytes()
 
 
-def test_reused_staging_buffers_hold_no_bytes_of_an_earlier_save(tmp_path):
+def test_saves_in_turn_hold_their_own_bytes_and_zero_padding(tmp_path):
     first, second = _tree(1), _tree(2)
     mngr = jaxckpt.CheckpointManager(tmp_path, max_to_keep=None)
     p1 = mngr.save(first)
-    p2 = mngr.save(second)  # staged in the buffers the first save used
+    p2 = mngr.save(second)
     mngr.close()
     for path, want in ((p1, first), (p2, second)):
         out = jaxckpt.restore(path)
         for a, b in zip(out["w"], want["w"]):
             assert a.tobytes() == b.tobytes()
         assert out["odd"].tobytes() == want["odd"].tobytes()
-    # Padding between leaves is written as zeros, never as stale buffer contents.
+    # Padding between leaves is written as zeros, never as whatever memory held.
     manifest = _checkpoint.read_manifest(p2)
     odd = next(leaf for leaf in manifest["leaves"] if leaf["path"] == [["k", "odd"]])
     _, off, nbytes = odd["where"]
