@@ -215,7 +215,7 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
                 settle_oldest()
             if errors:
                 return
-            buf = _storage.aligned_empty((min(shard, total - start),))
+            buf = np.empty(min(shard, total - start), np.uint8)
             _fill(buf, start, placed)
             inflight.append(_storage.write(store, (slice(start, start + len(buf)),), buf))
     finally:
