@@ -244,25 +244,30 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
     arrays: list[ArrayLeaf] = []
     pending: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array]]]] = []
     for stored, leaf in zip(known.stored, leaves):
-        record: dict[str, Any] = {"path": stored}
-        records.append(record)
         if isinstance(leaf, jax.Array):
             sharding = leaf.sharding
             if type(sharding) is _SINGLE_DEVICE and isinstance(leaf.dtype, np.dtype):
                 # The common case, kept cheap: one shard, the whole array.
                 plain = _plain(leaf.shape, leaf.dtype, sharding)
-                record["kind"] = "jax"
-                record["dtype"] = plain.dtype_name
-                record["shape"] = list(plain.shape)
+                record = {"path": stored, "kind": "jax", "dtype": plain.dtype_name,
+                          "shape": list(plain.shape)}
+                records.append(record)
                 arr = ArrayLeaf(record, plain.dtype, plain.shape, [], plain.shape,
                                 packed=plain.packed)
-                pieces = [(plain.index, leaf)] if primary else []
-                if pieces and not plain.on_cpu:
-                    leaf.copy_to_host_async()
-                pending.append((arr, pieces))
                 arrays.append(arr)
+                if not primary:
+                    continue
+                if plain.on_cpu:  # a view of the buffer, which it keeps alive
+                    arr.shards = [Shard(plain.index, np.asarray(leaf))]
+                else:
+                    leaf.copy_to_host_async()
+                    pending.append((arr, [(plain.index, leaf)]))
                 continue
-            leaf = jax_kind(record, leaf)
+        record: dict[str, Any] = {"path": stored}
+        records.append(record)
+        if isinstance(leaf, jax.Array):
+            leaf = jax_kind(record, leaf)  # key data for PRNG keys: its own sharding
+            sharding = leaf.sharding
             shape = tuple(leaf.shape)
             dtype = np.dtype(leaf.dtype)
             shard_shape = tuple(sharding.shard_shape(shape))

@@ -725,3 +725,16 @@ def test_same_structure_saved_again_records_its_own_leaves(tmp_path):
     with pytest.raises(TypeError, match=r"\['a'\]"):
         jaxckpt.save(tmp_path / "three", deleted)
     assert not (tmp_path / "three").exists()
+
+
+def test_sharded_prng_keys_round_trip(tmp_path):
+    """Keys laid out over a mesh: their key data (one more axis) is stored with
+    its own sharding, and restores into the keys' sharding."""
+    mesh = Mesh(np.array(jax.devices()[:4]), ("x",))
+    sharding = NamedSharding(mesh, P("x"))
+    keys = jax.device_put(jax.random.split(jax.random.key(3), 8), sharding)
+    jaxckpt.save(tmp_path / "ckpt", {"keys": keys})
+    out = jaxckpt.restore(tmp_path / "ckpt", {"keys": jax.eval_shape(lambda: keys)})["keys"]
+    assert_same_bits(out, keys, "keys")
+    np.testing.assert_array_equal(np.asarray(jax.vmap(jax.random.uniform)(out)),
+                                  np.asarray(jax.vmap(jax.random.uniform)(keys)))
