@@ -172,6 +172,10 @@ class _Paths:
         self.paths = [entry.path for entry in entries]
         # Shared by every snapshot of this structure; nothing mutates them.
         self.stored = [[list(t) for t in entry.path] for entry in entries]
+        # Per leaf, the last single-device leaf seen there: (sharding, dtype,
+        # shape, _Plain). Checked by identity, which is cheap where a lookup
+        # by value (jax's Python-level sharding hash and ==) is not.
+        self.last: list[tuple | None] = [None] * len(entries)
 
 
 _PATHS: dict[Any, _Paths] = {}
@@ -237,18 +241,32 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
     primary = _multihost.process_index() == 0
     leaves, treedef = jax.tree_util.tree_flatten(tree, is_leaf=_tree.is_none)
     known = _paths_of(tree, treedef)
+    # Nothing below writes or copies before every leaf is checked: the checks
+    # come first for all but jax.Arrays, whose one check (not deleted) is made
+    # in the loop before their host view is taken.
     for path, leaf in zip(known.paths, leaves):
-        _check(path, leaf)
+        if not isinstance(leaf, jax.Array):
+            _check(path, leaf)
 
     records: list[dict] = []
     arrays: list[ArrayLeaf] = []
     pending: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array]]]] = []
-    for stored, leaf in zip(known.stored, leaves):
+    last = known.last
+    for i, (stored, leaf) in enumerate(zip(known.stored, leaves)):
         if isinstance(leaf, jax.Array):
+            if leaf.is_deleted():
+                _check(known.paths[i], leaf)  # raises, naming the key path
             sharding = leaf.sharding
-            if type(sharding) is _SINGLE_DEVICE and isinstance(leaf.dtype, np.dtype):
+            dtype = leaf.dtype
+            if type(sharding) is _SINGLE_DEVICE and isinstance(dtype, np.dtype):
                 # The common case, kept cheap: one shard, the whole array.
-                plain = _plain(leaf.shape, leaf.dtype, sharding)
+                seen = last[i]
+                if (seen is not None and seen[0] is sharding and seen[1] is dtype
+                        and seen[2] == leaf.shape):
+                    plain = seen[3]
+                else:
+                    plain = _plain(leaf.shape, dtype, sharding)
+                    last[i] = (sharding, dtype, plain.shape, plain)
                 record = {"path": stored, "kind": "jax", "dtype": plain.dtype_name,
                           "shape": list(plain.shape)}
                 records.append(record)
