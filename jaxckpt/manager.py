@@ -7,97 +7,24 @@ only then delete what the retention rules drop.
 
 from __future__ import annotations
 
-import atexit
 import logging
-import numbers
 import os
 import re
 import threading
 import time
 import warnings
-import weakref
 from typing import Any, Callable
 
-import numpy as np
 
 from . import (_api, _checkpoint, _commit, _deletions, _faults, _location, _lock, _multihost,
                _retention, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _stats
+from . import _display, _in_jit, _inspect, _options, _recovery, _registry, _stats
+from ._options import as_number
 from ._writer import Writer
 from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
                      CorruptCheckpointError)
 
 log = logging.getLogger("jaxckpt")
-
-
-def _check_positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, "
-                         f"got {value!r}")
-    return int(value)
-
-
-def as_number(value: Any, what: str = "checkpoint_number") -> int:
-    """An int from an int or an integer scalar array; ValueError otherwise."""
-    if isinstance(value, bool):
-        raise ValueError(f"{what} must be an integer, got {value!r}")
-    if isinstance(value, numbers.Integral):
-        number = int(value)
-    else:
-        try:
-            arr = np.asarray(value)
-        except Exception as e:
-            raise ValueError(f"{what} must be an integer, got {value!r}") from e
-        if arr.ndim != 0 or arr.dtype.kind not in "iu":
-            raise ValueError(f"{what} must be an integer or integer scalar array, got {value!r}")
-        number = int(arr)
-    if number < 0:
-        raise ValueError(f"{what} must be >= 0, got {number}")
-    return number
-
-
-def _live_managers() -> list:
-    _MANAGERS[:] = [ref for ref in _MANAGERS if ref() is not None]
-    return [m for m in (ref() for ref in _MANAGERS) if m is not None]
-
-
-_MANAGERS: list = []
-# Managers made per directory in this process: every process of a
-# multi-process program makes the same ones, so the count pairs them up.
-_INSTANCES: dict[str, int] = {}
-_INSTANCES_LOCK = threading.Lock()
-
-_OPENING = threading.Lock()  # one takeover-and-lock at a time in this process
-
-
-def _take_over(directory: str) -> None:
-    """Closes (flushing) this process's open managers on ``directory``, with a warning.
-
-    A notebook cell that makes a manager, re-run, must not fail on the lock
-    that its previous run holds.
-    """
-    for other in _live_managers():
-        if other._closed or not _lock.same_directory(other._dir, directory):
-            continue
-        problem = ""
-        try:
-            other._close("a newer CheckpointManager on the same directory took over")
-        except CheckpointWriteError as e:
-            problem = f"; its last background save had failed: {e.__cause__!r}"
-        warnings.warn(
-            f"a CheckpointManager for {directory} was still open in this process; it was "
-            f"flushed and closed, and the new one takes over{problem}", stacklevel=3)
-
-
-@atexit.register
-def _flush_at_exit() -> None:
-    for mngr in _live_managers():
-        try:
-            mngr.close()
-        except Exception as e:  # exit must go on; the error was logged by the writer
-            log.error("jaxckpt: pending save in %s failed at exit: %r", mngr.directory, e)
 
 
 class CheckpointManager:
@@ -148,26 +75,14 @@ class CheckpointManager:
         max_pending: int = 1,
         coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
     ):
-        self._max_to_keep = _check_positive_int("max_to_keep", max_to_keep)
-        _check_positive_int("max_pending", max_pending, allow_none=False)
-        if keep_checkpoint_every_n_hours is not None and (
-            isinstance(keep_checkpoint_every_n_hours, bool)
-            or not isinstance(keep_checkpoint_every_n_hours, numbers.Real)
-            or not keep_checkpoint_every_n_hours > 0
-        ):
-            raise ValueError("keep_checkpoint_every_n_hours must be a positive number or None, "
-                             f"got {keep_checkpoint_every_n_hours!r}")
-        if not isinstance(checkpoint_name, str) or not checkpoint_name or any(
-            c in checkpoint_name for c in "/\\\0") or checkpoint_name.startswith("."):
-            raise ValueError(
-                f"checkpoint_name must be a non-empty file name without path separators "
-                f"that does not start with '.', got {checkpoint_name!r}")
-        self._interval = _check_positive_int("checkpoint_interval", checkpoint_interval)
-        if self._interval is not None and step_counter is None:
-            raise ValueError("checkpoint_interval needs a step_counter (state -> int)")
-        for name, fn in (("step_counter", step_counter), ("init_fn", init_fn), ("clock", clock)):
-            if fn is not None and not callable(fn):
-                raise ValueError(f"{name} must be callable, got {fn!r}")
+        self._max_to_keep = _options.positive_int("max_to_keep", max_to_keep)
+        self._interval = _options.positive_int("checkpoint_interval", checkpoint_interval)
+        _options.check_manager_options(
+            max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+            checkpoint_name=checkpoint_name, checkpoint_interval=self._interval,
+            step_counter=step_counter,
+            callables={"step_counter": step_counter, "init_fn": init_fn, "clock": clock},
+            coordination_timeout_s=coordination_timeout_s)
         self._last_step = (None if last_checkpoint_step is None
                            else as_number(last_checkpoint_step, "last_checkpoint_step"))
         self._keep_hours = keep_checkpoint_every_n_hours
@@ -175,19 +90,13 @@ class CheckpointManager:
         self._step_counter = step_counter
         self._init_fn = init_fn
         self._clock = clock
-        if isinstance(coordination_timeout_s, bool) or not isinstance(
-                coordination_timeout_s, numbers.Real) or not coordination_timeout_s > 0:
-            raise ValueError("coordination_timeout_s must be a positive number of seconds, "
-                             f"got {coordination_timeout_s!r}")
         self._timeout = float(coordination_timeout_s)
         self._root = _location.locate(directory)
         self._dir = str(self._root)
         self._primary = _multihost.process_index() == 0
         if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
             raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
-        with _INSTANCES_LOCK:
-            _INSTANCES[self._dir] = _INSTANCES.get(self._dir, 0) + 1
-            self._scope = _multihost.scope(self._dir, "mngr", _INSTANCES[self._dir])
+        self._scope = _multihost.scope(self._dir, "mngr", _registry.instance_number(self._dir))
         self._seq = 0
         self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
@@ -197,8 +106,8 @@ class CheckpointManager:
         self._stats = _stats.StatsRecorder()
         self._closed_why = "it was closed"
         self._recheck = False  # after a failed save: re-check the active set on disk
-        with _OPENING:
-            _take_over(self._dir)
+        with _registry.opening:
+            _registry.take_over(self._dir)
             if self._root.is_local:
                 os.makedirs(self._dir, exist_ok=True)
             self._dir_lock = _lock.acquire(self._dir)  # None: a URL, or not process 0
@@ -215,60 +124,15 @@ class CheckpointManager:
                     self._dir_lock.release()
                 raise
             self._closed = False
-            _MANAGERS.append(weakref.ref(self))
+            _registry.register(self)
 
     # ------------------------------------------------------------ recovery
 
     def _recover(self) -> None:
-        now = self._clock()
-        self._max_number = 0
-        self._named: set[str] | None = set()  # what the state file names; None: unknown
-        try:
-            state = _state_file.read(self._root)
-        except CorruptCheckpointError as e:
-            self._recover_by_listing(e, now)
-            return
-        if state is None:
-            self._retention = _retention.fresh(now)
-            self._latest = None
-            return
-        paths = [_state_file.resolve(self._root, p) for p in state.all_model_checkpoint_paths]
-        self._retention, went_back = _retention.recover(
-            paths, state.all_model_checkpoint_timestamps,
-            state.last_preserved_timestamp or 0.0, now)
-        if went_back:
-            log.warning(
-                "clock is behind the last preserved checkpoint time in %s (%.0f < %.0f): "
-                "keeping every existing checkpoint", self._dir, now,
-                state.last_preserved_timestamp)
-        missing = [p for p, _ in self._retention.active if not _commit.is_committed(p)]
-        if missing:
-            log.warning("state file in %s names missing or uncommitted checkpoints %s; "
-                        "ignoring them", self._dir, missing)
-            self._retention.active = [(p, t) for p, t in self._retention.active
-                                      if p not in missing]
-        names = paths + ([state.model_checkpoint_path] if state.model_checkpoint_path else [])
-        self._named = {_state_file.resolve(self._root, p) for p in names}
-        for p in names:
-            n = self._number_of(p)
-            if n is not None:
-                self._max_number = max(self._max_number, n)
-        self._latest = _api.latest_checkpoint(self._root)
-
-    def _recover_by_listing(self, damage: CorruptCheckpointError, now: float) -> None:
-        """Recovery when the state file is damaged: number past every checkpoint on
-        disk and take the newest committed one as latest; manage none of them, so
-        that nothing is deleted on a guess. The next save rewrites the state file."""
-        self._retention = _retention.fresh(now)
-        self._named = None  # deletion intents wait for a manager with a sound state file
-        found = sorted((n, self._checkpoint_path(n)) for name in self._root.listdir()
-                       if (n := self._number_of(name)) is not None)
-        self._max_number = max((n for n, _ in found), default=0)
-        committed = [p for _, p in found if _commit.is_committed(p)]
-        self._latest = committed[-1] if committed else None
-        log.warning("%s; taking the newest committed checkpoint on disk (%s) as the latest and "
-                    "numbering from %d; the next save rewrites the state file",
-                    damage, self._latest, self._max_number + 1)
+        found = _recovery.recover(self._root, self._number_of, self._checkpoint_path,
+                                  self._clock())
+        self._max_number, self._named = found.max_number, found.named
+        self._retention, self._latest = found.retention, found.latest
 
     def _number_of(self, path: str) -> int | None:
         m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])

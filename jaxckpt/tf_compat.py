@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import _options
 from . import manager as _manager
 
 
@@ -67,7 +68,7 @@ class CheckpointManager:
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"checkpoint must be a jaxckpt.tf_compat.Checkpoint, got {checkpoint!r}")
         if checkpoint_interval is not None:
-            _manager._check_positive_int("checkpoint_interval", checkpoint_interval)
+            _options.positive_int("checkpoint_interval", checkpoint_interval)
             if step_counter is None:
                 raise ValueError("checkpoint_interval needs a step_counter")
         self._checkpoint = checkpoint
@@ -94,7 +95,7 @@ class CheckpointManager:
                 if check_interval and step < self._last_step + self._interval:
                     return None
             self._last_step = step
-        number = None if checkpoint_number is None else _manager.as_number(checkpoint_number)
+        number = None if checkpoint_number is None else _options.as_number(checkpoint_number)
         self._checkpoint.save_counter += 1
         if number is None:
             number = self._checkpoint.save_counter

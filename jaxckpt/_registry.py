@@ -1,0 +1,74 @@
+"""This process's open CheckpointManagers: take-over, instance counts, exit flush.
+
+A notebook cell that makes a manager, re-run, must find the directory's lock
+free: the new manager flushes and closes the old one. Every process of a
+multi-process program makes the same managers in the same order, so a count
+per directory pairs up their coordination keys.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import warnings
+import weakref
+from typing import Any
+
+from . import _lock
+from .errors import CheckpointWriteError
+
+log = logging.getLogger("jaxckpt")
+
+def live() -> list:
+    _MANAGERS[:] = [ref for ref in _MANAGERS if ref() is not None]
+    return [m for m in (ref() for ref in _MANAGERS) if m is not None]
+
+
+_MANAGERS: list = []
+# Managers made per directory in this process: every process of a
+# multi-process program makes the same ones, so the count pairs them up.
+_INSTANCES: dict[str, int] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+opening = threading.Lock()  # one takeover-and-lock at a time in this process
+
+
+def take_over(directory: str) -> None:
+    """Closes (flushing) this process's open managers on ``directory``, with a warning.
+
+    A notebook cell that makes a manager, re-run, must not fail on the lock
+    that its previous run holds.
+    """
+    for other in live():
+        if other._closed or not _lock.same_directory(other._dir, directory):
+            continue
+        problem = ""
+        try:
+            other._close("a newer CheckpointManager on the same directory took over")
+        except CheckpointWriteError as e:
+            problem = f"; its last background save had failed: {e.__cause__!r}"
+        warnings.warn(
+            f"a CheckpointManager for {directory} was still open in this process; it was "
+            f"flushed and closed, and the new one takes over{problem}", stacklevel=3)
+
+
+@atexit.register
+def _flush_at_exit() -> None:
+    for mngr in live():
+        try:
+            mngr.close()
+        except Exception as e:  # exit must go on; the error was logged by the writer
+            log.error("jaxckpt: pending save in %s failed at exit: %r", mngr.directory, e)
+
+
+def register(mngr: Any) -> None:
+    """Tracks ``mngr`` (weakly) for take-over and the exit flush."""
+    _MANAGERS.append(weakref.ref(mngr))
+
+
+def instance_number(directory: str) -> int:
+    """How many managers this process has made for ``directory``, this one included."""
+    with _INSTANCES_LOCK:
+        _INSTANCES[directory] = _INSTANCES.get(directory, 0) + 1
+        return _INSTANCES[directory]
