@@ -288,15 +288,14 @@ class Reader:
         All reads are issued before any is awaited.
         """
         packed_needed = [leaf for leaf, _ in requests if leaf["where"][0] == "packed"]
-        packed_bytes = None
-        if packed_needed:
-            packed_bytes = self._read_packed(packed_needed)
         futures: list[list[Any]] = []
         opened = {}
         for leaf, _ in requests:
             if leaf["where"][0] == "array":
                 shape = list(_stored_shape(leaf)) + [_stored_dtype(leaf).itemsize]
                 opened[id(leaf)] = self._open(leaf["where"], shape)
+        # The packed array's reads start first and run alongside the others.
+        packed_bytes = self._read_packed(packed_needed) if packed_needed else None
         for leaf, indices in requests:
             kind = leaf["where"][0]
             if kind == "array":
@@ -332,44 +331,25 @@ class Reader:
                 self.on_leaf_read(leaf)
         return out
 
-    def _read_packed(self, leaves: list[dict]) -> dict[int, np.ndarray]:
+    def _read_packed(self, leaves: list[dict]) -> "_PackedRead":
+        """Starts reading the packed leaves; ``[id(leaf)]`` on the result waits."""
         total = self.manifest["packed_nbytes"]
         inline = self.manifest.get("packed_inline")
         if inline is not None:
             buf = _storage.aligned_empty((len(inline),))
             buf[:] = np.frombuffer(inline, np.uint8)
-            return {id(leaf): _storage.from_bytes(buf[leaf["where"][1] : sum(leaf["where"][1:])],
-                                                  _stored_dtype(leaf), _stored_shape(leaf))
-                    for leaf in leaves}
+            return _PackedRead(self, None, leaves, whole=lambda: buf)
         try:
             store = self._open(["packed"], [total]).result()
         except Exception as e:
             raise self.damaged(leaves[0], e) from e
         wanted = sum(leaf["where"][2] for leaf in leaves)
-        result = {}
         if wanted * 2 >= total:
-            try:
-                buf = _storage.read(store, ()).result()
-            except Exception:
-                # Name exactly the damaged leaves: re-read them one by one.
-                self._raise_first_damaged(store, leaves)
-                raise
-            for leaf in leaves:
-                _, off, nbytes = leaf["where"]
-                result[id(leaf)] = _storage.from_bytes(
-                    buf[off : off + nbytes], _stored_dtype(leaf), _stored_shape(leaf))
-            return result
-        futs = [(leaf, _storage.read(store, (slice(leaf["where"][1],
-                                                   leaf["where"][1] + leaf["where"][2]),)))
-                for leaf in leaves]
-        for leaf, fut in futs:
-            try:
-                data = fut.result()
-            except Exception:
-                self._raise_first_damaged(store, leaves)
-                raise
-            result[id(leaf)] = _storage.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
-        return result
+            return _PackedRead(self, store, leaves, whole=_storage.read(store, ()).result)
+        futs = {id(leaf): _storage.read(store, (slice(leaf["where"][1],
+                                                      leaf["where"][1] + leaf["where"][2]),))
+                for leaf in leaves}
+        return _PackedRead(self, store, leaves, pieces=futs)
 
     def _damaged_packed(self, store: Any, leaves: list[dict]) -> list[str]:
         """Messages for each packed leaf whose bytes fail their chunk checksum."""
@@ -423,6 +403,38 @@ class Reader:
             if on_leaf:
                 on_leaf(leaf)
         return problems
+
+
+class _PackedRead:
+    """Packed leaves being read: the whole packed array, or each leaf's bytes.
+
+    Indexing by ``id(leaf)`` waits for the data; a checksum failure is raised
+    as ``CorruptCheckpointError`` naming exactly the damaged leaves.
+    """
+
+    def __init__(self, reader: Reader, store: Any, leaves: list[dict], *,
+                 whole: Callable[[], np.ndarray] | None = None,
+                 pieces: dict[int, Any] | None = None):
+        self._reader, self._store, self._leaves = reader, store, leaves
+        self._by_id = {id(leaf): leaf for leaf in leaves}
+        self._whole, self._pieces = whole, pieces
+        self._buf: np.ndarray | None = None
+
+    def __getitem__(self, key: int) -> np.ndarray:
+        leaf = self._by_id[key]
+        try:
+            if self._pieces is not None:
+                data = self._pieces[key].result()
+            else:
+                if self._buf is None:
+                    self._buf = self._whole()
+                _, off, nbytes = leaf["where"]
+                data = self._buf[off : off + nbytes]
+        except Exception:
+            # Name exactly the damaged leaves: re-read them one by one.
+            self._reader._raise_first_damaged(self._store, self._leaves)
+            raise
+        return _storage.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
 
 
 def _stored_dtype(leaf: dict) -> np.dtype:
