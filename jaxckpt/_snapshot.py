@@ -80,6 +80,7 @@ def _primary_holds_all(sharding: Any, shape: tuple[int, ...]) -> bool:
 
 
 _SINGLE_DEVICE = jax.sharding.SingleDeviceSharding
+_ARRAY_TYPES: set[type] = set()  # concrete jax.Array classes seen
 _DTYPE_NAMES: dict[np.dtype, str] = {}
 
 
@@ -252,8 +253,15 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
     arrays: list[ArrayLeaf] = []
     pending: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array]]]] = []
     last = known.last
+    array_types = _ARRAY_TYPES
+    new_leaf, new_shard, host_view = ArrayLeaf, Shard, np.asarray
     for i, (stored, leaf) in enumerate(zip(known.stored, leaves)):
-        if isinstance(leaf, jax.Array):
+        # isinstance against jax.Array is an ABC check; a set lookup is cheaper.
+        is_array = type(leaf) in array_types
+        if not is_array and isinstance(leaf, jax.Array):
+            array_types.add(type(leaf))
+            is_array = True
+        if is_array:
             if leaf.is_deleted():
                 _check(known.paths[i], leaf)  # raises, naming the key path
             sharding = leaf.sharding
@@ -270,14 +278,14 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 record = {"path": stored, "kind": "jax", "dtype": plain.dtype_name,
                           "shape": list(plain.shape)}
                 records.append(record)
-                arr = ArrayLeaf(record, plain.dtype, plain.shape, [], plain.shape,
-                                packed=plain.packed)
-                arrays.append(arr)
-                if not primary:
-                    continue
-                if plain.on_cpu:  # a view of the buffer, which it keeps alive
-                    arr.shards = [Shard(plain.index, np.asarray(leaf))]
+                if primary and plain.on_cpu:  # a view of the buffer, which it keeps alive
+                    shards = [new_shard(plain.index, host_view(leaf))]
                 else:
+                    shards = []
+                arr = new_leaf(record, plain.dtype, plain.shape, shards, plain.shape,
+                               plain.packed)
+                arrays.append(arr)
+                if primary and not plain.on_cpu:
                     leaf.copy_to_host_async()
                     pending.append((arr, [(plain.index, leaf)]))
                 continue
