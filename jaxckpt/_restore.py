@@ -135,6 +135,7 @@ class _Plan:
         return [()]
 
     def build(self, pieces: list[np.ndarray]) -> Any:
+        """The result, for every plan that is not ``batched``."""
         leaf = self.leaf
         if leaf["kind"] == "py":
             value = _format.decode_py(leaf["value"])
@@ -153,7 +154,7 @@ class _Plan:
             return pieces[0] if pieces[0].dtype == self.dtype else pieces[0].astype(self.dtype)
         if self.out == "npscalar":
             return pieces[0].astype(self.dtype)[()]
-        return self.assemble(jax.device_put(*zip(*self.transfers(pieces))))
+        raise AssertionError("jax.Array results are built by transfers() and assemble()")
 
     @property
     def batched(self) -> bool:
