@@ -17,7 +17,7 @@ import mmap
 import os
 import shutil
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -43,6 +43,13 @@ def evict(path: str) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
+
+
+def _timed_restore(restore: Callable[[], Any]) -> float:
+    """Seconds until ``restore()``'s arrays are ready; the result is then dropped."""
+    t = time.perf_counter()
+    jax.block_until_ready(restore())
+    return time.perf_counter() - t
 
 
 class Saver:
@@ -254,12 +261,8 @@ class OrbaxSaver(Saver):
         return blocked, committed
 
     def restore(self) -> float:
-        t = time.perf_counter()
-        out = self.mngr.restore(self.step, args=self.ocp.args.StandardRestore(self.target))
-        jax.block_until_ready(out)
-        elapsed = time.perf_counter() - t
-        del out
-        return elapsed
+        return _timed_restore(
+            lambda: self.mngr.restore(self.step, args=self.ocp.args.StandardRestore(self.target)))
 
     def close(self) -> None:
         try:
@@ -289,12 +292,7 @@ class JaxckptSaver(Saver):
         return blocked, committed
 
     def restore(self) -> float:
-        t = time.perf_counter()
-        out = self.mngr.restore(self.latest, self.target)
-        jax.block_until_ready(out)
-        elapsed = time.perf_counter() - t
-        del out
-        return elapsed
+        return _timed_restore(lambda: self.mngr.restore(self.latest, self.target))
 
     def close(self) -> None:
         try:
