@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from . import (_api, _checkpoint, _commit, _deletions, _faults, _location, _lock, _multihost,
                _retention, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _options, _recovery, _registry, _stats
+from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats
 from ._options import as_number
 from ._writer import Writer
 from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
@@ -118,6 +118,8 @@ class CheckpointManager:
                         _deletions.sweep(self._root, self._name, self._named)
                     _commit.sweep_leftovers(self._root, self._name)
                     _state_file.sweep_temporaries(self._root)
+                self._superseded = _page_cache.Superseded(
+                    self._root.is_local, [p for p, _ in self._retention.active])
                 self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
             except BaseException:
                 if self._dir_lock is not None:
@@ -221,9 +223,11 @@ class CheckpointManager:
         if stats is not None and queued is not None:
             stats.queued_s = begin - queued
         try:
+            self._superseded.drop_all_but(self._latest)
             _checkpoint.write(snapshot, _location.locate(path), replace=True,
                               created=timestamp, coordinator=coord)
             _faults.point("manager.committed")
+            self._superseded.written(path, snapshot.nbytes)
             with self._lock:
                 grown = _retention.add(self._present(), path, timestamp)
                 kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
