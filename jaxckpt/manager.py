@@ -1,8 +1,8 @@
-"""CheckpointManager: numbering, intervals, retention, recovery, the writer.
+"""CheckpointManager: numbering, intervals, the writer, restores.
 
 ``save`` takes a host snapshot on the caller's thread and hands the rest to
-one background writer: write and fsync, commit, replace the state file, and
-only then delete what the retention rules drop.
+one background writer: write and fsync, commit, then publish (``_catalog``):
+replace the state file, and only then delete what the retention rules drop.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import warnings
 from typing import Any, Callable
 
 
-from . import (_api, _checkpoint, _commit, _deletions, _faults, _location, _lock, _multihost,
-               _retention, _snapshot, _state_file)
+from . import (_api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
+               _multihost, _snapshot, _state_file)
 from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats
 from ._options import as_number
 from ._writer import Writer
@@ -100,12 +100,11 @@ class CheckpointManager:
         self._seq = 0
         self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
-        self._lock = threading.Lock()  # guards retention, latest, pending
+        self._lock = threading.Lock()  # guards pending
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._pending: dict[str, threading.Event] = {}
         self._stats = _stats.StatsRecorder()
         self._closed_why = "it was closed"
-        self._recheck = False  # after a failed save: re-check the active set on disk
         with _registry.opening:
             _registry.take_over(self._dir)
             if self._root.is_local:
@@ -118,8 +117,8 @@ class CheckpointManager:
                         _deletions.sweep(self._root, self._name, self._named)
                     _commit.sweep_leftovers(self._root, self._name)
                     _state_file.sweep_temporaries(self._root)
-                self._superseded = _page_cache.Superseded(
-                    self._root.is_local, [p for p, _ in self._retention.active])
+                self._superseded = _page_cache.Superseded(self._root.is_local,
+                                                          self._catalog.checkpoints)
                 self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
             except BaseException:
                 if self._dir_lock is not None:
@@ -134,7 +133,9 @@ class CheckpointManager:
         found = _recovery.recover(self._root, self._number_of, self._checkpoint_path,
                                   self._clock())
         self._max_number, self._named = found.max_number, found.named
-        self._retention, self._latest = found.retention, found.latest
+        self._catalog = _catalog.Catalog(
+            self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
+            keep_hours=self._keep_hours, primary=self._primary)
 
     def _number_of(self, path: str) -> int | None:
         m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
@@ -175,7 +176,7 @@ class CheckpointManager:
             number = (self._max_number + 1 if checkpoint_number is None
                       else as_number(checkpoint_number))
             timestamp = float(self._clock())
-            self._warn_if_clock_went_back(timestamp)
+            self._catalog.warn_if_clock_went_back(timestamp)
             snapshot = _snapshot.take(state, metadata)
             return self._enqueue(snapshot, number, step, timestamp, called)
 
@@ -214,46 +215,24 @@ class CheckpointManager:
     def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
                coord: _multihost.SaveCoordinator, done: threading.Event,
                stats: _stats.SaveStats | None = None, queued: float | None = None) -> None:
-        """On the writer thread: write and commit, state file, then delete.
-
-        In a multi-process program only process 0 writes the state file and
-        deletes; the others keep the same bookkeeping for their properties.
-        """
+        """On the writer thread: write and commit, then publish (state file, deletions)."""
         begin = time.perf_counter()
         if stats is not None and queued is not None:
             stats.queued_s = begin - queued
         try:
-            self._superseded.drop_all_but(self._latest)
+            self._superseded.drop_all_but(self._catalog.latest)
             _checkpoint.write(snapshot, _location.locate(path), replace=True,
                               created=timestamp, coordinator=coord)
             _faults.point("manager.committed")
             self._superseded.written(path, snapshot.nbytes)
-            with self._lock:
-                grown = _retention.add(self._present(), path, timestamp)
-                kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
-                if self._primary:
-                    try:
-                        _deletions.mark(self._root, delete)
-                        _state_file.write(self._root, self._render(kept, path))
-                    except BaseException:
-                        self._unpublish(path, delete)
-                        raise
-                self._retention, self._latest = kept, path
-            if self._primary:
-                for old in delete:
-                    _faults.point("manager.before_delete")
-                    try:
-                        _commit.remove(old)
-                        _deletions.done(self._root, old)
-                    except OSError as e:  # the new one is committed; the next manager retries
-                        log.warning("could not delete old checkpoint %s: %r", old, e)
+            delete = self._catalog.publish(path, timestamp)
             elapsed = time.perf_counter() - begin
             log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
                      elapsed, f", deleted {len(delete)} old" if delete else "")
             if stats is not None:
                 stats.deleted, stats.write_s = list(delete), elapsed
         except BaseException as e:
-            self._recheck = True  # the failure may be the directory vanishing under us
+            self._catalog.save_failed()
             if stats is not None:
                 stats.error = repr(e)
             raise
@@ -262,58 +241,11 @@ class CheckpointManager:
                 self._stats.finished(stats)
             self._finish(path, done)
 
-    def _warn_if_clock_went_back(self, timestamp: float) -> None:
-        with self._lock:
-            newest = self._retention.active[-1][1] if self._retention.active else None
-        if newest is not None and timestamp < newest:
-            log.warning("clock went backwards in %s: this save is stamped %.3f, before the "
-                        "newest checkpoint's %.3f; retention by time may keep or drop "
-                        "checkpoints out of order", self._dir, timestamp, newest)
-
-    def _present(self) -> _retention.Retention:
-        """The active set; after a failed save, less the checkpoints that vanished
-        from disk (a directory removed under a live manager), so that the state
-        file never names them. Costs one read per checkpoint, so only then."""
-        if not self._recheck:
-            return self._retention
-        self._recheck = False
-        present, gone = [], []
-        for p, t in self._retention.active:
-            if _commit.is_committed(p):
-                present.append((p, t))
-            else:
-                gone.append(p)
-        if gone:
-            log.warning("checkpoints %s disappeared from %s; no longer listing them", gone,
-                        self._dir)
-        return _retention.Retention(present, self._retention.last_preserved)
-
-    def _unpublish(self, path: str, delete: list[str]) -> None:
-        """After a failed state-file write: the new checkpoint is not committed, so
-        remove it, unless the old state file names that path (a replaced number)."""
-        for old in delete:
-            _deletions.done(self._root, old)
-        if path == self._latest or any(p == path for p, _ in self._retention.active):
-            return
-        try:
-            _commit.remove(path)
-        except OSError as e:
-            log.warning("could not remove %s after its state-file write failed: %r", path, e)
-
     def _finish(self, path: str, done: threading.Event) -> None:
         with self._lock:
             if self._pending.get(path) is done:
                 del self._pending[path]
         done.set()
-
-    def _render(self, r: _retention.Retention, latest: str) -> _state_file.CheckpointState:
-        rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
-        return _state_file.CheckpointState(
-            model_checkpoint_path=rel(latest),
-            all_model_checkpoint_paths=[rel(p) for p, _ in r.active],
-            all_model_checkpoint_timestamps=[t for _, t in r.active],
-            last_preserved_timestamp=r.last_preserved,
-        )
 
     def _raise_error(self) -> None:
         error = self._writer.take_error() if hasattr(self, "_writer") else None
@@ -429,7 +361,7 @@ class CheckpointManager:
             if self._interval is not None and self._skips(step, check_interval):
                 return None
             timestamp = float(self._clock())
-            self._warn_if_clock_went_back(timestamp)
+            self._catalog.warn_if_clock_went_back(timestamp)
             snapshot = take()
             return self._enqueue(snapshot, number,
                                  step if self._interval is not None else None, timestamp, called)
@@ -513,12 +445,8 @@ class CheckpointManager:
             CorruptCheckpointError: every committed checkpoint is damaged.
         """
         self._writer.wait()
-        with self._lock:
-            newest_first = [self._latest] if self._latest else []
-            newest_first += [p for p, _ in reversed(self._retention.active)
-                             if p not in newest_first]
         damaged = []
-        for path in newest_first:
+        for path in self._catalog.newest_first():
             try:
                 return path, self.restore(path, target)
             except (CorruptCheckpointError, CheckpointNotFoundError) as e:
@@ -538,14 +466,12 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[str]:
         """Committed, managed checkpoints, oldest first. Never blocks."""
-        with self._lock:
-            return [p for p, _ in self._retention.active]
+        return self._catalog.checkpoints
 
     @property
     def latest_checkpoint(self) -> str | None:
         """The newest committed checkpoint. Never blocks."""
-        with self._lock:
-            return self._latest
+        return self._catalog.latest
 
     @property
     def checkpoint_interval(self) -> int | None:

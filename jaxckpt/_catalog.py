@@ -1,0 +1,128 @@
+"""The committed checkpoints of one managed directory, and publishing a new one.
+
+The tail of the data flow: once a checkpoint is committed, the state file is
+replaced to name it, and only then are the checkpoints the retention rules
+drop deleted. Process 0 alone writes the state file and deletes; the other
+processes of a multi-process program keep the same bookkeeping.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from . import _commit, _deletions, _faults, _retention, _state_file
+from ._location import Dir
+
+log = logging.getLogger("jaxckpt")
+
+
+class Catalog:
+    """Which checkpoints are managed (oldest first) and which is the latest.
+
+    Thread-safe; ``publish`` runs on the writer thread.
+    """
+
+    def __init__(self, root: Dir, retention: _retention.Retention, latest: str | None, *,
+                 max_to_keep: int | None, keep_hours: float | None, primary: bool):
+        self._root, self._dir = root, str(root)
+        self._max_to_keep, self._keep_hours = max_to_keep, keep_hours
+        self._primary = primary
+        self._lock = threading.Lock()
+        self._retention, self._latest = retention, latest
+        self._recheck = False  # after a failed save: re-check the active set on disk
+
+    @property
+    def checkpoints(self) -> list[str]:
+        with self._lock:
+            return [p for p, _ in self._retention.active]
+
+    @property
+    def latest(self) -> str | None:
+        with self._lock:
+            return self._latest
+
+    def newest_first(self) -> list[str]:
+        """The latest checkpoint, then the managed ones, newest first."""
+        with self._lock:
+            out = [self._latest] if self._latest else []
+            return out + [p for p, _ in reversed(self._retention.active) if p not in out]
+
+    def save_failed(self) -> None:
+        """A save failed: maybe because the directory vanished under us."""
+        self._recheck = True
+
+    def warn_if_clock_went_back(self, timestamp: float) -> None:
+        with self._lock:
+            newest = self._retention.active[-1][1] if self._retention.active else None
+        if newest is not None and timestamp < newest:
+            log.warning("clock went backwards in %s: this save is stamped %.3f, before the "
+                        "newest checkpoint's %.3f; retention by time may keep or drop "
+                        "checkpoints out of order", self._dir, timestamp, newest)
+
+    def publish(self, path: str, timestamp: float) -> list[str]:
+        """Makes the committed checkpoint ``path`` the latest: replaces the state
+        file, then deletes what the retention rules drop. Returns those paths.
+
+        Raises: the state file's write failure, after removing ``path`` (it is
+        then not committed as far as any reader of the state file knows).
+        """
+        with self._lock:
+            grown = _retention.add(self._present(), path, timestamp)
+            kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
+            if self._primary:
+                try:
+                    _deletions.mark(self._root, delete)
+                    _state_file.write(self._root, self._render(kept, path))
+                except BaseException:
+                    self._unpublish(path, delete)
+                    raise
+            self._retention, self._latest = kept, path
+        if self._primary:
+            for old in delete:
+                _faults.point("manager.before_delete")
+                try:
+                    _commit.remove(old)
+                    _deletions.done(self._root, old)
+                except OSError as e:  # the new one is committed; the next manager retries
+                    log.warning("could not delete old checkpoint %s: %r", old, e)
+        return delete
+
+    def _present(self) -> _retention.Retention:
+        """The active set; after a failed save, less the checkpoints that vanished
+        from disk (a directory removed under a live manager), so that the state
+        file never names them. Costs one read per checkpoint, so only then."""
+        if not self._recheck:
+            return self._retention
+        self._recheck = False
+        present, gone = [], []
+        for p, t in self._retention.active:
+            if _commit.is_committed(p):
+                present.append((p, t))
+            else:
+                gone.append(p)
+        if gone:
+            log.warning("checkpoints %s disappeared from %s; no longer listing them", gone,
+                        self._dir)
+        return _retention.Retention(present, self._retention.last_preserved)
+
+    def _unpublish(self, path: str, delete: list[str]) -> None:
+        """After a failed state-file write: the new checkpoint is not committed, so
+        remove it, unless the old state file names that path (a replaced number)."""
+        for old in delete:
+            _deletions.done(self._root, old)
+        if path == self._latest or any(p == path for p, _ in self._retention.active):
+            return
+        try:
+            _commit.remove(path)
+        except OSError as e:
+            log.warning("could not remove %s after its state-file write failed: %r", path, e)
+
+    def _render(self, r: _retention.Retention, latest: str) -> _state_file.CheckpointState:
+        rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
+        return _state_file.CheckpointState(
+            model_checkpoint_path=rel(latest),
+            all_model_checkpoint_paths=[rel(p) for p, _ in r.active],
+            all_model_checkpoint_timestamps=[t for _, t in r.active],
+            last_preserved_timestamp=r.last_preserved,
+        )
