@@ -150,6 +150,7 @@ def storage_workload(name: str, args: argparse.Namespace, root: str) -> dict:
         # not land in the next workload's fsyncs (W3's five ordered fsyncs
         # took 4-6 ms right after W2's cleanup, 2.2-2.9 ms on a quiet disk).
         os.sync()
+        time.sleep(args.quiet)
     for key, r in results.items():
         out["contenders"][key] = {
             "block": stat(r["block"]), "commit": stat(r["commit"]),
@@ -178,7 +179,7 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
         except Exception as e:
             errors[key] = f"setup: {_error(e)}"
     try:
-        for rep in range(args.reps + 1):  # rep 0 is the warm-up
+        for rep in range(args.w4_reps + 1):  # rep 0 is the warm-up
             for key in list(loops):
                 try:
                     r = bench_train.run(loops[key], step, state, data, args.w4_steps,
@@ -189,7 +190,7 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
                     loops.pop(key).close()
                     continue
                 if rep:
-                    runs[key].append(r)
+                    runs[key].append(dict(r, rep=rep))
     finally:
         for loop in loops.values():
             try:
@@ -197,6 +198,11 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
             except Exception as e:
                 print(f"closing W4 {loop.name}: {_error(e)}", file=sys.stderr)
         shutil.rmtree(os.path.join(root, "W4"), ignore_errors=True)
+    # Each contender's loop against the no-checkpointing loop of the same
+    # repetition (run just before it): slow drifts of this VM cancel out.
+    base = {r["rep"]: r["loop_s"] for r in runs["none"]}
+    paired = {k: stat([r["loop_s"] / base[r["rep"]] - 1 for r in runs[k] if r["rep"] in base])
+              for k in factories if k != "none"}
     return {"state_bytes": state_bytes, "leaves": len(jax.tree.leaves(state)), "width": width,
             "steps": args.w4_steps, "every": args.w4_every,
             "contenders": {k: {"loop": stat([r["loop_s"] for r in runs[k]]),
@@ -204,6 +210,7 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
                                "drain": stat([r["drain_s"] for r in runs[k]]),
                                "blocked_per_save": stat([r["blocked_s"] / r["saves"]
                                                          for r in runs[k] if r["saves"]]),
+                               "overhead": paired.get(k),
                                "error": errors.get(k)} for k in factories}}
 
 
@@ -300,8 +307,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="seconds to idle before each timed W1/W2 save and restore, so "
                          "that memory freed before it has gone back to the hypervisor "
                          "(free page reporting) as between real saves (default 0)")
+    ap.add_argument("--quiet", type=float, default=5.0,
+                    help="seconds to idle after each workload's cleanup (deleting and "
+                         "syncing its checkpoints), so that the next starts on a quiet "
+                         "machine (default 5)")
     ap.add_argument("--w4-steps", type=int, default=300)
     ap.add_argument("--w4-every", type=int, default=50)
+    ap.add_argument("--w4-reps", type=int, default=7,
+                    help="timed W4 repetitions after a warm-up (its loops vary ~10%% run to "
+                         "run here, so more than --reps; default 7)")
     ap.add_argument("--no-probes", action="store_true",
                     help="skip the probes: page-fault rates, import times, fsync (strace), "
                          "memory growth over 50 saves")
@@ -332,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.datetime.now(datetime.timezone.utc)
     meta = {"started": started.isoformat(timespec="seconds"), "argv": sys.argv[1:],
             "scale": args.scale, "reps": args.reps, "cold": args.cold, "settle": args.settle,
+            "quiet": args.quiet, "w4_reps": args.w4_reps,
             "dir": root, "fs": _fs_type(root), "cpus": os.cpu_count(),
             "load_before": os.getloadavg(), "platform": platform.platform(),
             "jax_devices": [str(d) for d in jax.devices()], "git": _git_rev(),

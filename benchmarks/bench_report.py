@@ -199,6 +199,8 @@ def train_rows(t: Table, res: dict, full: bool) -> None:
               cells["sync"])
 
     def over(k: str) -> float | None:
+        if c[k].get("overhead"):  # the median of per-repetition ratios
+            return med(c[k]["overhead"])
         v = med(c[k]["step"])
         return None if v is None or not base else v / base - 1
 
@@ -275,7 +277,10 @@ def footnotes(report: dict) -> str:
     lines = [
         "",
         f"Times are medians [min-max] of {m['reps']} repetitions after a warm-up (W3: of "
-        f"{max(20, m['reps'])} saves); contenders interleaved save by save.",
+        f"{max(20, m['reps'])} saves; W4: of {m.get('w4_reps', m['reps'])} loops, its "
+        "overhead the median of each loop against the no-checkpointing loop just before "
+        f"it); contenders interleaved save by save. Each workload starts "
+        f"{m.get('quiet', 0)} s after the previous one's files were deleted and synced.",
         "save -> committed: from the save() call until wait_until_finished() returns "
         "(raw: the synchronous write + fsync of files and directories). Managers keep every "
         "checkpoint (max_to_keep=None), so no deletion is timed.",

@@ -20,7 +20,7 @@ def test_bench_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--workloads", "W1,W3",
-         "--scale", "0.001", "--reps", "1", "--no-probes", "--dir", str(tmp_path),
+         "--scale", "0.001", "--reps", "1", "--quiet", "0", "--no-probes", "--dir", str(tmp_path),
          "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
