@@ -24,6 +24,8 @@ from .manager import CheckpointManager as CheckpointManager
 
 __version__ = "0.1.0"
 
+# ``inspect`` is public as ``jaxckpt.inspect`` but left out of ``__all__``, so
+# that ``from jaxckpt import *`` does not shadow the standard library's module.
 __all__ = [
     "CheckpointError",
     "CheckpointManager",
@@ -31,7 +33,6 @@ __all__ = [
     "CheckpointWriteError",
     "CorruptCheckpointError",
     "StructureMismatchError",
-    "inspect",
     "latest_checkpoint",
     "list_checkpoints",
     "metadata",

@@ -10,11 +10,19 @@ def test_all_is_pinned():
     assert sorted(jaxckpt.__all__) == sorted([
         "CheckpointError", "CheckpointManager", "CheckpointNotFoundError",
         "CheckpointWriteError", "CorruptCheckpointError", "StructureMismatchError",
-        "inspect", "latest_checkpoint", "list_checkpoints", "metadata", "restore", "save",
+        "latest_checkpoint", "list_checkpoints", "metadata", "restore", "save",
         "tf_compat", "user_metadata", "verify",
     ])
     for name in jaxckpt.__all__:
         assert hasattr(jaxckpt, name)
+    assert callable(jaxckpt.inspect)  # public, but not star-exported
+
+
+def test_star_import_keeps_the_standard_inspect_module():
+    ns: dict = {"inspect": inspect}
+    exec("from jaxckpt import *", ns)
+    assert ns["inspect"] is inspect
+    assert "CheckpointManager" in ns
 
 
 def test_error_hierarchy():
