@@ -4,17 +4,58 @@ The tail of the data flow: once a checkpoint is committed, the state file is
 replaced to name it, and only then are the checkpoints the retention rules
 drop deleted. Process 0 alone writes the state file and deletes; the other
 processes of a multi-process program keep the same bookkeeping.
+
+The new state file's content is decided before the commit (only the writer
+thread changes it), so its temporary is written and fsync'd on a helper
+thread while the checkpoint is written: the two fsyncs share one journal
+commit instead of following each other (W3: one of five ordered fsyncs off
+the critical path). Nothing names the temporary until the commit is done.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
+import dataclasses
 import logging
+import os
 import threading
 
 from . import _commit, _deletions, _faults, _retention, _state_file
 from ._location import Dir
 
 log = logging.getLogger("jaxckpt")
+
+_helper: concurrent.futures.ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _in_background(fn, *args) -> concurrent.futures.Future:
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = concurrent.futures.ThreadPoolExecutor(
+                1, thread_name_prefix="jaxckpt-state-file")
+        return _helper.submit(fn, *args)
+
+
+def _forget_helper() -> None:
+    # A forked child has none of the parent's threads: it makes its own helper.
+    global _helper, _helper_lock
+    _helper, _helper_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_helper)
+
+
+@dataclasses.dataclass
+class Publication:
+    """What publishing one checkpoint will do, decided before its commit."""
+
+    path: str
+    kept: _retention.Retention
+    delete: list[str]
+    state_file: concurrent.futures.Future | None  # of a _state_file.Replacement
 
 
 class Catalog:
@@ -60,33 +101,52 @@ class Catalog:
                         "newest checkpoint's %.3f; retention by time may keep or drop "
                         "checkpoints out of order", self._dir, timestamp, newest)
 
-    def publish(self, path: str, timestamp: float) -> list[str]:
-        """Makes the committed checkpoint ``path`` the latest: replaces the state
-        file, then deletes what the retention rules drop. Returns those paths.
-
-        Raises: the state file's write failure, after removing ``path`` (it is
-        then not committed as far as any reader of the state file knows).
-        """
+    def prepare(self, path: str, timestamp: float) -> Publication:
+        """Before ``path`` is committed: what the retention rules will keep and
+        delete, and (process 0) the state file naming it, written in the background."""
         with self._lock:
             grown = _retention.add(self._present(), path, timestamp)
-            kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
+        kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
+        state_file = None
+        if self._primary:
+            state_file = _in_background(_state_file.prepare, self._root,
+                                        self._render(kept, path))
+        return Publication(path, kept, delete, state_file)
+
+    def discard(self, pub: Publication) -> None:
+        """The checkpoint of ``pub`` was not committed: drops its state file."""
+        if pub.state_file is not None:
+            try:
+                pub.state_file.result().discard()
+            except BaseException:  # its write failed: nothing to remove
+                pass
+
+    def publish(self, pub: Publication) -> list[str]:
+        """Makes the committed checkpoint ``pub.path`` the latest: replaces the
+        state file, then deletes what the retention rules drop. Returns those paths.
+
+        Raises: the state file's write failure, after removing ``pub.path`` (it
+        is then not committed as far as any reader of the state file knows).
+        """
+        with self._lock:
             if self._primary:
                 try:
-                    _deletions.mark(self._root, delete)
-                    _state_file.write(self._root, self._render(kept, path))
+                    _deletions.mark(self._root, pub.delete)
+                    pub.state_file.result().install()
                 except BaseException:
-                    self._unpublish(path, delete)
+                    self.discard(pub)
+                    self._unpublish(pub.path, pub.delete)
                     raise
-            self._retention, self._latest = kept, path
+            self._retention, self._latest = pub.kept, pub.path
         if self._primary:
-            for old in delete:
+            for old in pub.delete:
                 _faults.point("manager.before_delete")
                 try:
                     _commit.remove(old)
                     _deletions.done(self._root, old)
                 except OSError as e:  # the new one is committed; the next manager retries
                     log.warning("could not delete old checkpoint %s: %r", old, e)
-        return delete
+        return pub.delete
 
     def _present(self) -> _retention.Retention:
         """The active set; after a failed save, less the checkpoints that vanished

@@ -35,8 +35,8 @@ POINTS = (
     "commit.remove.renamed",  # a deleted checkpoint renamed to trash, files not yet removed
     "manager.committed",  # checkpoint in place, state file not yet updated
     "manager.before_delete",  # state file updated, an old checkpoint not yet deleted
-    "manager.restore_waits",
-    "multihost.part_written",  # this process's part is durable, not yet reported to process 0  # restore is about to wait for a pending save
+    "manager.restore_waits",  # restore is about to wait for a pending save
+    "multihost.part_written",  # this process's part is durable, not yet reported to process 0
     "state_file.before_replace",  # new state file durable in its temporary, not yet renamed
     "state_file.after_replace",  # new state file renamed into place, directory not yet fsync'd
 )

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 
-# Smaller checkpoints are not worth the directory walk.
-MIN_BYTES = 16 << 20
+# Smaller checkpoints are not worth the directory walk (W3-sized saves stay at
+# one stat per save).
+MIN_BYTES = 1 << 20
 
 _CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
 

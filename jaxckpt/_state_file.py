@@ -185,27 +185,60 @@ def read(directory: str | Dir) -> CheckpointState | None:
     return parse(text, file)
 
 
+class Replacement:
+    """A new state file, ready to replace the current one.
+
+    Locally its content is already durable in a temporary beside the state
+    file (``prepare``), so that this fsync can run alongside the checkpoint's
+    own commit; ``install`` only renames it into place and fsyncs the
+    directory. On object stores ``install`` is the single PUT.
+    """
+
+    def __init__(self, where: Dir, data: bytes):
+        self._where, self._data = where, data
+        self._tmp: str | None = None
+        if where.is_local:
+            final = os.path.join(where.path, FILENAME)
+            self._tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
+            try:
+                _storage.write_file_durably(self._tmp, data)
+            except BaseException:
+                self.discard()
+                raise
+
+    def install(self) -> None:
+        """Atomically replaces the state file with this one."""
+        if self._tmp is None:
+            self._where.write(FILENAME, self._data)
+            return
+        try:
+            _faults.point("state_file.before_replace")
+            os.replace(self._tmp, os.path.join(self._where.path, FILENAME))
+        except BaseException:
+            self.discard()
+            raise
+        self._tmp = None
+        _faults.point("state_file.after_replace")
+        _storage.fsync_dir(self._where.path)
+
+    def discard(self) -> None:
+        """Removes the temporary of a replacement that will not be installed."""
+        if self._tmp is not None:
+            try:
+                os.unlink(self._tmp)
+            except OSError:
+                pass
+            self._tmp = None
+
+
+def prepare(directory: str | Dir, state: CheckpointState) -> Replacement:
+    """Writes ``state`` durably beside ``<directory>/checkpoint``, not yet in place."""
+    return Replacement(_location.locate(directory), render(state).encode("utf-8"))
+
+
 def write(directory: str | Dir, state: CheckpointState) -> None:
     """Atomically replaces ``<directory>/checkpoint`` (see the module docstring)."""
-    where = _location.locate(directory)
-    data = render(state).encode("utf-8")
-    if not where.is_local:
-        where.write(FILENAME, data)
-        return
-    final = os.path.join(where.path, FILENAME)
-    tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
-    try:
-        _storage.write_file_durably(tmp, data)
-        _faults.point("state_file.before_replace")
-        os.replace(tmp, final)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _faults.point("state_file.after_replace")
-    _storage.fsync_dir(where.path)
+    prepare(directory, state).install()
 
 
 def sweep_temporaries(directory: str | Dir) -> list[str]:

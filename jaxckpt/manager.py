@@ -221,11 +221,16 @@ class CheckpointManager:
             stats.queued_s = begin - queued
         try:
             self._superseded.drop_all_but(self._catalog.latest)
-            _checkpoint.write(snapshot, _location.locate(path), replace=True,
-                              created=timestamp, coordinator=coord)
-            _faults.point("manager.committed")
-            self._superseded.written(path, snapshot.nbytes)
-            delete = self._catalog.publish(path, timestamp)
+            publication = self._catalog.prepare(path, timestamp)
+            try:
+                _checkpoint.write(snapshot, _location.locate(path), replace=True,
+                                  created=timestamp, coordinator=coord)
+                _faults.point("manager.committed")
+                self._superseded.written(path, snapshot.nbytes)
+            except BaseException:
+                self._catalog.discard(publication)
+                raise
+            delete = self._catalog.publish(publication)
             elapsed = time.perf_counter() - begin
             log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
                      elapsed, f", deleted {len(delete)} old" if delete else "")

@@ -60,9 +60,12 @@ def _assert_clean(d) -> None:
 
 def test_temporary_vanishing_mid_save_fails_cleanly(tmp_path):
     def vanish(_point):  # someone's cleanup job removes our half-done save
-        for name in os.listdir(tmp_path):
+        for name in os.listdir(tmp_path):  # (and the new state file's temporary)
             if ".tmp-" in name:
-                shutil.rmtree(tmp_path / name)
+                if (tmp_path / name).is_dir():
+                    shutil.rmtree(tmp_path / name)
+                else:
+                    os.unlink(tmp_path / name)
 
     TALLY["faults injected"] += 1
     with jaxckpt.CheckpointManager(tmp_path, max_to_keep=3) as m:
@@ -122,6 +125,27 @@ def test_state_file_write_failure_uncommits_the_new_checkpoint(tmp_path):
         m.save(_tree(3), checkpoint_number=3)
         m.wait_until_finished()
         _assert_intact(m, tmp_path, [2, 3])
+    _assert_clean(tmp_path)
+
+
+@pytest.mark.parametrize("point", ["commit.before_publish", "manager.committed"])
+def test_failed_commit_leaves_the_state_file_and_no_temporary(tmp_path, point):
+    """The new state file is written before the commit; a failed commit drops it."""
+    TALLY["faults injected"] += 1
+    with jaxckpt.CheckpointManager(tmp_path, max_to_keep=2) as m:
+        m.save(_tree(1))
+        m.wait_until_finished()
+        before = (tmp_path / "checkpoint").read_bytes()
+        with _faults.armed(point, "raise"):
+            m.save(_tree(2))
+            with pytest.raises(CheckpointWriteError):
+                m.wait_until_finished()
+        assert (tmp_path / "checkpoint").read_bytes() == before
+        assert [n for n in os.listdir(tmp_path) if n.startswith("checkpoint.")] == []
+        assert jaxckpt.latest_checkpoint(tmp_path) == str(tmp_path / "ckpt-1")
+        m.save(_tree(2), checkpoint_number=2)
+        m.wait_until_finished()
+        _assert_intact(m, tmp_path, [1, 2])
     _assert_clean(tmp_path)
 
 
@@ -202,14 +226,21 @@ _FULL_DISK_SCRIPT = textwrap.dedent("""
     m.wait_until_finished()
     intact(m, [1, 2])
 
-    # The disk fills up between the commit and the state-file write.
-    with _faults.armed("manager.committed", fill):
+    # The disk fills up once the arrays are durable: the manifest cannot be written.
+    with _faults.armed("multihost.part_written", fill):
         m.save(tree(3))
-        expect_enospc(m, "state file")
+        expect_enospc(m, "manifest")
     intact(m, [1, 2])
     assert not os.path.exists(os.path.join(d, "ckpt-3"))
     os.remove(filler)
-    m.save(tree(3), checkpoint_number=3)
+
+    # The disk fills up right after the commit: the new state file was made
+    # durable alongside the checkpoint, so the save still goes through.
+    with _faults.armed("manager.committed", fill):
+        m.save(tree(3), checkpoint_number=3)
+        m.wait_until_finished()
+    intact(m, [2, 3])
+    os.remove(filler)
     m.close()
     intact(m, [2, 3])
     print("LEFT", sorted(os.listdir(d)))

@@ -103,7 +103,8 @@ def test_superseded_pages_dropped_newest_kept(tmp_path, can_observe, monkeypatch
 
 
 def test_small_checkpoints_left_alone(tmp_path, can_observe):
-    tree = _tree(0)  # ~1 MiB, under MIN_BYTES
+    tree = {"w": np.arange(256 * 256, dtype=np.float32)}  # 256 KiB, under MIN_BYTES
+    assert tree["w"].nbytes < _page_cache.MIN_BYTES
     with jaxckpt.CheckpointManager(tmp_path / "run", max_to_keep=None) as mngr:
         first = mngr.save(tree, checkpoint_number=0)
         for i in (1, 2):
