@@ -276,7 +276,8 @@ def footnotes(report: dict) -> str:
     m = report["meta"]
     lines = [
         "",
-        f"Times are medians [min-max] of {m['reps']} repetitions after a warm-up (W3: of "
+        f"Times are medians [min-max] of {m['reps']} repetitions after a warm-up (two saves "
+        f"for W1-W3) (W3: of "
         f"{max(20, m['reps'])} saves; W4: of {m.get('w4_reps', m['reps'])} loops, its "
         "overhead the median of each loop against the no-checkpointing loop just before "
         f"it); contenders interleaved save by save. Each workload starts "
