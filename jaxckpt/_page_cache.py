@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import os
 
-# Smaller checkpoints are not worth the directory walk (W3-sized saves stay at
-# one stat per save).
-MIN_BYTES = 1 << 20
+# Smaller checkpoints are left alone: W4's 7.6 MiB saves measured no faster
+# with their pages dropped (writer CPU 13-17 ms per save either way).
+MIN_BYTES = 16 << 20
 
 _CAN_DROP = hasattr(os, "posix_fadvise") and hasattr(os, "POSIX_FADV_DONTNEED")
 
