@@ -1,16 +1,16 @@
-"""Hands superseded checkpoints' file pages back before the next write.
+"""Hands earlier checkpoints' file pages back just before the next write.
 
-A checkpoint written through the page cache stays cached after its fsync.
-Once a newer checkpoint is committed, those cached pages are rarely read again
-(a restore reads the newest), yet they hold state-size memory, which counts
-against a container's memory limit. Dropping them just before the next write
-also speeds that write up: its page-cache pages reuse memory the kernel just
-freed. On VMs that hand idle free memory back to the hypervisor, the first
-touch of that memory is slow: writing W2's 256 MiB took 0.57-0.62 s onto
-cold memory and 0.27-0.46 s after the superseded checkpoint's pages were
-dropped. The files themselves are untouched: only clean, fsync'd cache pages
-are dropped, and the newest checkpoint stays cached for a quick restore
-after a crash.
+A checkpoint written (or restored) through the page cache stays cached. Once
+its successor is being written those pages are rarely read again, yet they
+hold state-size memory, which counts against a container's memory limit.
+Dropping them just before the write also speeds the write up: its page-cache
+pages reuse the memory the kernel just freed. On VMs that hand idle free
+memory back to the hypervisor, a first touch of memory is slow: writing W2's
+256 MiB took 0.57-0.62 s onto cold memory and 0.27-0.46 s after the previous
+checkpoint's pages were dropped. The files themselves are untouched: only
+clean, fsync'd cache pages go. The checkpoint just written stays cached
+until the next save starts, so a restore after a crash between saves reads
+memory.
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def drop(path: str) -> None:
 
 class Superseded:
     """The local checkpoints of one manager whose pages may be cached: the large
-    ones it wrote, and those it found when it opened.
+    ones it wrote, and those it found when it opened (a restart's restore reads
+    the newest of them).
 
     Used from the writer thread only.
     """
@@ -63,12 +64,8 @@ class Superseded:
         if self._enabled and nbytes >= MIN_BYTES and path not in self._cached:
             self._cached.append(path)
 
-    def drop_all_but(self, newest: str | None) -> None:
-        """Drops the cached pages of every noted checkpoint except ``newest``."""
-        keep = []
+    def drop_all(self) -> None:
+        """Before a write: drops the cached pages of every noted checkpoint."""
         for path in self._cached:
-            if path == newest:
-                keep.append(path)
-            else:
-                drop(path)
-        self._cached = keep
+            drop(path)
+        self._cached = []

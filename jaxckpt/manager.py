@@ -220,7 +220,7 @@ class CheckpointManager:
         if stats is not None and queued is not None:
             stats.queued_s = begin - queued
         try:
-            self._superseded.drop_all_but(self._catalog.latest)
+            self._superseded.drop_all()
             publication = self._catalog.prepare(path, timestamp)
             try:
                 _checkpoint.write(snapshot, _location.locate(path), replace=True,

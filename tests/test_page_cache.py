@@ -1,4 +1,4 @@
-"""Superseded checkpoints' pages leave the page cache before the next write.
+"""Earlier checkpoints' pages leave the page cache before the next write.
 
 Residency is read with ``mincore`` on a mapping of each file, which reads
 nothing. Dropping is best effort (a page another thread holds stays), so a
@@ -82,7 +82,8 @@ def _tree(seed: int) -> dict:
             "b": rng.standard_normal(4096).astype(np.float32)}
 
 
-def test_superseded_pages_dropped_newest_kept(tmp_path, can_observe, monkeypatch):
+def test_earlier_pages_dropped_before_each_write_last_kept(tmp_path, can_observe,
+                                                         monkeypatch):
     monkeypatch.setattr(_page_cache, "MIN_BYTES", 0)
     trees = [_tree(i) for i in range(3)]
     with jaxckpt.CheckpointManager(tmp_path / "run", max_to_keep=None) as mngr:
@@ -90,11 +91,10 @@ def test_superseded_pages_dropped_newest_kept(tmp_path, can_observe, monkeypatch
         for i, tree in enumerate(trees):
             paths.append(mngr.save(tree, checkpoint_number=i))
             mngr.wait_until_finished()
-        first, second, third = paths
-        # The write of checkpoint 2 dropped checkpoint 0 (1 was the newest then).
-        assert not any(_cached(f) for f in _data_files(first))
-        assert all(_cached(f) for f in _data_files(second))
-        assert all(_cached(f) for f in _data_files(third))
+            # The checkpoint just written stays cached until the next save starts.
+            assert all(_cached(f) for f in _data_files(paths[-1]))
+        for path in paths[:-1]:
+            assert not any(_cached(f) for f in _data_files(path)), path
         # The files are intact: dropping pages never touches the bytes.
         for path, tree in zip(paths, trees):
             got = mngr.restore(path)
@@ -136,5 +136,5 @@ def test_checkpoints_found_at_open_are_dropped_too(tmp_path, can_observe):
         assert all(_cached(f) for path in old for f in _data_files(path))
         mngr.save(trees[2], checkpoint_number=2)
         mngr.wait_until_finished()
-        assert not any(_cached(f) for f in _data_files(old[0]))
-        assert all(_cached(f) for f in _data_files(old[1]))  # the newest before this save
+        for path in old:
+            assert not any(_cached(f) for f in _data_files(path)), path
