@@ -21,7 +21,7 @@ _LEFTOVER = re.compile(r"(\.tmp-|\.trash-|\.deleting$)")
 
 
 def leftovers(directory) -> list[str]:
-    """Temporaries, trash and deletion markers in ``directory``."""
+    """Temporaries, trash, set-aside copies and deletion markers in ``directory``."""
     return sorted(n for n in os.listdir(directory) if _LEFTOVER.search(n))
 
 
