@@ -17,7 +17,7 @@ from jaxckpt import _state_file
 
 TALLY: collections.Counter = collections.Counter()
 
-_LEFTOVER = re.compile(r"(\.tmp-|\.trash-|\.deleting$)")
+_LEFTOVER = re.compile(r"(\.tmp-|\.trash-|\.old-|\.deleting$)")
 
 
 def leftovers(directory) -> list[str]:
