@@ -121,12 +121,15 @@ class CheckpointManager:
             # None: a URL, not process 0, or a reader (which may run beside the writer)
             self._dir_lock = None if read_only else _lock.acquire(self._dir)
             try:
-                self._recover()
                 # Process 0 alone cleans up (and commits, and deletes); a reader never.
+                # Leftovers first: a crash inside a replace may have left checkpoint
+                # N under a leftover's name only, which the sweep puts back.
+                if self._primary and not read_only:
+                    _commit.sweep_leftovers(self._root, self._name)
+                self._recover()
                 if self._primary and not read_only:
                     if self._named is not None:
                         _deletions.sweep(self._root, self._name, self._named)
-                    _commit.sweep_leftovers(self._root, self._name)
                     _state_file.sweep_temporaries(self._root)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
