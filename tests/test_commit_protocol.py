@@ -358,7 +358,7 @@ def test_a_second_process_never_sweeps_a_save_in_flight_on_s3(s3, read_only):
         p.wait_stopped()
         staged = _data_keys(server, bucket, "exp/")
         assert staged and not server.keys(bucket, "exp/ckpt-1/_CHECKPOINT")
-        with jaxckpt.CheckpointManager(url, read_only=read_only) as m:
+        with jaxckpt.CheckpointManager(url, **({"read_only": True} if read_only else {})) as m:
             assert m.latest_checkpoint is None and m.checkpoints == []
         assert _data_keys(server, bucket, "exp/") == staged
     finally:
