@@ -174,6 +174,7 @@ class CheckpointManager:
 
         Raises:
             CheckpointWriteError: an earlier background save failed (cause chained).
+            CheckpointError: the manager is closed, or read-only.
             TypeError: a leaf cannot be saved; nothing is queued.
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
