@@ -7,24 +7,53 @@ a user keeps on purpose. So before the state file is replaced, an empty
 marker ``.<name>.deleting`` is made durable beside each checkpoint to go (a
 file, or on object stores a key); the next manager deletes every marked
 checkpoint that its state file does not name, and drops the markers.
+
+Markers are made, checked and removed without following symbolic links: a
+link planted under a marker's name is replaced, never written through, and
+is not taken for a marker.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import re
+import stat
 
-from . import _commit, _location, _storage
+from . import _commit, _location, _names, _storage
 from ._location import Dir
 
 log = logging.getLogger("jaxckpt")
 
-_SUFFIX = ".deleting"
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _marker_name(path: str) -> str:
-    return f".{path.rstrip('/').rsplit('/', 1)[-1]}{_SUFFIX}"
+    return _names.deleting(path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _is_marker(path: str) -> bool:
+    """A regular file (not a link, directory or FIFO): one that ``mark`` made."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _make_marker(path: str) -> None:
+    """Creates the empty file ``path``; never opens an existing entry (which
+    may be a link planted there), but replaces whatever is not a marker."""
+    for _ in range(3):
+        try:
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, 0o644))
+            return
+        except FileExistsError:
+            if _is_marker(path):
+                return
+            error = _commit.delete_entry(path)  # a link is unlinked, its target untouched
+            if error is not None:
+                raise error
+    raise OSError(errno.EEXIST, "could not create the deletion marker", path)
 
 
 def mark(directory: str | Dir, paths: list[str]) -> None:
@@ -37,8 +66,7 @@ def mark(directory: str | Dir, paths: list[str]) -> None:
             where.write(_marker_name(path), b"")
         return
     for path in paths:
-        with open(os.path.join(where.path, _marker_name(path)), "wb"):
-            pass
+        _make_marker(os.path.join(where.path, _marker_name(path)))
     _storage.fsync_dir(where.path)
 
 
@@ -48,10 +76,9 @@ def done(directory: str | Dir, path: str) -> None:
     if not where.is_local:
         where.delete(_marker_name(path))
         return
-    try:
-        os.unlink(os.path.join(where.path, _marker_name(path)))
-    except FileNotFoundError:
-        pass
+    error = _commit.delete_entry(os.path.join(where.path, _marker_name(path)))
+    if error is not None:
+        raise error
 
 
 def sweep(directory: str | Dir, checkpoint_name: str, named: set[str]) -> list[str]:
@@ -61,16 +88,23 @@ def sweep(directory: str | Dir, checkpoint_name: str, named: set[str]) -> list[s
     checkpoints deleted.
     """
     where = _location.locate(directory)
-    pattern = re.compile(rf"^\.({re.escape(checkpoint_name)}-\d+){re.escape(_SUFFIX)}$")
     deleted = []
     for name in where.listdir():
-        m = pattern.match(name)
-        if not m:
+        found = _names.parse(name)
+        if (found is None or found.kind != _names.DELETING
+                or _names.number_of(found.base, checkpoint_name) is None):
             continue
-        ckpt = where.join(m.group(1))
+        ckpt = where.join(found.base)
         path = str(ckpt)
-        if path not in named and ckpt.exists():
-            _commit.remove(ckpt)
+        # Locally only a regular file is a marker; anything else under its
+        # name (a planted link) is removed without acting on it.
+        marked = not where.is_local or _is_marker(os.path.join(where.path, name))
+        if marked and path not in named and ckpt.exists():
+            try:
+                _commit.remove(ckpt)
+            except OSError as e:  # the marker stays: the next manager retries
+                log.warning("could not delete %s, marked for deletion: %r", path, e)
+                continue
             deleted.append(path)
         done(where, path)
     if deleted:

@@ -32,6 +32,7 @@ Action = Union[str, Callable[[str], None]]
 POINTS = (
     "commit.before_publish",  # checkpoint fully written in its temporary, nothing visible yet
     "commit.exchanged",  # a replaced checkpoint swapped out, still in the temporary's name
+    "commit.aside",  # no RENAME_EXCHANGE: the old checkpoint renamed aside, the new not yet in
     "commit.remove.renamed",  # a deleted checkpoint renamed to trash, files not yet removed
     "manager.committed",  # checkpoint in place, state file not yet updated
     "manager.before_delete",  # state file updated, an old checkpoint not yet deleted

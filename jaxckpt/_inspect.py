@@ -27,14 +27,20 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import _api, _checkpoint, _commit, _display, _format, _location, _state_file, _stats, _tree
+from . import (_api, _checkpoint, _commit, _display, _format, _location, _names, _state_file,
+               _stats, _tree)
 from ._location import Dir
 
 LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"
 UNCOMMITTED, PENDING, MISSING = "uncommitted", "pending", "missing"
 
 _NUMBERED = re.compile(r"^(?P<name>.+)-(?P<number>\d+)$")
-_LEFTOVER = re.compile(r"^\.(?P<name>.+)-(?P<number>\d+)\.(?P<what>tmp|trash)-[0-9a-f]+$")
+_LEFTOVER_NOTES = {
+    _names.TMP: "save in progress or interrupted",
+    _names.TRASH: "deletion in progress or interrupted",
+    _names.OLD: "replaced copy set aside; replace in progress or interrupted",
+    _names.DELETING: "not a deletion marker (markers are files)",
+}
 
 # Rows shown by reprs; the command line shows every row.
 REPR_ROWS = 200
@@ -206,20 +212,21 @@ def list_checkpoints(
     shown_pending: set[str] = set()
     for name in root.subdirs():
         path = str(root.join(name))
-        leftover = _LEFTOVER.match(name)
+        leftover = _names.parse(name)
         numbered = _NUMBERED.match(name)
-        if leftover:
-            if not wanted(leftover["name"]):
+        if leftover is not None:
+            # A leftover is uncommitted even when it holds a whole committed
+            # copy (a replaced or deleted checkpoint): readers never see it.
+            base = _NUMBERED.match(leftover.base)
+            if base is None or not wanted(base["name"]):
                 continue
-            number = int(leftover["number"])
-            mine = pending_numbers.get((leftover["name"], number))
-            if leftover["what"] == "tmp" and mine is not None:
+            number = int(base["number"])
+            mine = pending_numbers.get((base["name"], number))
+            if leftover.kind == _names.TMP and mine is not None:
                 status, note = PENDING, "being written"
                 shown_pending.add(mine)
-            elif leftover["what"] == "tmp":
-                status, note = UNCOMMITTED, "save in progress or interrupted"
             else:
-                status, note = UNCOMMITTED, "deletion in progress or interrupted"
+                status, note = UNCOMMITTED, _LEFTOVER_NOTES[leftover.kind]
             entries.append(CheckpointEntry(name, path, number, status, disk_bytes(path),
                                            note=note))
             continue

@@ -45,6 +45,10 @@ class CheckpointManager:
         coordination_timeout_s: in a multi-process program, how long a process
             waits for the others' parts (or process 0's commit) before it
             gives up on that save with an error naming the late process.
+        read_only: for readers (an evaluator beside a trainer): never saves,
+            sweeps, deletes, locks or writes anything; ``save`` raises
+            ``CheckpointError``. ``latest_checkpoint``, ``checkpoints`` and
+            ``restore`` re-read the state file, so they follow the writer.
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are already in flight).
@@ -74,7 +78,11 @@ class CheckpointManager:
         clock: Callable[[], float] = time.time,
         max_pending: int = 1,
         coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
+        read_only: bool = False,
     ):
+        if not isinstance(read_only, bool):
+            raise TypeError(f"read_only must be a bool, got {read_only!r}")
+        self._read_only = read_only
         self._max_to_keep = _options.positive_int("max_to_keep", max_to_keep)
         self._interval = _options.positive_int("checkpoint_interval", checkpoint_interval)
         _options.check_manager_options(
@@ -106,16 +114,22 @@ class CheckpointManager:
         self._stats = _stats.StatsRecorder()
         self._closed_why = "it was closed"
         with _registry.opening:
-            _registry.take_over(self._dir)
-            if self._root.is_local:
+            if not read_only:  # a reader leaves a writer in this process alone
+                _registry.take_over(self._dir)
+            if self._root.is_local and not read_only:
                 os.makedirs(self._dir, exist_ok=True)
-            self._dir_lock = _lock.acquire(self._dir)  # None: a URL, or not process 0
+            # None: a URL, not process 0, or a reader (which may run beside the writer)
+            self._dir_lock = None if read_only else _lock.acquire(self._dir)
             try:
+                # Process 0 alone cleans up (and commits, and deletes); a reader never.
+                # Leftovers first: a crash inside a replace may have left checkpoint
+                # N under a leftover's name only, which the sweep puts back.
+                if self._primary and not read_only:
+                    _commit.sweep_leftovers(self._root, self._name)
                 self._recover()
-                if self._primary:  # process 0 alone cleans up (and commits, and deletes)
+                if self._primary and not read_only:
                     if self._named is not None:
                         _deletions.sweep(self._root, self._name, self._named)
-                    _commit.sweep_leftovers(self._root, self._name)
                     _state_file.sweep_temporaries(self._root)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
@@ -125,7 +139,8 @@ class CheckpointManager:
                     self._dir_lock.release()
                 raise
             self._closed = False
-            _registry.register(self)
+            if not read_only:
+                _registry.register(self)
 
     # ------------------------------------------------------------ recovery
 
@@ -159,11 +174,13 @@ class CheckpointManager:
 
         Raises:
             CheckpointWriteError: an earlier background save failed (cause chained).
+            CheckpointError: the manager is closed, or read-only.
             TypeError: a leaf cannot be saved; nothing is queued.
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
         called = time.perf_counter()
         self._check_open()
+        self._check_writable()
         self._raise_error()
         _in_jit.wait_ready(self, state)
         with self._save_lock:
@@ -265,6 +282,18 @@ class CheckpointManager:
                 f"CheckpointManager for {self._dir} is closed ({self._closed_why}); "
                 "make a new one to save or restore")
 
+    def _check_writable(self) -> None:
+        if self._read_only:
+            raise CheckpointError(
+                f"CheckpointManager for {self._dir} is read-only (read_only=True): it restores "
+                "and lists but never saves; make one without read_only to save")
+
+    def _refresh(self) -> None:
+        """A reader re-reads the state file: the writer is another manager."""
+        if self._read_only and not self._closed:
+            with self._save_lock:
+                self._recover()
+
     def wait_until_finished(self) -> None:
         """Blocks until every queued save is committed (or failed).
 
@@ -351,6 +380,7 @@ class CheckpointManager:
             CheckpointError: the manager is closed.
             NotImplementedError: in a multi-process program.
         """
+        self._check_writable()
         _in_jit.save(self, state, step, checkpoint_number, check_interval, metadata)
 
     def _save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
@@ -471,11 +501,13 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[str]:
         """Committed, managed checkpoints, oldest first. Never blocks."""
+        self._refresh()
         return self._catalog.checkpoints
 
     @property
     def latest_checkpoint(self) -> str | None:
         """The newest committed checkpoint. Never blocks."""
+        self._refresh()
         return self._catalog.latest
 
     @property

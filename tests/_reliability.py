@@ -17,11 +17,11 @@ from jaxckpt import _state_file
 
 TALLY: collections.Counter = collections.Counter()
 
-_LEFTOVER = re.compile(r"(\.tmp-|\.trash-|\.deleting$)")
+_LEFTOVER = re.compile(r"(\.tmp-|\.trash-|\.old-|\.deleting$)")
 
 
 def leftovers(directory) -> list[str]:
-    """Temporaries, trash and deletion markers in ``directory``."""
+    """Temporaries, trash, set-aside copies and deletion markers in ``directory``."""
     return sorted(n for n in os.listdir(directory) if _LEFTOVER.search(n))
 
 

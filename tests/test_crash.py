@@ -152,12 +152,18 @@ _AIMED = {
 }
 
 
+@pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
 @pytest.mark.parametrize("chain", sorted(_AIMED))
-def test_sigkill_at_fault_points(tmp_path, chain):
-    """Kills aimed inside the commit, the state-file write and the deletions."""
+def test_sigkill_at_fault_points(tmp_path, monkeypatch, chain, fallback):
+    """Kills aimed inside the commit, the state-file write and the deletions;
+    ``two-renames``: on a filesystem without RENAME_EXCHANGE (forced)."""
     d = tmp_path / "run"
     last = 0
+    if fallback:
+        monkeypatch.setenv("JAXCKPT_NO_RENAME_EXCHANGE", "1")  # the workers only
     for point, skip, leaves in _AIMED[chain]:
+        if fallback and point == "commit.exchanged":  # the fallback's own instant instead
+            point, leaves = "commit.aside", r"^\.ckpt-3\.old-[0-9a-f]+$"
         TALLY["kill rounds run"] += 1
         TALLY["faults injected"] += 1
         w = Worker(d, 6, point=point, skip=skip)

@@ -55,10 +55,17 @@ def _assert_clean(d) -> None:
     assert sorted(os.listdir(d)) == sorted(["checkpoint", *named])
 
 
+@pytest.fixture(params=[False, True], ids=["exchange", "two-renames"])
+def rename_fallback(request, monkeypatch):
+    """Also on a filesystem without RENAME_EXCHANGE (NFS, FUSE): forced."""
+    monkeypatch.setattr(jaxckpt._commit, "NO_RENAME_EXCHANGE", request.param)
+    return request.param
+
+
 # ------------------------------------------------------------ failing writes
 
 
-def test_temporary_vanishing_mid_save_fails_cleanly(tmp_path):
+def test_temporary_vanishing_mid_save_fails_cleanly(tmp_path, rename_fallback):
     def vanish(_point):  # someone's cleanup job removes our half-done save
         for name in os.listdir(tmp_path):  # (and the new state file's temporary)
             if ".tmp-" in name:
@@ -129,7 +136,8 @@ def test_state_file_write_failure_uncommits_the_new_checkpoint(tmp_path):
 
 
 @pytest.mark.parametrize("point", ["commit.before_publish", "manager.committed"])
-def test_failed_commit_leaves_the_state_file_and_no_temporary(tmp_path, point):
+def test_failed_commit_leaves_the_state_file_and_no_temporary(tmp_path, point,
+                                                              rename_fallback):
     """The new state file is written before the commit; a failed commit drops it."""
     TALLY["faults injected"] += 1
     with jaxckpt.CheckpointManager(tmp_path, max_to_keep=2) as m:
@@ -475,7 +483,7 @@ def test_saves_from_several_threads_get_distinct_numbers_and_their_own_state(tmp
             assert_equal_trees(jaxckpt.restore(path), _tree(i))
 
 
-def test_the_same_number_saved_twice_in_flight(tmp_path):
+def test_the_same_number_saved_twice_in_flight(tmp_path, rename_fallback):
     gate = threading.Event()
     with jaxckpt.CheckpointManager(tmp_path, max_to_keep=3, max_pending=2) as m:
         with _faults.armed("commit.before_publish", lambda _: gate.wait()):
