@@ -33,6 +33,7 @@ POINTS = (
     "commit.before_publish",  # checkpoint fully written in its temporary, nothing visible yet
     "commit.exchanged",  # a replaced checkpoint swapped out, still in the temporary's name
     "commit.remove.renamed",  # a deleted checkpoint renamed to trash, files not yet removed
+    "latest_checkpoint.read",  # latest_checkpoint read the state file, not yet its checkpoints
     "manager.committed",  # checkpoint in place, state file not yet updated
     "manager.before_delete",  # state file updated, an old checkpoint not yet deleted
     "manager.restore_waits",  # restore is about to wait for a pending save

@@ -131,11 +131,11 @@ class CheckpointManager:
 
     def _recover(self) -> None:
         found = _recovery.recover(self._root, self._number_of, self._checkpoint_path,
-                                  self._clock())
+                                  _options.clock_reading(self._clock))
         self._max_number, self._named = found.max_number, found.named
         self._catalog = _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
-            keep_hours=self._keep_hours, primary=self._primary)
+            keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
 
     def _number_of(self, path: str) -> int | None:
         m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
@@ -175,7 +175,7 @@ class CheckpointManager:
                     return None
             number = (self._max_number + 1 if checkpoint_number is None
                       else as_number(checkpoint_number))
-            timestamp = float(self._clock())
+            timestamp = _options.clock_reading(self._clock)
             self._catalog.warn_if_clock_went_back(timestamp)
             snapshot = _snapshot.take(state, metadata)
             return self._enqueue(snapshot, number, step, timestamp, called)
@@ -365,7 +365,7 @@ class CheckpointManager:
         with self._save_lock:
             if self._interval is not None and self._skips(step, check_interval):
                 return None
-            timestamp = float(self._clock())
+            timestamp = _options.clock_reading(self._clock)
             self._catalog.warn_if_clock_went_back(timestamp)
             snapshot = take()
             return self._enqueue(snapshot, number,
