@@ -440,9 +440,11 @@ class CheckpointManager:
             return self._init_fn()
         return None
 
-    def _restore_newest_sound(self, target: Any) -> tuple[str, Any] | None:
+    def _restore_newest_sound(self, target: Any, restore: Callable[[str], Any] | None = None
+                              ) -> tuple[str, Any] | None:
         """(path, state) of the newest checkpoint that restores, after every
-        pending save; None if there is no committed checkpoint.
+        pending save; None if there is no committed checkpoint. ``restore``:
+        how to read one (default: ``self.restore(path, target)``).
 
         A damaged or vanished checkpoint is skipped with a WARNING naming it.
 
@@ -453,7 +455,7 @@ class CheckpointManager:
         damaged = []
         for path in self._catalog.newest_first():
             try:
-                return path, self.restore(path, target)
+                return path, (self.restore(path, target) if restore is None else restore(path))
             except (CorruptCheckpointError, CheckpointNotFoundError) as e:
                 log.warning("checkpoint %s cannot be restored, falling back to an older one: %s",
                             path, e)
