@@ -50,7 +50,8 @@ def recover(root: Dir, number_of: Callable[[str], int | None],
             path_of: Callable[[int], str], now: float) -> Found:
     """Reads ``root``'s state file and listing; ``number_of`` parses a checkpoint
     name (None: not of this series), ``path_of`` makes a checkpoint's path from its number."""
-    on_disk = _on_disk(root, number_of)
+    listing = set(root.listdir())
+    on_disk = {n: name for name in listing if (n := number_of(name)) is not None}
     try:
         state = _state_file.read(root)
     except CorruptCheckpointError as e:
@@ -94,7 +95,7 @@ def recover(root: Dir, number_of: Callable[[str], int | None],
     own_named = [p for p, _ in own] + (
         [latest_named] if latest_named is not None and mine(latest_named) else [])
     top = max((number_of(p) for p in own_named), default=0)
-    adopted = _adoptable(root, on_disk, path_of, top, now)
+    adopted = _adoptable(root, listing, on_disk, path_of, top, now)
     if adopted:
         log.warning("state file %s in %s: adopting %s found on disk (numbered above "
                     "everything it names); they join the active set and the newest is the latest",
@@ -112,11 +113,6 @@ def recover(root: Dir, number_of: Callable[[str], int | None],
     if latest_named is not None:
         named.add(latest_named)
     return Found(max_number, named, retention, latest, carried)
-
-
-def _on_disk(root: Dir, number_of: Callable[[str], int | None]) -> dict[int, str]:
-    """Every ``<checkpoint_name>-<N>`` entry in ``root`` by number, committed or not."""
-    return {n: name for name in root.listdir() if (n := number_of(name)) is not None}
 
 
 def _finite_stamps(root: Dir, state: _state_file.CheckpointState,
@@ -153,16 +149,16 @@ def _dedupe(entries: list[tuple[str, float | None]]) -> list[tuple[str, float | 
     return list(out.items())
 
 
-def _adoptable(root: Dir, on_disk: dict[int, str], path_of: Callable[[int], str], above: int,
-               now: float) -> list[tuple[str, float]]:
-    """Committed checkpoints of ours numbered above ``above``, oldest first, with
-    their save times: not symlinks or files (never ours to delete), not marked
-    for deletion (an interrupted retention dropped them)."""
-    names = set(on_disk.values())
+def _adoptable(root: Dir, listing: set[str], on_disk: dict[int, str],
+               path_of: Callable[[int], str], above: int, now: float) -> list[tuple[str, float]]:
+    """Committed checkpoints of ours (``on_disk``: every ``<name>-<N>`` in the
+    ``listing``, by number) numbered above ``above``, oldest first, with their
+    save times: not symlinks or files (never ours to delete), not marked for
+    deletion (an interrupted retention dropped them)."""
     out = []
     for n in sorted(k for k in on_disk if k > above):
         path = path_of(n)
-        if _deletions._marker_name(path) in names or not _is_real_directory(root, path):
+        if _deletions._marker_name(path) in listing or not _is_real_directory(root, path):
             continue
         if _commit.is_committed(path):
             out.append((path, min(_saved_at(path), now)))
