@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import collections
 import errno
+import logging
 import os
+import re
 import threading
 import time
 from typing import Any
 
 from . import _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore, _snapshot
-from . import _state_file
+from . import _faults, _state_file
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a
 # multi-process program pair up their coordination keys.
 _save_counts: collections.Counter = collections.Counter()
 _save_counts_lock = threading.Lock()
+
+log = logging.getLogger("jaxckpt")
+_NUMBERED = re.compile(r"^[^.].*-\d+$")
 
 
 def save(
@@ -118,8 +123,19 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
         raise CorruptCheckpointError("\n".join(problems))
 
 
+# How often latest_checkpoint re-reads a state file that changed under it.
+_READ_TRIES = 8
+
+
 def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     """The newest committed checkpoint named in ``<directory>/checkpoint``, or None.
+
+    Safe to call while a manager saves and deletes in ``directory``: when
+    none of the checkpoints it read is committed any more (retention deleted
+    them after replacing the state file), it reads the state file again.
+    Without a state file it answers None, and logs a WARNING if committed
+    checkpoints are there (a CheckpointManager adopts them; this reads only
+    the state file).
 
     Raises:
         CorruptCheckpointError: the state file exists but cannot be parsed.
@@ -130,12 +146,38 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
         raise NotADirectoryError(errno.ENOTDIR, "checkpoint directory is a file", root.path)
     state = _state_file.read(root)
     if state is None:
+        _warn_if_unrecorded(root)
         return None
+    for _ in range(_READ_TRIES):
+        found = newest_named(root, state)
+        if found is not None:
+            return found
+        again = _state_file.read(root)
+        if again is None or again == state:
+            return None
+        state = again
+    return None
+
+
+def newest_named(root: _location.Dir, state: _state_file.CheckpointState) -> str | None:
+    """The newest committed checkpoint that ``state`` names, or None."""
     names = list(reversed(state.all_model_checkpoint_paths))
     if state.model_checkpoint_path is not None:
         names.insert(0, state.model_checkpoint_path)
+    _faults.point("latest_checkpoint.read")
     for name in names:
         path = _state_file.resolve(root, name)
         if _commit.is_committed(path):
             return path
     return None
+
+
+def _warn_if_unrecorded(root: _location.Dir) -> None:
+    if not root.is_local:  # a listing of an object store costs a request: not on every call
+        return
+    committed = sorted(n for n in root.listdir()
+                       if _NUMBERED.match(n) and _commit.is_committed(root.join(n)))
+    if committed:
+        log.warning("%s has no state file but holds committed checkpoints %s; "
+                    "jaxckpt.latest_checkpoint reads only the state file (a CheckpointManager "
+                    "on the directory adopts them)", root, committed)

@@ -65,8 +65,10 @@ class Catalog:
     """
 
     def __init__(self, root: Dir, retention: _retention.Retention, latest: str | None, *,
-                 max_to_keep: int | None, keep_hours: float | None, primary: bool):
+                 max_to_keep: int | None, keep_hours: float | None, primary: bool,
+                 carried: list[tuple[str, float | None]] = ()):
         self._root, self._dir = root, str(root)
+        self._carried = list(carried)  # state-file entries of others: kept, never managed
         self._max_to_keep, self._keep_hours = max_to_keep, keep_hours
         self._primary = primary
         self._lock = threading.Lock()
@@ -180,9 +182,12 @@ class Catalog:
 
     def _render(self, r: _retention.Retention, latest: str) -> _state_file.CheckpointState:
         rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
+        # Entries that are not ours stay as written, oldest; one without a
+        # timestamp gets the last preserved time: unmanaged, as it was.
+        carried = [(raw, r.last_preserved if t is None else t) for raw, t in self._carried]
         return _state_file.CheckpointState(
             model_checkpoint_path=rel(latest),
-            all_model_checkpoint_paths=[rel(p) for p, _ in r.active],
-            all_model_checkpoint_timestamps=[t for _, t in r.active],
+            all_model_checkpoint_paths=[raw for raw, _ in carried] + [rel(p) for p, _ in r.active],
+            all_model_checkpoint_timestamps=[t for _, t in carried] + [t for _, t in r.active],
             last_preserved_timestamp=r.last_preserved,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Callable
 
@@ -69,3 +70,21 @@ def check_manager_options(
             coordination_timeout_s, numbers.Real) or not coordination_timeout_s > 0:
         raise ValueError("coordination_timeout_s must be a positive number of seconds, "
                          f"got {coordination_timeout_s!r}")
+
+
+def clock_reading(clock: Callable[[], Any]) -> float:
+    """One reading of a manager's ``clock`` as a finite float; ValueError otherwise.
+
+    A NaN or infinite timestamp in the state file would make every later
+    comparison false (nothing is ever deleted, or everything looks preserved),
+    so it is refused before anything is written.
+    """
+    value = clock()
+    try:
+        reading = float(value)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"clock() must return a number of seconds, got {value!r}") from e
+    if not math.isfinite(reading):
+        raise ValueError(f"clock() returned {reading!r}; it must give a finite number of "
+                         "seconds (e.g. time.time)")
+    return reading

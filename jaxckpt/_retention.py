@@ -26,18 +26,21 @@ def recover(
     clock is behind the recorded times, timestamps are capped at ``now`` so
     nothing is deleted early, as TensorFlow does. A state file without
     timestamps (older TensorFlow) leaves its checkpoints unmanaged: kept.
+    A path listed twice is kept once, at its first position with its last
+    timestamp (TensorFlow fills an OrderedDict keyed by path), so that it is
+    never deleted twice nor named after its deletion.
     """
     went_back = now < last_preserved
     if went_back:
         last_preserved = now
     if not timestamps:
         timestamps = [last_preserved] * len(paths)
-    active = []
+    active: dict[str, float] = {}
     for path, ts in zip(paths, timestamps):
         ts = min(ts, now)
         if ts > last_preserved:
-            active.append((path, ts))
-    return Retention(active, last_preserved), went_back
+            active[path] = ts
+    return Retention(list(active.items()), last_preserved), went_back
 
 
 def fresh(now: float) -> Retention:

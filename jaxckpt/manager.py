@@ -146,11 +146,11 @@ class CheckpointManager:
 
     def _recover(self) -> None:
         found = _recovery.recover(self._root, self._number_of, self._checkpoint_path,
-                                  self._clock())
+                                  _options.clock_reading(self._clock))
         self._max_number, self._named = found.max_number, found.named
         self._catalog = _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
-            keep_hours=self._keep_hours, primary=self._primary)
+            keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
 
     def _number_of(self, path: str) -> int | None:
         m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
@@ -192,7 +192,7 @@ class CheckpointManager:
                     return None
             number = (self._max_number + 1 if checkpoint_number is None
                       else as_number(checkpoint_number))
-            timestamp = float(self._clock())
+            timestamp = _options.clock_reading(self._clock)
             self._catalog.warn_if_clock_went_back(timestamp)
             snapshot = _snapshot.take(state, metadata)
             return self._enqueue(snapshot, number, step, timestamp, called)
@@ -395,7 +395,7 @@ class CheckpointManager:
         with self._save_lock:
             if self._interval is not None and self._skips(step, check_interval):
                 return None
-            timestamp = float(self._clock())
+            timestamp = _options.clock_reading(self._clock)
             self._catalog.warn_if_clock_went_back(timestamp)
             snapshot = take()
             return self._enqueue(snapshot, number,
@@ -470,9 +470,11 @@ class CheckpointManager:
             return self._init_fn()
         return None
 
-    def _restore_newest_sound(self, target: Any) -> tuple[str, Any] | None:
+    def _restore_newest_sound(self, target: Any, restore: Callable[[str], Any] | None = None
+                              ) -> tuple[str, Any] | None:
         """(path, state) of the newest checkpoint that restores, after every
-        pending save; None if there is no committed checkpoint.
+        pending save; None if there is no committed checkpoint. ``restore``:
+        how to read one (default: ``self.restore(path, target)``).
 
         A damaged or vanished checkpoint is skipped with a WARNING naming it.
 
@@ -483,7 +485,7 @@ class CheckpointManager:
         damaged = []
         for path in self._catalog.newest_first():
             try:
-                return path, self.restore(path, target)
+                return path, (self.restore(path, target) if restore is None else restore(path))
             except (CorruptCheckpointError, CheckpointNotFoundError) as e:
                 log.warning("checkpoint %s cannot be restored, falling back to an older one: %s",
                             path, e)

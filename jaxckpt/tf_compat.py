@@ -13,8 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _options
+from . import _checkpoint, _options, _tree
 from . import manager as _manager
+from .errors import StructureMismatchError
 
 
 class Checkpoint:
@@ -109,7 +110,7 @@ class CheckpointManager:
         """Restores the latest checkpoint into the holder and returns its path,
         or calls ``init_fn`` and returns None."""
         # The newest checkpoint that restores: damaged ones are skipped with a warning.
-        found = self._core._restore_newest_sound(self._checkpoint._state())
+        found = self._core._restore_newest_sound(None, self._restore_matching)
         if found is not None:
             path, state = found
             self._checkpoint._load(state)
@@ -126,9 +127,43 @@ class CheckpointManager:
         path = checkpoint if checkpoint is not None else self._core.latest_checkpoint
         if path is None:
             raise _manager.CheckpointNotFoundError(f"no checkpoint in {self.directory}")
-        restored = self._core.restore(path, self._checkpoint._state())
-        self._checkpoint._load(restored)
-        return path if isinstance(path, str) else self._core._path_for(path)
+        path = path if isinstance(path, str) else self._core._path_for(path)
+        self._checkpoint._load(self._restore_matching(path))
+        return path
+
+    def _restore_matching(self, path: str) -> dict:
+        """The holder's attributes that ``path`` also holds, restored, as TensorFlow
+        restores what matches: an eval job's ``Checkpoint(model=...)`` reads the
+        model of a training checkpoint that also holds an optimizer. Attributes
+        only the holder has keep their values; ones only the checkpoint has are
+        not read. Within an attribute the structure must match exactly.
+
+        Raises:
+            StructureMismatchError: no attribute in common, or a shared one
+                whose structure differs (naming every key path).
+        """
+        holder = self._checkpoint._state()
+        on_disk: dict[str, set[str]] = {}
+        for leaf in _checkpoint.Reader(path).leaves:
+            kind, key = (tuple(leaf["path"][0]) if leaf["path"] else (None, None))
+            if kind != _tree.DICT or not isinstance(key, str):
+                # Not a holder's save (a bare pytree): the whole holder must match.
+                return self._core.restore(path, holder)
+            on_disk.setdefault(key, set()).add(_tree.path_str(leaf["path"]))
+        shared = {name: value for name, value in holder.items() if name in on_disk}
+        if not set(shared) - {"save_counter"} and set(holder) - {"save_counter"}:
+            raise StructureMismatchError(
+                f"checkpoint {path} holds {sorted(set(on_disk) - {'save_counter'})}, the "
+                f"Checkpoint holder {sorted(set(holder) - {'save_counter'})}: no attribute in "
+                "common; name the holder's attributes as they were saved")
+        wanted = {e.path_str for e in _tree.flatten(shared)[0]}
+        extra = sorted(p for name in shared for p in on_disk[name] if p not in wanted)
+        if extra:
+            raise StructureMismatchError(
+                f"restore target does not match checkpoint {path} at {len(extra)} key "
+                "path(s):\n  " + "\n  ".join(f"{p}: on disk, not in the holder" for p in extra))
+        # partial: the attributes only the checkpoint holds are not read.
+        return self._core.restore(path, shared, partial=True)
 
     @property
     def checkpoint(self) -> Checkpoint:

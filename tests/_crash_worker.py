@@ -6,7 +6,8 @@ after the other without waiting for commits, overwriting its NumPy buffers
 in place as soon as each ``save`` returns (as a training step would). It
 prints ``start N`` once the manager is open (N: the first step it saves)
 and ``saved N`` after each ``save`` returns; after MAX_SAVES saves it closes
-the manager and prints ``done``.
+the manager and prints ``done``. With ``CRASH_WORKER_RESAVE=1`` it first saves
+the restored step again under its number (replacing that checkpoint).
 
 Step i's state is a pure function of i, ``state(i)``: about 22 MiB in 207
 leaves (one 12 MiB leaf, four 2 MiB ones, 200 small ones packed together, a
@@ -15,6 +16,7 @@ leaves (one 12 MiB leaf, four 2 MiB ones, 200 small ones packed together, a
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -74,6 +76,11 @@ def main(directory: str, max_saves: int) -> None:
     i = 1 if restored is None else int(restored["step"]) + 1
     print(f"start {i}", flush=True)
     tree = _empty()
+    if os.environ.get("CRASH_WORKER_RESAVE") and i > 1:
+        # Saves the restored step again under its own number: a replacement.
+        fill(tree, i - 1)
+        m.save({**tree, "dev": jax.device_put(tree["dev"].copy())}, checkpoint_number=i - 1)
+        print(f"resaved {i - 1}", flush=True)
     for _ in range(max_saves):
         fill(tree, i)
         # A fresh device array each step, as a jitted update returns (from a

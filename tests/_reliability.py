@@ -13,7 +13,7 @@ import re
 import numpy as np
 
 import jaxckpt
-from jaxckpt import _state_file
+from jaxckpt import _commit, _location, _state_file
 
 TALLY: collections.Counter = collections.Counter()
 
@@ -65,20 +65,42 @@ def named_paths(directory) -> list[str]:
     return [_state_file.resolve(str(directory), p) for p in names]
 
 
+def adoptable(directory, name: str = "ckpt") -> list[str]:
+    """Committed ``<name>-N`` checkpoints numbered above everything the state
+    file names and not marked for deletion: what a new manager adopts (a crash
+    between a commit and the state-file replacement leaves one), oldest first."""
+    where = _location.locate(str(directory))
+    names = set(where.listdir())
+    top = max((int(p.rsplit("-", 1)[1]) for p in named_paths(directory)
+               if re.fullmatch(rf"{re.escape(name)}-\d+", p.rsplit("/", 1)[-1])), default=0)
+    found = sorted(int(n.rsplit("-", 1)[1]) for n in names
+                   if re.fullmatch(rf"{re.escape(name)}-\d+", n))
+    return [str(where.join(f"{name}-{n}")) for n in found
+            if n > top and f".{name}-{n}.deleting" not in names
+            and _commit.is_committed(where.join(f"{name}-{n}"))]
+
+
 def check_sound(directory, state_of) -> int:
     """The directory after a crash: every checkpoint the state file names is
     committed, verifies, and restores bit-exact to ``state_of(number)``, and
-    ``latest_checkpoint`` is the one it records as latest. Returns the latest
-    number (0 when nothing was ever committed)."""
+    ``latest_checkpoint`` is the one it records as latest; so does each one a
+    new manager adopts (committed after the state file was last replaced).
+    Returns the number a new manager resumes from: the newest adopted one,
+    else the recorded latest (0 when nothing was ever committed)."""
     directory = str(directory)
     latest = jaxckpt.latest_checkpoint(directory)
     named = named_paths(directory)
+    adopted = adoptable(directory)
+    for path in adopted:
+        jaxckpt.verify(path)
+        assert_equal_trees(jaxckpt.restore(path), state_of(int(path.rsplit("-", 1)[1])),
+                           os.path.basename(path))
     if latest is None:
         assert named == [], f"state file names {named} but none is committed"
-        return 0
+        return int(adopted[-1].rsplit("-", 1)[1]) if adopted else 0
     assert named[0] == latest, (named, latest)
     jaxckpt.verify(latest)
     for path in named:
         number = int(path.rsplit("-", 1)[1])
         assert_equal_trees(jaxckpt.restore(path), state_of(number), os.path.basename(path))
-    return int(latest.rsplit("-", 1)[1])
+    return int((adopted[-1] if adopted else latest).rsplit("-", 1)[1])

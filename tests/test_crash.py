@@ -38,8 +38,10 @@ WORKER = os.path.join(os.path.dirname(__file__), "_crash_worker.py")
 class Worker:
     """One run of ``_crash_worker.py`` on ``directory``; stderr goes to a file."""
 
-    def __init__(self, directory, max_saves: int, **fault: str):
+    def __init__(self, directory, max_saves: int, resave: bool = False, **fault: str):
         env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+        if resave:
+            env["CRASH_WORKER_RESAVE"] = "1"
         env.pop("XLA_FLAGS", None)  # one CPU device: the worker starts faster
         env.update({f"JAXCKPT_FAULT_{k.upper()}": str(v) for k, v in fault.items()})
         self.stderr_path = os.path.join(os.path.dirname(str(directory)),
@@ -166,7 +168,8 @@ def test_sigkill_at_fault_points(tmp_path, monkeypatch, chain, fallback):
             point, leaves = "commit.aside", r"^\.ckpt-3\.old-[0-9a-f]+$"
         TALLY["kill rounds run"] += 1
         TALLY["faults injected"] += 1
-        w = Worker(d, 6, point=point, skip=skip)
+        # A new manager adopts the orphan: a replacement is made on purpose.
+        w = Worker(d, 6, resave=point == "commit.exchanged", point=point, skip=skip)
         first = w.proc.stdout.readline().strip()  # empty: killed while opening the manager
         assert first in ("", f"start {last + 1}"), first
         w.close()

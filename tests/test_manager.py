@@ -118,7 +118,10 @@ def test_leftovers_are_swept_by_the_next_manager(tmp_path):
         assert not (tmp_path / ".ckpt-2.tmp-0123abcd").exists()
         with pytest.raises(CheckpointNotFoundError, match="not a committed checkpoint"):
             jaxckpt.restore(tmp_path / "ckpt-3")
-        assert m.save(_tree(2)) == str(tmp_path / "ckpt-2")
+        # Numbering continues past every number on disk, committed or not: the
+        # uncommitted ckpt-3 may be a copy still arriving, never ours to replace.
+        assert m.save(_tree(2)) == str(tmp_path / "ckpt-4")
+    assert (tmp_path / "ckpt-3").is_dir()
 
 
 _FAULT_SCRIPT = textwrap.dedent("""
