@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _commit, _faults, _format, _location, _multihost, _snapshot, _storage, _tree
+from . import _commit, _faults, _format, _location, _manifest_check, _multihost, _snapshot, _storage, _tree
 from ._location import Dir
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
@@ -230,13 +230,13 @@ def read_manifest(path: str | Dir) -> dict:
     """Reads and checks the manifest of the committed checkpoint at ``path``."""
     where = _location.locate(path)
     try:
-        data = where.read(_format.MANIFEST)
+        data = where.read(_format.MANIFEST, _manifest_check.MAX_MANIFEST_BYTES)
     except IsADirectoryError:
         data = None
     if data is None:
         if where.is_local and os.path.isfile(where.path):
             raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")
-        if where.read("checkpoint") is not None:
+        if _state_file_present(where):
             raise CheckpointNotFoundError(
                 f"{where} is a CheckpointManager directory, not a checkpoint; restore one of "
                 "its checkpoints (see jaxckpt.latest_checkpoint(directory))")
@@ -248,6 +248,22 @@ def read_manifest(path: str | Dir) -> dict:
     return _format.unpack_manifest(data, str(where))
 
 
+def _child(root: Dir, *names: str) -> Dir:
+    """``root.join(*names)`` for names from a manifest: each one plain, never a path."""
+    for name in names:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise CorruptCheckpointError(f"{root}: the manifest names {name!r}, which is "
+                                         "not a plain file name; it is damaged")
+    return root.join(*names)
+
+
+def _state_file_present(where: Dir) -> bool:
+    try:
+        return where.read("checkpoint", 1, head=True) is not None
+    except (OSError, ValueError):  # something is there, if not a file we wrote
+        return True
+
+
 class Reader:
     """Reads leaves of one checkpoint; every array read is checksum-checked."""
 
@@ -257,13 +273,13 @@ class Reader:
         self.manifest = read_manifest(self.where)
         self.leaves: list[dict] = self.manifest["leaves"]
         data = self.manifest.get("data")
-        self.data = self.where.join(data) if data else self.where
+        self.data = _child(self.where, data) if data else self.where
         # Called with each leaf record once read_arrays has its data (progress bars).
         self.on_leaf_read: Callable[[dict], None] | None = None
 
     def _open(self, where: list, shape: list[int]) -> Any:
         if where[0] == "array":
-            spec = _storage.array_spec(self.data.join(_format.ARRAYS, where[1]).kvstore(),
+            spec = _storage.array_spec(_child(self.data, _format.ARRAYS, where[1]).kvstore(),
                                        shape, where[2], where[3], create=False)
         else:
             total = self.manifest["packed_nbytes"]

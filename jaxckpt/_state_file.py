@@ -18,6 +18,9 @@ from ._location import Dir
 from .errors import CorruptCheckpointError
 
 FILENAME = "checkpoint"
+# TensorFlow's file names each checkpoint in two lines; 16 MiB holds over
+# 100,000 of them. A larger file (or /dev/zero linked in its place) is refused.
+MAX_BYTES = 16 << 20
 
 _LINE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
 _STRING_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths")
@@ -168,7 +171,7 @@ def read(directory: str | Dir) -> CheckpointState | None:
     """The state in ``<directory>/checkpoint``, or None if there is no file."""
     where = _location.locate(directory)
     try:
-        data = where.read(FILENAME)
+        data = where.read(FILENAME, MAX_BYTES)
     except IsADirectoryError:
         data = None
     if data is None:
