@@ -135,7 +135,9 @@ class LocalDir:
             chunks, got = [], 0
             # Read to EOF, but never past the limit: the file may grow meanwhile.
             while limit is None or got <= limit:
-                chunk = os.read(fd, 16 << 20 if limit is None else min(limit + 1 - got, 16 << 20))
+                # Ask for what fstat said is left (os.read allocates what is asked).
+                want = min(max(st.st_size - got + 1, 1 << 16), 16 << 20)
+                chunk = os.read(fd, want if limit is None else min(limit + 1 - got, want))
                 if not chunk:
                     break
                 chunks.append(chunk)

@@ -15,9 +15,9 @@ hostile bytes cannot make a reader allocate or loop without limit:
   million leaves), read from a regular file only;
 
 - a leaf declares at most ``MAX_LEAF_BYTES`` (16 TiB) and ``MAX_RANK`` axes;
-- an array leaf has at most ``MAX_CHUNKS`` shard files and as many inner
-  chunks per file (a writer makes one file per shard of the sharding and
-  ~4 MiB inner chunks);
+- an array leaf has at most ``MAX_FILES`` (65,536) shard files of at most
+  ``MAX_CHUNKS`` inner chunks (a writer makes one file per shard of the
+  sharding and ~4 MiB inner chunks);
 - the packed array is at most one chunk (``MAX_PACKED_CHUNK``) larger than
   its leaves, which may not overlap, so reading it costs what its leaves do;
 - key paths are at most ``MAX_DEPTH`` tokens, user metadata at most
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import re
+import reprlib
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from .errors import CorruptCheckpointError
 MAX_MANIFEST_BYTES = 256 << 20
 MAX_LEAF_BYTES = 1 << 44
 MAX_RANK = 64  # NumPy's own limit
+MAX_FILES = 1 << 16
 MAX_CHUNKS = 1 << 20
 MAX_PACKED_CHUNK = 64 << 20
 MAX_DEPTH = 256
@@ -203,8 +205,8 @@ def _check_where(leaf: dict, shape: list, itemsize: int, state: dict) -> None:
                 raise _Bad("where", "inner chunks that divide the chunk", where)
             files *= -(-n // o)
             inner_count *= o // i
-        if files > MAX_CHUNKS or inner_count > MAX_CHUNKS:
-            raise _Bad("where", f"at most {MAX_CHUNKS} chunk files of at most "
+        if files > MAX_FILES or inner_count > MAX_CHUNKS:
+            raise _Bad("where", f"at most {MAX_FILES} chunk files of at most "
                        f"{MAX_CHUNKS} inner chunks", where)
         return
     raise _Bad("where", 'a kind of "empty", "packed" or "array"', tag)
@@ -288,7 +290,7 @@ def _check_leaf(leaf: Any, state: dict) -> tuple:
         raise _Bad("shape", "[] for a NumPy scalar", shape)
     _check_where(leaf, shape, itemsize, state)
     if "xxh3" in leaf:
-        _check_digests(leaf["xxh3"], field + "xxh3", shape, itemsize)
+        _check_digests(leaf["xxh3"], "xxh3", shape, itemsize)
     return path
 
 
@@ -396,8 +398,10 @@ def _check_tree(paths: set, interior: dict) -> None:
                            f"{_tree.path_str(node)}", keys[-1])
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlist = 3, 80, 80, 8
+
+
 def _short(value: Any) -> str:
-    if isinstance(value, (str, bytes, list, dict)) and len(value) > 80:
-        value = value[:80] if not isinstance(value, dict) else f"<a map of {len(value)}>"
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    """A bounded repr: hostile values may be huge or deeply nested."""
+    return _REPR.repr(value)
