@@ -267,7 +267,7 @@ def _check_leaf(leaf: Any, state: dict) -> tuple:
         raise _Bad("", "a dict")
     path = _check_path(leaf.get("path"), "path")
     kind = leaf.get("kind")
-    if kind not in KINDS:
+    if type(kind) is not str or kind not in KINDS:
         raise _Bad("kind", "one of " + ", ".join(sorted(KINDS)), kind)
     if kind == "py":
         _check_py(leaf.get("value"), "value")
@@ -279,6 +279,8 @@ def _check_leaf(leaf: Any, state: dict) -> tuple:
     if math.prod(shape) * itemsize > MAX_LEAF_BYTES:
         raise _Bad("shape", f"at most {MAX_LEAF_BYTES} bytes", shape)
     if kind == "key":
+        if leaf.get("dtype") != "uint32":  # jax's key data, whatever the implementation
+            raise _Bad("dtype", "uint32 key data", leaf.get("dtype"))
         tail = _key_data_shape(leaf.get("impl"))
         if tail is None:
             raise _Bad("impl", "a PRNG implementation known to jax", leaf.get("impl"))

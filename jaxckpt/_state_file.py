@@ -68,6 +68,8 @@ def _unescape(text: str, where: str) -> str:
             j = i + 1
             while j < len(body) and j < i + 3 and chr(body[j]) in "0123456789abcdefABCDEF":
                 j += 1
+            if j == i + 1:
+                raise CorruptCheckpointError(f"{where}: \\x without hex digits in {text!r}")
             out.append(int(body[i + 1 : j], 16))
             i = j
         else:
