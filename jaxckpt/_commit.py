@@ -83,7 +83,7 @@ def is_committed(path: str | os.PathLike | Dir) -> bool:
         except (OSError, ValueError):
             return False
     # An unreachable store raises: skipping to an older checkpoint would hide it.
-    data = where.read(_format.MANIFEST)
+    data = where.read(_format.MANIFEST, len(_format.MAGIC), head=True)
     return data is not None and data[: len(_format.MAGIC)] == _format.MAGIC
 
 

@@ -230,6 +230,38 @@ def test_array_name_cannot_read_another_checkpoint(tmp_path):
     TALLY["corruptions caught"] += 1
 
 
+def test_array_declaring_more_than_its_files_hold(saved, tmp_path):
+    """A 64 GiB shape in a valid-looking record raised a raw OSError (ENOMEM) from
+    verify and restore; metadata, which reads no data, shows what is declared."""
+    path = _hostile(saved, tmp_path, lambda m: _leaf(m, "big").update(
+        shape=[2**34], where=["array", "0", [2**34, 4], [2**34, 4]]))
+    TALLY["corruptions tried"] += 1
+    for read in (jaxckpt.verify, jaxckpt.restore):
+        with pytest.raises(CorruptCheckpointError, match=r"\['big'\] declares 68719476736"):
+            read(path)
+    assert jaxckpt.metadata(path)["big"].shape == (2**34,)
+    TALLY["corruptions caught"] += 1
+
+
+def test_packed_array_declaring_more_than_its_files_hold(tmp_path):
+    """A few manifest bytes declaring a 64 GiB packed leaf raised a raw OSError (ENOMEM)."""
+    path = str(tmp_path / "c")
+    jaxckpt.save(path, {"p": [np.ones(20_000, np.float32) for _ in range(5)]})
+    m = _manifest(path)
+    assert "packed_inline" not in m
+    last = m["leaves"][-1]
+    end = last["where"][1] + (2**34) * 4
+    last["shape"], last["where"][2] = [2**34], (2**34) * 4
+    chunk = m["packed_chunk"]
+    m["packed_nbytes"] = -(-end // chunk) * chunk
+    _write_manifest(path, m)
+    TALLY["corruptions tried"] += 1
+    for read in (jaxckpt.verify, jaxckpt.restore):
+        with pytest.raises(CorruptCheckpointError, match="declares"):
+            read(path)
+    TALLY["corruptions caught"] += 1
+
+
 def test_declared_list_index_allocates_nothing(tmp_path):
     """Item 9: a tiny manifest declaring a leaf at list index N allocated 8*N bytes."""
     path = str(tmp_path / "c")
