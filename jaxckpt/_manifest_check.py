@@ -126,9 +126,11 @@ def _key_data_shape(impl: Any) -> tuple[int, ...] | None:
 
 
 def _shape(value: Any, field: str) -> list:
-    if type(value) is not list or len(value) > MAX_RANK or not all(
-            _nonneg(n) for n in value):
-        raise _Bad(field, f"a list of at most {MAX_RANK} non-negative ints")
+    if type(value) is not list or len(value) > MAX_RANK:
+        raise _Bad(field, f"a list of at most {MAX_RANK} non-negative ints", value)
+    for n in value:
+        if type(n) is not int or not 0 <= n <= MAX_INT:
+            raise _Bad(field, f"a list of at most {MAX_RANK} non-negative ints", value)
     return value
 
 
@@ -157,9 +159,8 @@ def _check_py(value: Any, field: str) -> None:
         raise _Bad(field, f"a value of the {tag!r} tag's type", v)
 
 
-def _check_where(leaf: dict, shape: list, itemsize: int, state: dict) -> None:
+def _check_where(leaf: dict, shape: list, itemsize: int, nbytes: int, state: dict) -> None:
     where = leaf.get("where")
-    nbytes = math.prod(shape) * itemsize
     if type(where) is not list or not where:
         raise _Bad("where", "a list")
     tag = where[0]
@@ -234,18 +235,16 @@ def _check_digests(value: Any, field: str, shape: list, itemsize: int) -> None:
 def _check_path(path: Any, field: str) -> tuple:
     if type(path) is not list or len(path) > MAX_DEPTH:
         raise _Bad(field, f"a list of at most {MAX_DEPTH} [kind, key] tokens")
-    out = []
     for token in path:
         if type(token) is list and len(token) == 2:
             kind, key = token
             t = type(key)
             if (t is str and (kind == "k" or kind == "a")) or (t is int and (
                     kind == "k" or ((kind == "i" or kind == "f") and key >= 0))):
-                out.append((kind, key))
                 continue
         raise _Bad(field, '[kind, key] tokens: ["k", str or int], ["a", str], ["i" or "f", '
                    "int >= 0]", token)
-    return tuple(out)
+    return tuple(map(tuple, path))
 
 
 def _check_nesting(value: Any, field: str) -> None:
@@ -276,7 +275,8 @@ def _check_leaf(leaf: Any, state: dict) -> tuple:
     if itemsize is None:
         raise _Bad("dtype", "a numeric, bool or ml_dtypes dtype name", leaf.get("dtype"))
     shape = _shape(leaf.get("shape"), "shape")
-    if math.prod(shape) * itemsize > MAX_LEAF_BYTES:
+    nbytes = math.prod(shape) * itemsize
+    if nbytes > MAX_LEAF_BYTES:
         raise _Bad("shape", f"at most {MAX_LEAF_BYTES} bytes", shape)
     if kind == "key":
         if leaf.get("dtype") != "uint32":  # jax's key data, whatever the implementation
@@ -290,7 +290,7 @@ def _check_leaf(leaf: Any, state: dict) -> tuple:
                        f"trailing {list(tail)}", key_shape)
     elif kind == "scalar" and shape:
         raise _Bad("shape", "[] for a NumPy scalar", shape)
-    _check_where(leaf, shape, itemsize, state)
+    _check_where(leaf, shape, itemsize, nbytes, state)
     if "xxh3" in leaf:
         _check_digests(leaf["xxh3"], "xxh3", shape, itemsize)
     return path
@@ -369,13 +369,15 @@ def check(manifest: Any, where: str) -> None:
                 raise _Bad(f"leaves[{i}].path", "a key path no other leaf has",
                            _tree.path_str(path))
             paths.add(path)
-            node: tuple = ()
-            for token in path:
+            # Each node's children; a node's first child registers it in its parent.
+            while path:
+                node = path[:-1]
                 children = interior.get(node)
-                if children is None:
-                    children = interior[node] = set()
-                children.add(token)
-                node += (token,)
+                if children is not None:
+                    children.add(path[-1])
+                    break
+                interior[node] = {path[-1]}
+                path = node
         _check_packed(manifest, state["packed_end"])
         _check_tree(paths, interior)
     except _Bad as bad:
