@@ -15,7 +15,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _commit, _faults, _format, _location, _manifest_check, _multihost, _snapshot, _storage, _tree
+from . import _commit, _faults, _format, _location, _multihost, _snapshot, _storage, _tree
+from . import _manifest_check
 from ._location import Dir
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 

@@ -63,6 +63,10 @@ def context() -> ts.Context:
         return _context
 
 
+# A FIFO opened without O_NONBLOCK waits for a writer forever.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 class LocalDir:
     """A directory on a local (or mounted shared) filesystem."""
 
@@ -114,7 +118,7 @@ class LocalDir:
         """
         path = os.path.join(self.path, key)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            fd = os.open(path, os.O_RDONLY | _NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError as e:

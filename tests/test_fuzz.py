@@ -49,7 +49,8 @@ SCALE = float(os.environ.get("JAXCKPT_FUZZ_SCALE", "1"))
 
 
 def _settings(n: int):
-    return settings(max_examples=max(1, int(n * SCALE)), deadline=None, database=None, derandomize=True,
+    return settings(max_examples=max(1, int(n * SCALE)), deadline=None, database=None,
+                    derandomize=True,
                     suppress_health_check=list(HealthCheck))
 
 
@@ -75,15 +76,16 @@ class _Memory:
             tracemalloc.stop()
         FIGURES["fuzz inputs"] += 1
         FIGURES[f"fuzz {what}: {outcome}"] += 1
-        FIGURES["fuzz peak KiB"] = max(FIGURES["fuzz peak KiB"], peak >> 10)
+        key = f"fuzz {what}: peak KiB"
+        FIGURES[key] = max(FIGURES[key], peak >> 10)
         assert peak < bound, f"{what}: {peak} bytes allocated for one input"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report():
     yield
-    TALLY.update({k: v for k, v in FIGURES.items() if k != "fuzz peak KiB"})
-    TALLY["fuzz peak KiB"] = max(TALLY["fuzz peak KiB"], FIGURES["fuzz peak KiB"])
+    for key, value in FIGURES.items():
+        TALLY[key] = max(TALLY[key], value) if "peak" in key else TALLY[key] + value
 
 
 def _tree() -> dict:

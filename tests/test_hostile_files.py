@@ -8,7 +8,6 @@ the checksum) must refuse it; every reader must agree with ``verify``.
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 import threading
