@@ -24,8 +24,8 @@ hostile bytes cannot make a reader allocate or loop without limit:
   ``MAX_NESTING`` containers deep (deeper ones break ``json`` and ``rich``),
   big integers at most ``MAX_BIGINT_DIGITS`` digits (Python's own limit).
 
-Cost: about 3 us per leaf (10,000 leaves in ~30 ms here), against ~50 us per
-leaf for the restore itself.
+Cost: about 5 us per leaf on a loaded 2-core machine (10,000 leaves in ~50
+ms; msgpack's decode of the same manifest ~35 ms, the whole restore 250-430 ms).
 """
 
 from __future__ import annotations
