@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from . import _commit, _faults, _format, _location, _multihost, _snapshot, _storage, _tree
+from . import _manifest_check
 from ._location import Dir
 from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
@@ -230,13 +231,13 @@ def read_manifest(path: str | Dir) -> dict:
     """Reads and checks the manifest of the committed checkpoint at ``path``."""
     where = _location.locate(path)
     try:
-        data = where.read(_format.MANIFEST)
+        data = where.read(_format.MANIFEST, _manifest_check.MAX_MANIFEST_BYTES)
     except IsADirectoryError:
         data = None
     if data is None:
         if where.is_local and os.path.isfile(where.path):
             raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")
-        if where.read("checkpoint") is not None:
+        if _state_file_present(where):
             raise CheckpointNotFoundError(
                 f"{where} is a CheckpointManager directory, not a checkpoint; restore one of "
                 "its checkpoints (see jaxckpt.latest_checkpoint(directory))")
@@ -248,6 +249,26 @@ def read_manifest(path: str | Dir) -> dict:
     return _format.unpack_manifest(data, str(where))
 
 
+def _child(root: Dir, *names: str) -> Dir:
+    """``root.join(*names)`` for names from a manifest: each one plain, never a path."""
+    for name in names:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise CorruptCheckpointError(f"{root}: the manifest names {name!r}, which is "
+                                         "not a plain file name; it is damaged")
+    return root.join(*names)
+
+
+def _state_file_present(where: Dir) -> bool:
+    try:
+        return where.read("checkpoint", 1, head=True) is not None
+    except (OSError, ValueError):  # something is there, if not a file we wrote
+        return True
+
+
+# Leaves of this size or more have their files' sizes checked before a read.
+_BIG_READ_BYTES = 64 << 20
+
+
 class Reader:
     """Reads leaves of one checkpoint; every array read is checksum-checked."""
 
@@ -257,13 +278,15 @@ class Reader:
         self.manifest = read_manifest(self.where)
         self.leaves: list[dict] = self.manifest["leaves"]
         data = self.manifest.get("data")
-        self.data = self.where.join(data) if data else self.where
+        self.data = _child(self.where, data) if data else self.where
         # Called with each leaf record once read_arrays has its data (progress bars).
         self.on_leaf_read: Callable[[dict], None] | None = None
 
     def _open(self, where: list, shape: list[int]) -> Any:
+        if where[0] != "array":
+            self._check_stored_size(None)
         if where[0] == "array":
-            spec = _storage.array_spec(self.data.join(_format.ARRAYS, where[1]).kvstore(),
+            spec = _storage.array_spec(_child(self.data, _format.ARRAYS, where[1]).kvstore(),
                                        shape, where[2], where[3], create=False)
         else:
             total = self.manifest["packed_nbytes"]
@@ -271,6 +294,31 @@ class Reader:
             spec = _storage.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
                                        [shard], [self.manifest["packed_chunk"]], create=False)
         return _storage.open_array(spec)
+
+    def _check_stored_size(self, leaf: dict | None) -> None:
+        """Locally, a large leaf's files (``None``: the packed array's) must hold
+        the bytes its record declares, so that a few hostile manifest bytes
+        cannot make a read allocate terabytes (object stores list no sizes:
+        there the allocation may fail, raising MemoryError)."""
+        if leaf is None:
+            declared, names = self.manifest["packed_nbytes"], (_format.PACKED,)
+            what = f"the packed array ({_format.PACKED})"
+        else:
+            declared, names = nbytes_of(leaf), (_format.ARRAYS, leaf["where"][1])
+            what = f"leaf {_tree.path_str(leaf['path'])}"
+        if not self.where.is_local or declared < _BIG_READ_BYTES:
+            return
+        stored = 0
+        for dirpath, _dirs, files in os.walk(_child(self.data, *names).path):
+            for name in files:
+                try:
+                    stored += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:  # gone meanwhile: the read reports it
+                    pass
+        if stored < declared:
+            raise CorruptCheckpointError(
+                f"{self.path}: {what} declares {declared} bytes, but its files hold "
+                f"{stored}; the checkpoint is damaged or incomplete")
 
     def damaged(self, leaf: dict, e: BaseException) -> CorruptCheckpointError:
         err = CorruptCheckpointError(
@@ -293,6 +341,7 @@ class Reader:
         for leaf, _ in requests:
             if leaf["where"][0] == "array":
                 shape = list(_stored_shape(leaf)) + [_stored_dtype(leaf).itemsize]
+                self._check_stored_size(leaf)
                 opened[id(leaf)] = self._open(leaf["where"], shape)
         # The packed array's reads start first and run alongside the others.
         packed_bytes = self._read_packed(packed_needed) if packed_needed else None
@@ -303,7 +352,12 @@ class Reader:
                     store = opened[id(leaf)].result()
                 except Exception as e:
                     raise self.damaged(leaf, e) from e
-                futures.append([_storage.read(store, idx) for idx in indices])
+                try:
+                    futures.append([_storage.read(store, idx) for idx in indices])
+                except (MemoryError, OSError) as e:  # the buffer: mmap raises ENOMEM
+                    raise MemoryError(f"{self.path}: leaf {_tree.path_str(leaf['path'])} "
+                                      f"({nbytes_of(leaf)} bytes): cannot allocate the memory "
+                                      f"to read it: {e}") from e
             else:
                 futures.append([None] * len(indices))
         out = []

@@ -110,13 +110,12 @@ def is_committed(path: str | os.PathLike | Dir) -> bool:
     """True if ``path`` holds a manifest with our magic (cheap: no parse)."""
     where = _location.locate(path)
     if where.is_local:
-        try:
-            with open(os.path.join(where.path, _format.MANIFEST), "rb") as f:
-                return f.read(len(_format.MAGIC)) == _format.MAGIC
-        except OSError:
+        try:  # non-blocking, regular files only: a planted FIFO must not hang a listing
+            return where.read(_format.MANIFEST, len(_format.MAGIC), head=True) == _format.MAGIC
+        except (OSError, ValueError):
             return False
     # An unreachable store raises: skipping to an older checkpoint would hide it.
-    data = where.read(_format.MANIFEST)
+    data = where.read(_format.MANIFEST, len(_format.MAGIC), head=True)
     return data is not None and data[: len(_format.MAGIC)] == _format.MAGIC
 
 

@@ -42,6 +42,7 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
+from . import _manifest_check
 from .errors import CorruptCheckpointError
 
 MAGIC = b"JAXCKPT\x00"
@@ -85,6 +86,9 @@ def encode_py(value: Any) -> list:
     raise TypeError(f"not a Python leaf: {type(value)!r}")
 
 
+_PY_TAGS = frozenset({"none", "bool", "int", "bigint", "float", "complex", "str", "bytes"})
+
+
 def decode_py(tagged: list) -> Any:
     tag, value = tagged
     if tag == "bigint":
@@ -93,6 +97,8 @@ def decode_py(tagged: list) -> Any:
         return complex(value[0], value[1])
     if tag == "float":
         return float(value)
+    if tag not in _PY_TAGS:  # never raw data: unpack_manifest refuses these first
+        raise CorruptCheckpointError(f"unknown Python leaf tag {tag!r}")
     return value
 
 
@@ -116,10 +122,11 @@ def unpack_manifest(data: bytes, where: str) -> dict:
         manifest = msgpack.unpackb(payload, raw=False, strict_map_key=False)
     except Exception as e:  # msgpack raises several unrelated types
         raise CorruptCheckpointError(f"{where}: {MANIFEST} cannot be decoded: {e}") from e
-    version = manifest.get("version")
+    version = manifest.get("version") if isinstance(manifest, dict) else None
     if version not in READABLE_VERSIONS:
         raise CorruptCheckpointError(
             f"{where}: format version {version!r} is not supported by this jaxckpt "
             f"(reads versions {', '.join(map(str, READABLE_VERSIONS))}); upgrade jaxckpt."
         )
+    _manifest_check.check(manifest, where)
     return manifest

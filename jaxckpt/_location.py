@@ -16,12 +16,16 @@ metadata). GCS URLs use Google's application-default credentials.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 import threading
 import urllib.parse
 from typing import Union
 
 import tensorstore as ts
+
+from .errors import CorruptCheckpointError
 
 _KV_SCHEMES = {"s3": "s3", "gs": "gcs", "memory": "memory"}
 _READ_ONLY_SCHEMES = ("http", "https")
@@ -57,6 +61,10 @@ def context() -> ts.Context:
                 del spec["file_io_mode"]
                 _context = ts.Context(spec)
         return _context
+
+
+# A FIFO opened without O_NONBLOCK waits for a writer forever.
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class LocalDir:
@@ -95,13 +103,57 @@ class LocalDir:
     def exists(self) -> bool:
         return os.path.lexists(self.path)
 
-    def read(self, key: str) -> bytes | None:
-        """The bytes of file ``key`` in this directory, or None if it is missing."""
+    def read(self, key: str, max_bytes: int | None = None, *, head: bool = False) -> bytes | None:
+        """The bytes of file ``key`` in this directory, or None if it is missing.
+
+        The file may be planted by someone else, so it is opened non-blocking
+        (a FIFO never blocks) and must be a regular file; at most
+        ``max_bytes`` are read: with ``head`` the first ``max_bytes``, else a
+        larger file is refused.
+
+        Raises:
+            IsADirectoryError: ``key`` is a directory.
+            CorruptCheckpointError: ``key`` is not a regular file (a FIFO, a
+                device, a socket, a symlink loop), or is larger than ``max_bytes``.
+        """
+        path = os.path.join(self.path, key)
         try:
-            with open(os.path.join(self.path, key), "rb") as f:
-                return f.read()
+            fd = os.open(path, os.O_RDONLY | _NONBLOCK)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        except OSError as e:
+            if e.errno in (errno.ENXIO, errno.ELOOP):  # a socket; a symlink loop
+                raise CorruptCheckpointError(f"{path}: not a regular file ({e.strerror})") from e
+            raise
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), path)
+            if not stat.S_ISREG(st.st_mode):
+                raise CorruptCheckpointError(
+                    f"{path}: not a regular file (a {_file_kind(st.st_mode)}); jaxckpt only "
+                    "ever writes regular files here, so something else put it there")
+            limit = max_bytes
+            if not head and limit is not None and st.st_size > limit:
+                raise _too_large(path, max_bytes)
+            chunks, got = [], 0
+            # Read to EOF, but never past the limit: the file may grow meanwhile.
+            while limit is None or got <= limit:
+                # Ask for what fstat said is left (os.read allocates what is asked).
+                want = min(max(st.st_size - got + 1, 1 << 16), 16 << 20)
+                chunk = os.read(fd, want if limit is None else min(limit + 1 - got, want))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        finally:
+            os.close(fd)
+        data = b"".join(chunks)
+        if max_bytes is not None and len(data) > max_bytes:
+            if not head:
+                raise _too_large(path, max_bytes)
+            data = data[:max_bytes]
+        return data
 
     def write(self, key: str, data: bytes) -> None:
         """Writes file ``key`` and fsyncs it (not its directory)."""
@@ -182,9 +234,32 @@ class KvDir:
     def exists(self) -> bool:
         return bool(self.keys())
 
-    def read(self, key: str) -> bytes | None:
+    def read(self, key: str, max_bytes: int | None = None, *, head: bool = False) -> bytes | None:
+        """The value of ``key``, or None if it is missing; as ``LocalDir.read``.
+
+        With ``head`` only the first ``max_bytes`` are fetched. Otherwise a
+        larger value is refused after it was fetched: tensorstore's ranged
+        read fails for a range past the value's end, so bounding every read
+        would cost a second request per read.
+        """
+        if head and max_bytes is not None:
+            def ranged():
+                store = self.store()
+                try:
+                    return store.read(key, byte_range=slice(0, max_bytes)).result()
+                except ValueError as e:
+                    if "OUT_OF_RANGE" not in str(e):
+                        raise
+                    return store.read(key).result()  # shorter than max_bytes
+
+            result = self._do(f"reading {key}", ranged)
+            return bytes(result.value)[:max_bytes] if result.state == "value" else None
         result = self._do(f"reading {key}", lambda: self.store().read(key).result())
-        return bytes(result.value) if result.state == "value" else None
+        if result.state != "value":
+            return None
+        if max_bytes is not None and len(result.value) > max_bytes:
+            raise _too_large(f"{self.url}/{key}", max_bytes)
+        return bytes(result.value)
 
     def write(self, key: str, data: bytes) -> None:
         """Writes ``key``; returns once the store acknowledged it (durable)."""
@@ -211,6 +286,20 @@ class KvDir:
 
 
 Dir = Union[LocalDir, KvDir]
+
+
+def _too_large(path: str, max_bytes: int | None) -> Exception:
+    return CorruptCheckpointError(
+        f"{path}: larger than the {max_bytes} bytes such a file can be (jaxckpt never writes "
+        "one this large); it is damaged or not a jaxckpt file")
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "FIFO"), (stat.S_ISCHR, "character device"),
+                       (stat.S_ISBLK, "block device"), (stat.S_ISSOCK, "socket")):
+        if test(mode):
+            return name
+    return "special file"
 
 
 def _aws_spec(bucket: str, prefix: str) -> dict:

@@ -96,7 +96,7 @@ class _Plan:
                 return None if leaf["kind"] == "py" and leaf["value"][0] == "none" else (
                     f"{_describe(leaf)} on disk, None in the target")
             if leaf["kind"] == "py":
-                return None
+                return self._lossy(_format.decode_py(leaf["value"]))
             if saved != () or leaf["kind"] == "key":
                 return f"{_describe(leaf)} on disk, a Python {type(t).__name__} in the target"
             return None
@@ -178,13 +178,36 @@ class _Plan:
             return arrays[0]
         return jax.make_array_from_single_device_arrays(self.shape, self.sharding, list(arrays))
 
-    def _as_python(self, value: Any) -> Any:
+    def _convert(self, value: Any) -> tuple[Any, bool]:
+        """(value as the Python target's type, whether that is exact)."""
         t = self.entry.leaf
         if t is None or value is None:
-            return value
+            return value, True
         if isinstance(t, (bool, int, float, complex)) and isinstance(value, (bool, int, float, complex)):
-            return type(t)(value)
-        return value
+            try:
+                out = type(t)(value)
+            except (TypeError, ValueError, OverflowError):  # complex -> int, nan -> int
+                return value, False
+            # int and bool targets must hold the value exactly (1.0 -> 1, never 1.5 -> 1);
+            # float and complex ones take what a float can (int -> float, as NumPy does).
+            return out, not isinstance(t, int) or out == value
+        return value, True
+
+    def _lossy(self, value: Any) -> str | None:
+        """Why ``value`` cannot become the Python target's type, or None."""
+        out, exact = self._convert(value)
+        if exact:
+            return None
+        return (f"{type(value).__name__} {value!r} on disk, {type(self.entry.leaf).__name__} in "
+                "the target (not exactly representable)")
+
+    def _as_python(self, value: Any) -> Any:
+        out, exact = self._convert(value)
+        if not exact:
+            raise StructureMismatchError(
+                f"restore target does not match the checkpoint at key path "
+                f"{self.entry.path_str}: {self._lossy(value)}")
+        return out
 
 
 def restore_target(reader: _checkpoint.Reader, target: Any, partial: bool) -> Any:

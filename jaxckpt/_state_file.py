@@ -18,6 +18,9 @@ from ._location import Dir
 from .errors import CorruptCheckpointError
 
 FILENAME = "checkpoint"
+# TensorFlow's file names each checkpoint in two lines; 16 MiB holds over
+# 100,000 of them. A larger file (or /dev/zero linked in its place) is refused.
+MAX_BYTES = 16 << 20
 
 _LINE = re.compile(r"^\s*([A-Za-z_]+)\s*:\s*(.*?)\s*$")
 _STRING_FIELDS = ("model_checkpoint_path", "all_model_checkpoint_paths")
@@ -65,6 +68,8 @@ def _unescape(text: str, where: str) -> str:
             j = i + 1
             while j < len(body) and j < i + 3 and chr(body[j]) in "0123456789abcdefABCDEF":
                 j += 1
+            if j == i + 1:
+                raise CorruptCheckpointError(f"{where}: \\x without hex digits in {text!r}")
             out.append(int(body[i + 1 : j], 16))
             i = j
         else:
@@ -168,7 +173,7 @@ def read(directory: str | Dir) -> CheckpointState | None:
     """The state in ``<directory>/checkpoint``, or None if there is no file."""
     where = _location.locate(directory)
     try:
-        data = where.read(FILENAME)
+        data = where.read(FILENAME, MAX_BYTES)
     except IsADirectoryError:
         data = None
     if data is None:

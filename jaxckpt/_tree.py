@@ -15,6 +15,8 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from .errors import CorruptCheckpointError
+
 # Token kinds: dict key, attribute, sequence index, flattened index.
 DICT, ATTR, INDEX, FLAT = "k", "a", "i", "f"
 
@@ -89,6 +91,12 @@ def check_leaf(entry: Entry) -> None:
                 "save it before passing it to a function that donates it."
             )
         return
+    if isinstance(leaf, np.ma.MaskedArray):
+        raise TypeError(
+            f"masked array at key path {entry.path_str}: its mask would be lost; save the "
+            "data and the mask as two leaves (np.ma.getdata(x), np.ma.getmaskarray(x)), or "
+            "fill it first (x.filled())."
+        )
     if isinstance(leaf, (np.ndarray, np.generic)):
         if leaf.dtype.kind in "OUS" or leaf.dtype.fields is not None or (
             leaf.dtype.kind == "V" and not hasattr(ml_dtypes, leaf.dtype.name)
@@ -109,27 +117,49 @@ def check_leaf(entry: Entry) -> None:
 
 
 def unflatten_raw(paths: list[tuple[tuple[str, Any], ...]], values: list[Any]) -> Any:
-    """Rebuilds nested dicts/lists from token paths (the ``target=None`` restore)."""
+    """Rebuilds nested dicts/lists from token paths (the ``target=None`` restore).
+
+    Raises:
+        CorruptCheckpointError: two leaves share a path, a leaf sits inside
+            another, or a list's indices are not exactly 0..n-1 (the paths
+            come from a manifest, which may be hostile: nothing is allocated
+            from a declared index).
+    """
     if len(paths) == 1 and not paths[0]:
         return values[0]
     root: dict = {}
     for path, value in zip(paths, values):
         if not path:
-            return value
+            raise _corrupt(path, "a leaf at the root beside other leaves")
         node = root
-        for kind, key in path[:-1]:
-            node = node.setdefault((kind, key), {})
-        node[path[-1]] = value
-    return _materialise(root)
+        for depth, token in enumerate(path[:-1]):
+            node = node.setdefault(token, {})
+            if type(node) is not dict or _LEAF in node:
+                raise _corrupt(path[: depth + 1], "a leaf with other leaves inside it")
+        if path[-1] in node:
+            raise _corrupt(path, "two leaves at one key path, or a leaf with leaves inside it")
+        node[path[-1]] = {_LEAF: value}
+    return _materialise(root, ())
 
 
-def _materialise(node: Any) -> Any:
-    if not isinstance(node, dict) or not node or not all(isinstance(k, tuple) for k in node):
-        return node
+# Marks a leaf's value in the nodes unflatten_raw builds (leaf values may be dicts).
+_LEAF = object()
+
+
+def _corrupt(path: Any, what: str) -> Exception:
+    return CorruptCheckpointError(f"key path {path_str(path)}: {what}; the manifest is damaged")
+
+
+def _materialise(node: dict, at: tuple) -> Any:
+    if _LEAF in node:
+        return node[_LEAF]
+    if not node:  # no leaves at all
+        return {}
     if all(kind == INDEX for kind, _ in node):
-        size = max(key for _, key in node) + 1
-        out: list = [None] * size
-        for (_, key), child in node.items():
-            out[key] = _materialise(child)
-        return out
-    return {str(key): _materialise(child) for (_, key), child in node.items()}
+        keys = sorted(key for _, key in node)
+        if keys != list(range(len(keys))):
+            raise _corrupt(at, f"list indices {keys[:5]}... are not 0..{len(keys) - 1}"
+                           if len(keys) > 5 else f"list indices {keys} are not 0..{len(keys) - 1}")
+        return [_materialise(node[(INDEX, i)], at + ((INDEX, i),)) for i in range(len(keys))]
+    return {str(key): _materialise(child, at + ((kind, key),))
+            for (kind, key), child in node.items()}
