@@ -108,7 +108,12 @@ def recover(root: Dir, number_of: Callable[[str], int | None],
                              [p for p, _ in own])
         if latest is None:  # none of ours: the state file's (another series, TF's Checkpoint.save)
             latest = _api.newest_named(root, state)
-    max_number = max([top, *on_disk])
+    # On object stores an interrupted (or in-flight) save leaves ckpt-N/d-<token>/
+    # without a manifest: its data is never read and is swept after the lease,
+    # so its number may be taken again (the new save writes its own d-<token>).
+    numbered = on_disk if root.is_local else [
+        n for n in on_disk if n > top and _commit.is_committed(path_of(n))]
+    max_number = max([top, *numbered])
     named = {path for _, path, _ in entries}
     if latest_named is not None:
         named.add(latest_named)
