@@ -309,7 +309,8 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 mine = None  # each process its replica-0 shards
             pieces = _pieces(leaf, shape, mine)
             for _, data in pieces:
-                if data.devices().pop().platform != "cpu":
+                # devices() is the set JAX caches on the sharding: read it, never pop it.
+                if next(iter(data.devices())).platform != "cpu":
                     data.copy_to_host_async()
             pending.append((arr, pieces))
         elif isinstance(leaf, (np.ndarray, np.generic)):
