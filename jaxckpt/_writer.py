@@ -100,8 +100,10 @@ class Writer:
                 self._cond.wait()
             if self._closed:
                 raise RuntimeError("writer is closed")
-            self._jobs.append(job)  # the one mutation: the job is queued, or it is not
+            # Notify first: the thread cannot look before this block ends, and an
+            # interrupt between the two leaves the job unqueued, never queued unseen.
             self._cond.notify_all()
+            self._jobs.append(job)  # the one mutation: the job is queued, or it is not
 
     def wait(self) -> None:
         """Blocks until every submitted job has finished."""
