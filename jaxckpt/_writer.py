@@ -47,6 +47,9 @@ class Writer:
         self._closed = False
         self._on_stop = on_stop
         self.pid = os.getpid()  # the process whose thread runs the jobs
+        # Set by the thread as its last act. Not Thread.join/is_alive: before
+        # Python 3.13 a join interrupted by Ctrl-C marks a running thread stopped.
+        self._finished = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -76,6 +79,7 @@ class Writer:
                     self._on_stop()
                 except BaseException as e:
                     log.error("writer shutdown failed: %r", e)
+            self._finished.set()
 
     def take_error(self) -> BaseException | None:
         """The oldest stored job failure, removed so that it is raised once."""
@@ -109,7 +113,7 @@ class Writer:
         """Blocks until every submitted job has finished."""
         self._check_process()
         with self._cond:
-            while (self._jobs or self._running) and self._thread.is_alive():
+            while (self._jobs or self._running) and not self._finished.is_set():
                 self._cond.wait()
 
     def close(self) -> None:
@@ -125,7 +129,7 @@ class Writer:
             self._closed = True
             self._cond.notify_all()
         if self._thread is not threading.current_thread():
-            self._thread.join()
+            self._finished.wait()
 
     def _check_process(self) -> None:
         # A forked child has the parent's deque but not its thread (and maybe a
@@ -141,4 +145,4 @@ class Writer:
     @property
     def stopped(self) -> bool:
         """Whether the thread has finished (after ``close``, every job done)."""
-        return not self._thread.is_alive()
+        return self._finished.is_set()

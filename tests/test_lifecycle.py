@@ -173,7 +173,8 @@ a.wait_until_finished()
 release = threading.Event()
 atexit.register(release.set)
 # Every write waits between its commit and its state file until the exit.
-_faults.armed("manager.committed", lambda name: release.wait()).__enter__()
+hold = _faults.armed("manager.committed", lambda name: release.wait())
+hold.__enter__()  # kept referenced: a collected generator would disarm the point
 for i in (2, 3, 4):
     a.save(state(i))
 b.save(state(1))
