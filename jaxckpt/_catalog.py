@@ -18,6 +18,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import os
+import queue
 import threading
 
 from . import _commit, _deletions, _faults, _retention, _state_file
@@ -25,17 +26,65 @@ from ._location import Dir
 
 log = logging.getLogger("jaxckpt")
 
-_helper: concurrent.futures.ThreadPoolExecutor | None = None
+
+class _Helper:
+    """One daemon thread that runs state-file preparations in order.
+
+    Our own thread rather than a ``concurrent.futures`` pool: the pool's exit
+    hook shuts it down before ``atexit`` handlers run, and the exit flush
+    (``_registry``) still commits pending saves then, each of which prepares
+    a state file. A daemon thread keeps working until the interpreter
+    finalises, after every ``atexit`` handler.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="jaxckpt-state-file",
+                                        daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            future, fn, args = self._jobs.get()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as e:  # the waiter re-raises it
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+            del future, fn, args  # nothing kept alive while idle
+
+    def submit(self, fn, *args) -> concurrent.futures.Future:
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+
+_helper: _Helper | None = None
 _helper_lock = threading.Lock()
 
 
 def _in_background(fn, *args) -> concurrent.futures.Future:
+    """Runs ``fn(*args)`` on the helper thread; inline where no thread can start."""
     global _helper
     with _helper_lock:
         if _helper is None:
-            _helper = concurrent.futures.ThreadPoolExecutor(
-                1, thread_name_prefix="jaxckpt-state-file")
+            try:
+                _helper = _Helper()
+            except RuntimeError:  # "can't start new thread" (limits, or finalising)
+                return _done(fn, *args)
         return _helper.submit(fn, *args)
+
+
+def _done(fn, *args) -> concurrent.futures.Future:
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    try:
+        future.set_result(fn(*args))
+    except Exception as e:
+        future.set_exception(e)
+    return future
 
 
 def _forget_helper() -> None:

@@ -74,6 +74,7 @@ def _plan(state: Any) -> tuple[list[_Slot], list[jax.Array]]:
     slots: list[_Slot] = []
     operands: list[jax.Array] = []
     for entry in entries:
+        _tree.check_path(entry)
         leaf = entry.leaf
         record: dict[str, Any] = {"path": [list(t) for t in entry.path]}
         if _is_array(leaf):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import threading
 import weakref
 
 from .errors import CheckpointError
@@ -28,17 +29,21 @@ _HELD: "weakref.WeakSet[DirectoryLock]" = weakref.WeakSet()
 
 
 class DirectoryLock:
-    """A held lock; ``release`` (idempotent) or process exit drops it."""
+    """A held lock; ``release`` (idempotent, thread-safe) or process exit drops it."""
 
     def __init__(self, directory: str, fd: int):
         self.directory = directory
         self._fd: int | None = fd
+        # The writer thread releases it as it stops, the closing thread after
+        # the join: the descriptor must be closed once, never a reused number.
+        self._guard = threading.Lock()
         _HELD.add(self)
 
     def release(self, _close=os.close) -> None:  # os.close bound early: __del__ at exit
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            _close(fd)  # closing the last descriptor of the open file drops the flock
+        with self._guard:
+            fd, self._fd = self._fd, None
+            if fd is not None:
+                _close(fd)  # closing the last descriptor of the open file drops the flock
 
     @property
     def held(self) -> bool:
@@ -53,6 +58,7 @@ def _drop_in_child() -> None:
     # the lock; closing its copy leaves the lock to the parent alone, so that
     # it still dies with the parent.
     for lock in list(_HELD):
+        lock._guard = threading.Lock()  # the parent's may have been held at the fork
         fd, lock._fd = lock._fd, None
         if fd is not None:
             os.close(fd)

@@ -8,6 +8,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+# The longest name made from a checkpoint_name is a temporary or trash entry,
+# ``.<name>-<N>.trash-<token>``: with room for a 20-digit N and a 64-character
+# token it must fit in a file name's 255 bytes.
+MAX_NAME_BYTES = 255 - len(".-.trash-") - 20 - 64
+
 
 def positive_int(name: str, value: Any, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
@@ -61,6 +66,16 @@ def check_manager_options(
         raise ValueError(
             f"checkpoint_name must be a non-empty file name without path separators "
             f"that does not start with '.', got {checkpoint_name!r}")
+    try:
+        size = len(checkpoint_name.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise ValueError(f"checkpoint_name {checkpoint_name!r} is not valid Unicode (a lone "
+                         "surrogate); it must be storable as a UTF-8 file name") from e
+    if size > MAX_NAME_BYTES:
+        raise ValueError(
+            f"checkpoint_name is {size} bytes in UTF-8; at most {MAX_NAME_BYTES} fit, since "
+            f"'.<name>-<N>.trash-<token>' must stay within a file name's 255 bytes: "
+            f"{checkpoint_name[:40]!r}...")
     if checkpoint_interval is not None and step_counter is None:
         raise ValueError("checkpoint_interval needs a step_counter (state -> int)")
     for name, fn in callables.items():

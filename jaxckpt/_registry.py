@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import warnings
 import weakref
@@ -38,10 +39,21 @@ def take_over(directory: str) -> None:
     """Closes (flushing) this process's open managers on ``directory``, with a warning.
 
     A notebook cell that makes a manager, re-run, must not fail on the lock
-    that its previous run holds.
+    that its previous run holds. A manager whose ``close()`` was interrupted
+    (Ctrl-C) is closed but its writer may still be finishing, holding the lock:
+    it is joined, silently. A manager copied into a forked child is the
+    parent's: it is left alone (the parent's lock then refuses the new one).
     """
     for other in live():
-        if other._closed or not _lock.same_directory(other._dir, directory):
+        if other._writer.pid != os.getpid() or not _lock.same_directory(other._dir, directory):
+            continue
+        if other._closed:
+            if not other._writer.stopped:
+                try:
+                    other._close(other._closed_why)
+                except CheckpointWriteError as e:
+                    log.warning("the closed CheckpointManager for %s had a failed background "
+                                "save: %r", directory, e.__cause__)
             continue
         problem = ""
         try:

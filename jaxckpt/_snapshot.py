@@ -122,9 +122,31 @@ def check_metadata(metadata: Any) -> dict | None:
     if not isinstance(metadata, dict):
         raise TypeError(f"metadata must be a dict or None, got {type(metadata).__name__}")
     try:
-        return json.loads(json.dumps(metadata, allow_nan=True))
+        checked = json.loads(json.dumps(metadata, allow_nan=True))
     except (TypeError, ValueError) as e:
         raise TypeError(f"metadata must be JSON-able: {e}") from e
+    _check_text(checked, "metadata")
+    return checked
+
+
+def _check_text(value: Any, where: str) -> None:
+    """Raises ``ValueError`` naming the first key or string under ``value`` that is
+    not valid Unicode (JSON escapes a lone surrogate; msgpack cannot store it)."""
+    if isinstance(value, str):
+        why = _tree.unencodable(value)
+        if why is not None:
+            raise ValueError(f"{where} is a string that is not valid Unicode ({why}); "
+                             "metadata strings must be storable as UTF-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            why = _tree.unencodable(key)
+            if why is not None:
+                raise ValueError(f"{where} has the key {key!r}, which is not valid Unicode "
+                                 f"({why}); metadata keys must be storable as UTF-8")
+            _check_text(item, f"{where}[{key!r}]")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_text(item, f"{where}[{i}]")
 
 
 def _pieces(leaf: jax.Array, shape: tuple[int, ...], mine: bool | None) -> list:
@@ -163,6 +185,7 @@ class _Paths:
         entries, _ = _tree.flatten(tree)
         seen: set[tuple] = set()
         for entry in entries:
+            _tree.check_path(entry)
             if entry.path in seen:  # the stored tokens, which is what would collide
                 # Keys are stored as text: two keys that print alike would lose a leaf.
                 raise ValueError(
@@ -309,7 +332,8 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 mine = None  # each process its replica-0 shards
             pieces = _pieces(leaf, shape, mine)
             for _, data in pieces:
-                if data.devices().pop().platform != "cpu":
+                # devices() is the set JAX caches on the sharding: read it, never pop it.
+                if next(iter(data.devices())).platform != "cpu":
                     data.copy_to_host_async()
             pending.append((arr, pieces))
         elif isinstance(leaf, (np.ndarray, np.generic)):

@@ -81,9 +81,39 @@ def is_prng_key(x: Any) -> bool:
     return jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
 
 
+def unencodable(text: str) -> str | None:
+    """Why ``text`` cannot be stored as UTF-8 (a lone surrogate), or None if it can."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"it contains the lone surrogate {text[e.start]!r} at index {e.start}"
+    return None
+
+
+def check_path(entry: Entry) -> None:
+    """Raises ``ValueError`` if a key of the leaf's path cannot be stored as UTF-8."""
+    for _, key in entry.path:
+        why = unencodable(key) if isinstance(key, str) else None
+        if why is not None:
+            raise ValueError(
+                f"key {key!r} in key path {entry.path_str} is not valid Unicode ({why}), so "
+                "it cannot be stored as UTF-8; use a key without lone surrogates")
+
+
 def check_leaf(entry: Entry) -> None:
-    """Raises ``TypeError`` naming the key path if the leaf cannot be saved."""
+    """Raises ``TypeError`` naming the key path if the leaf cannot be saved
+    (``ValueError`` for a ``str`` that is not valid Unicode)."""
     leaf = entry.leaf
+    if isinstance(leaf, str):
+        why = unencodable(leaf)
+        if why is not None:
+            raise ValueError(
+                f"str leaf at key path {entry.path_str} is not valid Unicode ({why}), so it "
+                "cannot be stored as UTF-8; save it as bytes instead, e.g. "
+                "value.encode('utf-8', 'surrogatepass')")
+        return
     if isinstance(leaf, jax.Array):
         if leaf.is_deleted():
             raise TypeError(

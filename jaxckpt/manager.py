@@ -133,7 +133,10 @@ class CheckpointManager:
                     _state_file.sweep_temporaries(self._root)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
-                self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending)
+                # The writer thread releases the lock as it stops: even a close()
+                # interrupted by Ctrl-C cannot leave this process holding it.
+                self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending,
+                                      self._dir_lock.release if self._dir_lock else None)
             except BaseException:
                 if self._dir_lock is not None:
                     self._dir_lock.release()
@@ -207,13 +210,15 @@ class CheckpointManager:
 
     def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
                  timestamp: float, called: float) -> str:
-        """Under ``_save_lock``: numbering, coordination and stats; queues the write."""
-        if step is not None:
-            self._last_step = step
-        self._max_number = max(self._max_number, number)
+        """Under ``_save_lock``: numbering, coordination and stats; queues the write.
+
+        The step and number count as saved only once the write is queued: an
+        interrupt (Ctrl-C) while ``submit`` waits for a slot leaves them as they
+        were, so that saving the same step again is not skipped.
+        """
         path = self._checkpoint_path(number)
-        self._seq += 1
-        coord = _multihost.SaveCoordinator(self._scope, self._seq, path, self._timeout)
+        seq = self._seq + 1
+        coord = _multihost.SaveCoordinator(self._scope, seq, path, self._timeout)
         done = threading.Event()
         with self._lock:
             self._pending[path] = done
@@ -225,6 +230,10 @@ class CheckpointManager:
         except BaseException:
             self._finish(path, done)
             raise
+        self._seq = seq
+        if step is not None:
+            self._last_step = step
+        self._max_number = max(self._max_number, number)
         stats.blocked_s = time.perf_counter() - called
         self._stats.started(stats)
         return path
@@ -276,7 +285,18 @@ class CheckpointManager:
                 f"a background save in {self._dir} failed; that checkpoint was not "
                 f"committed and earlier ones are intact: {error!r}") from error
 
+    def _check_process(self) -> None:
+        """Raises in a forked child: the writer thread stayed in the parent."""
+        if self._writer.pid != os.getpid():
+            raise CheckpointError(
+                f"this CheckpointManager for {self._dir} belongs to process {self._writer.pid} "
+                f"and this is a child forked from it (pid {os.getpid()}); its writer thread "
+                "stayed in the parent, so it cannot save or wait here. Make a new "
+                "CheckpointManager in the child (another directory, or after the parent's "
+                "manager is closed).")
+
     def _check_open(self) -> None:
+        self._check_process()
         if self._closed:
             raise CheckpointError(
                 f"CheckpointManager for {self._dir} is closed ({self._closed_why}); "
@@ -300,6 +320,7 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: a background save failed.
         """
+        self._check_process()
         _in_jit.drain(self)
         self._writer.wait()
         self._raise_error()
@@ -313,16 +334,21 @@ class CheckpointManager:
         self._close("close() was called")
 
     def _close(self, why: str) -> None:
+        if self._writer.pid != os.getpid():
+            return  # a forked child's copy: the parent's writer and lock are not ours
         if not self._closed:
             # Outside the lock: a pending save_in_jit callback takes it.
             _in_jit.drain(self)
         with self._save_lock:  # a save in progress finishes queueing first
             if not self._closed:
-                self._closed = True
                 self._closed_why = why
-                self._writer.close()
-                if self._dir_lock is not None:
-                    self._dir_lock.release()
+                self._closed = True
+            # Even if already closed: a close() interrupted by Ctrl-C left the
+            # writer finishing; this joins it (it releases the directory lock
+            # as it stops, so the lock is free once this returns).
+            self._writer.close()
+            if self._dir_lock is not None:
+                self._dir_lock.release()
         self._raise_error()
 
     def __enter__(self) -> "CheckpointManager":
@@ -421,7 +447,10 @@ class CheckpointManager:
         Raises:
             CheckpointNotFoundError: there is no such committed checkpoint.
             StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
+            CheckpointError: in a process forked from the manager's (use
+                ``jaxckpt.restore(path)`` there, or a new manager).
         """
+        self._check_process()
         _in_jit.drain(self)
         if checkpoint is None:
             _faults.point("manager.restore_waits")
@@ -456,6 +485,7 @@ class CheckpointManager:
             CorruptCheckpointError: checkpoints exist but none of them restores.
             StructureMismatchError: ``target`` does not fit the checkpoint.
         """
+        self._check_process()
         _in_jit.drain(self)
         self._writer.wait()
         if self.latest_checkpoint is not None:
