@@ -45,9 +45,10 @@ import numpy as np
 from .errors import CorruptCheckpointError
 
 MAGIC = b"JAXCKPT\x00"
-VERSION = 2
-# Version 1 stored the packed array as one file (no "packed_shard").
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+# Version 1 stored the packed array as one file (no "packed_shard"); versions 1
+# and 2 keep local arrays beside the manifest (no "data") and have no digests.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "_CHECKPOINT"
 PACKED = "packed"
 ARRAYS = "a"
