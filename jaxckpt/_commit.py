@@ -109,8 +109,10 @@ def stage(final: Dir, token: str, *, create: bool) -> Staging:
     if final.is_local:
         tmp = final.parent().join(f".{final.name}{_TMP}{token}")
         if create:
-            os.mkdir(tmp.path)  # not makedirs: a vanished directory is an error, not recreated
-            os.mkdir(tmp.join(key).path)
+            # Not makedirs: a vanished directory is an error, not recreated. The
+            # arrays' subdirectory is made by the first write into it (a save
+            # whose arrays all fit in the manifest has none).
+            os.mkdir(tmp.path)
         return Staging(final, tmp, key, tmp.join(key))
     return Staging(final, final.join(key), key, final.join(key))
 
