@@ -58,7 +58,7 @@ def _packed_bytes(arr: _snapshot.ArrayLeaf) -> np.ndarray:
     return data.reshape(-1).view(np.uint8)
 
 
-def _fill(buf: np.ndarray, start: int, placed: list[tuple[int, np.ndarray]]) -> None:
+def _fill(buf: np.ndarray, start: int, placed: list[tuple[int, np.ndarray, int]]) -> None:
     """Copies the leaves' bytes that fall in ``[start, start + len(buf))`` into
     ``buf`` and zeroes the padding between them (``placed`` is sorted by offset)."""
     end = start + len(buf)
@@ -107,7 +107,7 @@ def write(
             _commit.abort(staging)
         raise
     _faults.point("multihost.part_written")
-    coord.part_done(None, _digest.encode(digests) if coord.multi else "")
+    coord.part_done(None, _digest.encode(digests) if coord.multi and not coord.primary else "")
     if not coord.primary:
         coord.wait_commit()
         return
