@@ -79,15 +79,17 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
             are read.
         progress: show a progress bar (rich, on stderr) of the bytes read.
 
-    Blocks until every requested leaf is read and checked. Thread-safe.
+    Blocks until every requested leaf is read and checked. Thread-safe. A
+    restore racing a save of the same path gives all of one save or the other.
 
     Raises:
-        CheckpointNotFoundError: no committed checkpoint at ``path``.
+        CheckpointNotFoundError: no committed checkpoint at ``path``, or it
+            was deleted while being read.
         StructureMismatchError: ``target`` does not fit, naming every key path.
-        CorruptCheckpointError: stored bytes fail their checksums.
+        CorruptCheckpointError: stored bytes fail their checksums, or are not
+            the bytes the manifest recorded (swapped or copied from another save).
     """
-    with _gc.paused():  # decoding thousands of leaf records set off full collections
-        reader = _checkpoint.Reader(path)
+    def read(reader: _checkpoint.Reader) -> Any:
         # A partial restore reads less than the bar's total; the bar completes at the end.
         with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path),
                            progress) as bar:
@@ -95,6 +97,10 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
             if target is None:
                 return _restore.restore_raw(reader)
             return _restore.restore_target(reader, target, partial)
+
+    with _gc.paused():  # decoding thousands of leaf records set off full collections
+        # Started over if the checkpoint is replaced meanwhile: never a mix of two saves.
+        return _checkpoint.read_consistently(path, read)
 
 
 def metadata(path: str | os.PathLike) -> Any:
@@ -113,12 +119,17 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     ``progress=True`` shows a progress bar (rich, on stderr) of the bytes read.
 
     Raises:
-        CorruptCheckpointError: naming each damaged leaf.
-        CheckpointNotFoundError: no committed checkpoint at ``path``.
+        CorruptCheckpointError: naming each damaged leaf, and each whose bytes
+            are not those its manifest recorded (swapped or copied from another save).
+        CheckpointNotFoundError: no committed checkpoint at ``path``, or it
+            was deleted while being read.
     """
-    reader = _checkpoint.Reader(path)
-    with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("verify", path), progress) as bar:
-        problems = reader.verify(on_leaf=bar)
+    def read(reader: _checkpoint.Reader) -> list[str]:
+        with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("verify", path),
+                           progress) as bar:
+            return reader.verify(on_leaf=bar)
+
+    problems = _checkpoint.read_consistently(path, read)
     if problems:
         raise CorruptCheckpointError("\n".join(problems))
 

@@ -15,10 +15,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _commit, _faults, _format, _location, _multihost, _snapshot, _storage, _tree
-from . import _manifest_check
+from . import _commit, _digest, _faults, _format, _location, _manifest_check, _multihost
+from . import _snapshot, _storage, _tree
 from ._location import Dir
-from .errors import CheckpointNotFoundError, CorruptCheckpointError
+from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
     """Assigns each array leaf its place; returns the packed array's
@@ -58,12 +58,12 @@ def _packed_bytes(arr: _snapshot.ArrayLeaf) -> np.ndarray:
     return data.reshape(-1).view(np.uint8)
 
 
-def _fill(buf: np.ndarray, start: int, placed: list[tuple[int, np.ndarray]]) -> None:
+def _fill(buf: np.ndarray, start: int, placed: list[tuple[int, np.ndarray, int]]) -> None:
     """Copies the leaves' bytes that fall in ``[start, start + len(buf))`` into
     ``buf`` and zeroes the padding between them (``placed`` is sorted by offset)."""
     end = start + len(buf)
     at = start
-    for off, data in placed:
+    for off, data, _ in placed:
         stop = off + len(data)
         if stop <= start or off >= end:
             continue
@@ -96,8 +96,9 @@ def write(
     staging = _commit.stage(final, token, create=False)
     packed = _layout(snapshot)
     inline = None
+    digests: list = []
     try:
-        inline = _write_part(snapshot, staging.data, packed, coord.primary)
+        inline = _write_part(snapshot, staging.arrays, packed, coord.primary, digests)
         _commit.seal_part(staging)
     except BaseException as e:
         coord.part_done(e)
@@ -106,12 +107,14 @@ def write(
             _commit.abort(staging)
         raise
     _faults.point("multihost.part_written")
-    coord.part_done(None)
+    coord.part_done(None, _digest.encode(digests) if coord.multi and not coord.primary else "")
     if not coord.primary:
         coord.wait_commit()
         return
     try:
-        coord.wait_parts()
+        for payload in coord.wait_parts():
+            digests += _digest.decode(payload)
+        _digest.record(snapshot.arrays, digests)
         manifest = {
             "version": _format.VERSION,
             "created": created,
@@ -123,8 +126,7 @@ def write(
         }
         if inline is not None:
             manifest["packed_inline"] = inline
-        if staging.data_key is not None:
-            manifest["data"] = staging.data_key
+        manifest["data"] = staging.data_key
         _commit.commit(staging, _format.pack_manifest(manifest), replace=replace)
     except BaseException as e:
         coord.announce(e)
@@ -141,25 +143,31 @@ def _stage_token(final: Dir) -> str:
 
 
 def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int, int],
-                primary: bool) -> bytes | None:
+                primary: bool, digests: list) -> bytes | None:
     """Writes this process's shards and, on process 0, the packed array; returns
-    the packed bytes instead when they are small enough to go in the manifest."""
+    the packed bytes instead when they are small enough to go in the manifest.
+
+    Appends to ``digests`` (position in ``snapshot.arrays``, region, xxh3) of
+    every piece written, hashed while tensorstore writes.
+    """
     total, shard, inner = packed
     inline = None
     if total and primary and total <= _storage.INLINE_BYTES:
         # A file of its own would cost 3 directories, 3 fsyncs and a rename
         # (over a third of a small save); the manifest's checksum covers them.
         buf = np.empty(total, np.uint8)
-        _fill(buf, 0, _placed(snapshot))
+        placed = _placed(snapshot)
+        _fill(buf, 0, placed)
         inline, total = buf.tobytes(), 0
+        _hash_placed(snapshot, placed, digests)
     opened = []
-    for arr in snapshot.arrays:
+    for pos, arr in enumerate(snapshot.arrays):
         where = arr.record["where"]
         if where[0] == "array" and arr.shards:
             spec = _storage.array_spec(root.join(_format.ARRAYS, where[1]).kvstore(),
                                        list(arr.shape) + [arr.dtype.itemsize],
                                        where[2], where[3], create=True)
-            opened.append((arr, _storage.open_array(spec)))
+            opened.append((pos, arr, _storage.open_array(spec)))
     packed_future = None
     if total and primary:
         spec = _storage.array_spec(root.join(_format.PACKED).kvstore(), [total], [shard],
@@ -168,13 +176,16 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     commits = []
     errors: list[BaseException] = []
     try:
-        for arr, fut in opened:
+        for _, arr, fut in opened:
             store = fut.result()
             for piece in arr.shards:
                 index = tuple(slice(a, b) for a, b in piece.index)
                 commits.append(_storage.write(store, index, _storage.byte_view(piece.data)))
+        # Hashed here, while tensorstore's threads write the same (unchanging) bytes.
+        for pos, arr, _ in opened:
+            digests += [(pos, piece.index, _digest.of(piece.data)) for piece in arr.shards]
         if packed_future is not None:
-            _write_packed(snapshot, packed_future.result(), total, shard, errors)
+            _write_packed(snapshot, packed_future.result(), total, shard, errors, digests)
     finally:
         # Await every write, even after one failed: a write still running would
         # recreate its files after the failed temporary is removed.
@@ -188,14 +199,24 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     return inline
 
 
-def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray]]:
-    """(offset, flat bytes) of the packed leaves this process holds, by offset."""
-    return [(arr.record["where"][1], _packed_bytes(arr)) for arr in snapshot.arrays
+def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray, int]]:
+    """(offset, flat bytes, position in ``snapshot.arrays``) of the packed
+    leaves this process holds, by offset."""
+    return [(arr.record["where"][1], _packed_bytes(arr), pos)
+            for pos, arr in enumerate(snapshot.arrays)
             if arr.record["where"][0] == "packed" and arr.shards]
 
 
+def _hash_placed(snapshot: _snapshot.Snapshot, placed: list[tuple[int, np.ndarray, int]],
+                 digests: list) -> None:
+    """Digests of packed leaves: one piece each, the whole leaf."""
+    for _, data, pos in placed:
+        shape = snapshot.arrays[pos].shape
+        digests.append((pos, tuple((0, n) for n in shape), _digest.of(data)))
+
+
 def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: int,
-                  errors: list[BaseException]) -> None:
+                  errors: list[BaseException], digests: list) -> None:
     """Writes the packed array one shard file at a time, at most
     ``PACKED_WINDOW`` staged at once: memory stays bounded (no copy of all the
     small leaves at once) while tensorstore writes and fsyncs several files
@@ -210,6 +231,7 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
         except Exception as e:
             errors.append(e)
 
+    hashed = 0
     try:
         for start in range(0, total, shard):
             if len(inflight) >= _storage.PACKED_WINDOW:
@@ -219,6 +241,13 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
             buf = np.empty(min(shard, total - start), np.uint8)
             _fill(buf, start, placed)
             inflight.append(_storage.write(store, (slice(start, start + len(buf)),), buf))
+            # The leaves staged whole by now are hashed while that file is written.
+            upto = hashed
+            while upto < len(placed) and placed[upto][0] + len(placed[upto][1]) <= start + len(buf):
+                upto += 1
+            _hash_placed(snapshot, placed[hashed:upto], digests)
+            hashed = upto
+        _hash_placed(snapshot, placed[hashed:], digests)
     finally:
         while inflight:
             settle_oldest()
@@ -229,11 +258,20 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
 
 def read_manifest(path: str | Dir) -> dict:
     """Reads and checks the manifest of the committed checkpoint at ``path``."""
-    where = _location.locate(path)
+    return _read_manifest(path)[0]
+
+
+def _manifest_bytes(where: Dir) -> bytes | None:
     try:
-        data = where.read(_format.MANIFEST, _manifest_check.MAX_MANIFEST_BYTES)
+        return where.read(_format.MANIFEST, _manifest_check.MAX_MANIFEST_BYTES)
     except IsADirectoryError:
-        data = None
+        return None
+
+
+def _read_manifest(path: str | Dir) -> tuple[dict, bytes]:
+    """The manifest at ``path``, parsed and as bytes."""
+    where = _location.locate(path)
+    data = _manifest_bytes(where)
     if data is None:
         if where.is_local and os.path.isfile(where.path):
             raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")
@@ -246,7 +284,33 @@ def read_manifest(path: str | Dir) -> dict:
                 f"{where} is not a committed checkpoint (no {_format.MANIFEST}); it may be "
                 "a save that was interrupted.")
         raise CheckpointNotFoundError(f"no checkpoint at {where}")
-    return _format.unpack_manifest(data, str(where))
+    return _format.unpack_manifest(data, str(where)), data
+
+
+class ReplacedWhileReading(CheckpointError):
+    """A read failed because the checkpoint was replaced after its manifest was
+    read; ``read_consistently`` starts over with the new manifest."""
+
+
+# How many replacements in a row one read survives before giving up.
+REPLACED_RETRIES = 3
+
+
+def read_consistently(path: str | Dir, read: Callable[["Reader"], Any]) -> Any:
+    """``read(Reader(path))``, started over with the new manifest if the
+    checkpoint is replaced meanwhile: the result is all of one save.
+
+    Raises:
+        CheckpointError: it was replaced ``REPLACED_RETRIES + 1`` times in a
+            row while being read.
+    """
+    for _ in range(REPLACED_RETRIES + 1):
+        try:
+            return read(Reader(path))
+        except ReplacedWhileReading as e:
+            last = e
+    raise CheckpointError(f"{last}, {REPLACED_RETRIES + 1} times in a row; try again, or read "
+                          "a checkpoint that is not being saved again") from last
 
 
 def _child(root: Dir, *names: str) -> Dir:
@@ -270,17 +334,60 @@ _BIG_READ_BYTES = 64 << 20
 
 
 class Reader:
-    """Reads leaves of one checkpoint; every array read is checksum-checked."""
+    """Reads leaves of one checkpoint; every array read is checksum-checked,
+    and (format 3) checked against the manifest's digest of each piece it
+    covers whole."""
 
     def __init__(self, path: str | Dir):
         self.where = _location.locate(path)
         self.path = str(self.where)
-        self.manifest = read_manifest(self.where)
+        self.manifest, self._raw = _read_manifest(self.where)
         self.leaves: list[dict] = self.manifest["leaves"]
         data = self.manifest.get("data")
         self.data = _child(self.where, data) if data else self.where
         # Called with each leaf record once read_arrays has its data (progress bars).
         self.on_leaf_read: Callable[[dict], None] | None = None
+        self._digests: dict[int, dict] = {}
+
+    def unless_changed(self, err: CorruptCheckpointError) -> CheckpointError:
+        """``err``, unless the checkpoint changed since its manifest was read:
+        deleted (``CheckpointNotFoundError``) or replaced (``ReplacedWhileReading``)."""
+        try:
+            now = _manifest_bytes(self.where)
+        except Exception:  # cannot tell: report what was seen
+            return err
+        if now == self._raw:
+            return err
+        if now is None:
+            new: CheckpointError = CheckpointNotFoundError(
+                f"{self.path} was deleted while being read (by retention, another process "
+                "or by hand); restore another checkpoint")
+        else:
+            new = ReplacedWhileReading(f"{self.path} was replaced while being read")
+        new.__cause__ = err
+        return new
+
+    def check(self, leaf: dict, index: tuple, data: np.ndarray) -> None:
+        """Compares the digest of each recorded piece that the read ``index``
+        covers whole with the bytes read (``data``: the region's stored bytes).
+
+        Raises:
+            CorruptCheckpointError: naming the leaf, when one differs.
+        """
+        recorded = self._digests.get(id(leaf))
+        if recorded is None:
+            recorded = self._digests[id(leaf)] = _digest.pieces(leaf)
+        if not recorded:
+            return
+        for want, rel in _digest.covered(recorded, _digest.region(index, _stored_shape(leaf))):
+            if _digest.of(data[rel] if rel else data) != want:
+                raise self.unless_changed(self.mismatch(leaf))
+
+    def mismatch(self, leaf: dict) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{self.path}: leaf {_tree.path_str(leaf['path'])}: bytes do not match the "
+            "manifest's digest: swapped or copied from another save. Restore an earlier "
+            "checkpoint.")
 
     def _open(self, where: list, shape: list[int]) -> Any:
         if where[0] != "array":
@@ -316,16 +423,17 @@ class Reader:
                 except OSError:  # gone meanwhile: the read reports it
                     pass
         if stored < declared:
-            raise CorruptCheckpointError(
+            raise self.unless_changed(CorruptCheckpointError(
                 f"{self.path}: {what} declares {declared} bytes, but its files hold "
-                f"{stored}; the checkpoint is damaged or incomplete")
+                f"{stored}; the checkpoint is damaged or incomplete"))
 
-    def damaged(self, leaf: dict, e: BaseException) -> CorruptCheckpointError:
+    def damaged(self, leaf: dict, e: BaseException, *, check: bool = True) -> CheckpointError:
+        """The error for a failed read of ``leaf`` (see ``unless_changed``)."""
         err = CorruptCheckpointError(
             f"{self.path}: leaf {_tree.path_str(leaf['path'])} is damaged or missing: {e}"
         )
         err.__cause__ = e
-        return err
+        return self.unless_changed(err) if check else err
 
     def read_arrays(
         self, requests: list[tuple[dict, list[tuple]]]
@@ -370,6 +478,7 @@ class Reader:
             elif kind == "packed":
                 _, off, nbytes = leaf["where"]
                 full = packed_bytes[id(leaf)]
+                self.check(leaf, (), full)
                 out.append([full[idx] if idx else full for idx in indices])
             else:
                 pieces = []
@@ -378,6 +487,7 @@ class Reader:
                         data = fut.result()
                     except Exception as e:
                         raise self.damaged(leaf, e) from e
+                    self.check(leaf, idx, data)
                     sub_shape = data.shape[:-1]
                     pieces.append(_storage.from_bytes(data, dtype, sub_shape))
                 out.append(pieces)
@@ -406,56 +516,84 @@ class Reader:
         return _PackedRead(self, store, leaves, pieces=futs)
 
     def _damaged_packed(self, store: Any, leaves: list[dict]) -> list[str]:
-        """Messages for each packed leaf whose bytes fail their chunk checksum."""
+        """Messages for each packed leaf whose bytes fail their chunk checksum
+        or digest."""
         futs = [(leaf, _storage.read(store, (slice(leaf["where"][1],
                                                    leaf["where"][1] + leaf["where"][2]),)))
                 for leaf in leaves]
         problems = []
         for leaf, fut in futs:
             try:
-                fut.result()
+                data = fut.result()
             except Exception as e:
-                problems.append(str(self.damaged(leaf, e)))
+                problems.append(str(self.damaged(leaf, e, check=False)))
+                continue
+            problems += self._packed_mismatch(leaf, data)
         return problems
+
+    def _packed_mismatch(self, leaf: dict, data: np.ndarray) -> list[str]:
+        """[message] if the packed leaf's bytes ``data`` differ from its digest."""
+        recorded = _digest.pieces(leaf)
+        if recorded and _digest.of(data) not in recorded.values():
+            return [str(self.mismatch(leaf))]
+        return []
 
     def _raise_first_damaged(self, store: Any, leaves: list[dict]) -> None:
         problems = self._damaged_packed(store, leaves)
         if problems:
-            raise CorruptCheckpointError("\n".join(problems))
+            raise self.unless_changed(CorruptCheckpointError("\n".join(problems)))
 
     def verify(self, on_leaf: Callable[[dict], None] | None = None) -> list[str]:
-        """Reads every stored byte; returns messages naming each damaged leaf."""
+        """Reads every stored byte, each recorded piece whole so that every
+        digest is checked; returns messages naming each damaged leaf.
+
+        Raises:
+            CheckpointNotFoundError: the checkpoint was deleted meanwhile.
+            ReplacedWhileReading: it was replaced meanwhile.
+        """
         problems = []
         arrays = [leaf for leaf in self.leaves if leaf["kind"] != "py"]
         packed = [leaf for leaf in arrays if leaf["where"][0] == "packed"]
         if packed and "packed_inline" in self.manifest:  # checked with the manifest
-            if on_leaf:
-                for leaf in packed:
+            inline = np.frombuffer(self.manifest["packed_inline"], np.uint8)
+            for leaf in packed:
+                _, off, nbytes = leaf["where"]
+                problems += self._packed_mismatch(leaf, inline[off : off + nbytes])
+                if on_leaf:
                     on_leaf(leaf)
         elif packed:
             total = self.manifest["packed_nbytes"]
             store, first = None, None  # store stays None only if the open failed
             try:
                 store = self._open(["packed"], [total]).result()
-                _storage.read(store, ()).result()
+                whole = _storage.read(store, ()).result()
             except Exception as e:
                 first = e
             if first is not None and store is None:
-                problems += [str(self.damaged(leaf, first)) for leaf in packed]
+                problems += [str(self.damaged(leaf, first, check=False)) for leaf in packed]
             elif first is not None:
                 problems += self._damaged_packed(store, packed)
+            else:
+                for leaf in packed:
+                    _, off, nbytes = leaf["where"]
+                    problems += self._packed_mismatch(leaf, whole[off : off + nbytes])
             if on_leaf:
                 for leaf in packed:
                     on_leaf(leaf)
         for leaf in arrays:
             if leaf["where"][0] != "array":
                 continue
+            pieces = [tuple(slice(a, b) for a, b in index) for index, _ in leaf.get("xxh3", ())]
             try:
-                self.read_arrays([(leaf, [()])])
+                self.read_arrays([(leaf, pieces or [()])])
             except CorruptCheckpointError as e:
                 problems.append(str(e))
             if on_leaf:
                 on_leaf(leaf)
+        if problems:
+            err = self.unless_changed(CorruptCheckpointError("\n".join(problems)))
+            if not isinstance(err, CorruptCheckpointError):
+                raise err
         return problems
 
 
@@ -484,10 +622,10 @@ class _PackedRead:
                     self._buf = self._whole()
                 _, off, nbytes = leaf["where"]
                 data = self._buf[off : off + nbytes]
-        except Exception:
+        except Exception as e:
             # Name exactly the damaged leaves: re-read them one by one.
             self._reader._raise_first_damaged(self._store, self._leaves)
-            raise
+            raise self._reader.damaged(leaf, e) from e
         return _storage.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
 
 

@@ -124,19 +124,28 @@ class Staging:
     """Where one checkpoint's bytes go before it is committed as ``final``."""
 
     final: Dir
-    data: Dir  # arrays go here
-    data_key: str | None  # object stores: the manifest's "data" entry
+    data: Dir  # what is sealed and committed (local: the temporary), or removed on abort
+    data_key: str  # the manifest's "data" entry: the arrays' subdirectory, d-<token>
+    arrays: Dir  # arrays go here: <data_key> inside the checkpoint
 
 
 def stage(final: Dir, token: str, *, create: bool) -> Staging:
-    """The staging area for ``final``; ``create`` makes it (process 0 only)."""
+    """The staging area for ``final``; ``create`` makes it (process 0 only).
+
+    The arrays go in a subdirectory named after the save (format 3, local
+    checkpoints too), so a reader holding the manifest of a checkpoint that
+    was replaced since finds no files instead of the new save's bytes.
+    """
+    key = f"{DATA_PREFIX}{token}"
     if final.is_local:
         tmp = final.parent().join(_names.tmp(final.name, token))
         if create:
-            os.mkdir(tmp.path)  # not makedirs: a vanished directory is an error, not recreated
-        return Staging(final, tmp, None)
-    key = f"{DATA_PREFIX}{token}"
-    return Staging(final, final.join(key), key)
+            # Not makedirs: a vanished directory is an error, not recreated. The
+            # arrays' subdirectory is made by the first write into it (a save
+            # whose arrays all fit in the manifest has none).
+            os.mkdir(tmp.path)
+        return Staging(final, tmp, key, tmp.join(key))
+    return Staging(final, final.join(key), key, final.join(key))
 
 
 def seal_part(staging: Staging) -> None:

@@ -3,24 +3,30 @@
 A checkpoint is a directory (or object prefix) holding:
 
     _CHECKPOINT     the manifest; its presence is the commit record
-    packed/         one zarr3 uint8 array: small leaves' bytes back to back, in
+    d-<token>/      this save's arrays (``data`` in the manifest; version 1
+                    and 2 local checkpoints: the arrays sit beside the manifest)
+      packed/       one zarr3 uint8 array: small leaves' bytes back to back, in
                     shard files of ``packed_shard`` bytes (version 1: one file)
-    a/<n>/          one zarr3 array per large leaf, shape (*shape, itemsize) uint8
+      a/<n>/        one zarr3 array per large leaf, shape (*shape, itemsize) uint8
 
 The manifest is ``MAGIC + crc32(payload) as 4 little-endian bytes + payload``
 where the payload is msgpack of::
 
-    {"version": 2, "created": float, "metadata": user dict or None,
+    {"version": 3, "created": float, "metadata": user dict or None,
      "packed_nbytes": int, "packed_shard": int, "packed_chunk": int,
      "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ],
-     "data": "d-<token>"   (optional; object stores only),
+     "data": "d-<token>"   (always from version 3; before, object stores only),
      "packed_inline": bytes  (optional: the packed array itself, when it is
                               at most 64 KiB; then there is no packed/)}
 
-On object stores, which cannot rename, the arrays live under the ``data``
-sub-prefix named in the manifest, so that saving a number again writes new
-data beside the old and swaps them by overwriting the manifest (one atomic
-PUT). Without ``data`` the arrays sit beside the manifest.
+The arrays live under the ``data`` subdirectory, named after the save (a
+lowercase hex token). On object stores, which cannot rename, saving a number
+again writes new data beside the old and swaps them by overwriting the
+manifest (one atomic PUT); locally the whole directory is swapped. Either
+way a reader that still holds the old manifest finds no files under the old
+name, instead of reading the new save's bytes as the old one's (it then
+starts over with the new manifest). Without ``data`` (version 1 and 2 local
+checkpoints) the arrays sit beside the manifest.
 
 Leaf kinds: ``"array"`` (``np.ndarray``), ``"jax"`` (``jax.Array``),
 ``"scalar"`` (NumPy scalar), ``"key"`` (typed PRNG key; its key data is the
@@ -30,6 +36,18 @@ manifest itself). Array leaves carry ``dtype`` (NumPy/ml_dtypes name),
 chunk_shape, inner_shape]`` or ``["empty"]`` for zero-size arrays. Every
 array is stored as raw bytes, so every dtype is bit-exact; zarr's ``crc32c``
 codec checksums each stored chunk and tensorstore checks it on every read.
+
+From version 3 each array leaf with stored bytes also carries ``"xxh3":
+[[index, hexdigest], ...]``: one entry per piece its writer wrote (a packed
+leaf: one entry, the whole leaf), ``index`` a ``[start, stop]`` per axis of
+the stored shape (the key data's for PRNG keys), ``hexdigest`` 32 lowercase
+hex digits of ``xxhash.xxh3_128`` of the piece's C-contiguous bytes. The
+chunk checksums show a file is intact, the digests that it is the file this
+manifest wrote (not another leaf's, not another save's). A read checks every
+recorded piece it covers whole: a read of exactly the pieces written (the
+same sharding, one device, packed leaves, ``verify``) or of the whole leaf.
+A read of part of a piece (a restore onto another sharding) cannot be
+checked by digest; the chunk checksums still apply.
 """
 
 from __future__ import annotations
@@ -46,9 +64,10 @@ from . import _manifest_check
 from .errors import CorruptCheckpointError
 
 MAGIC = b"JAXCKPT\x00"
-VERSION = 2
-# Version 1 stored the packed array as one file (no "packed_shard").
-READABLE_VERSIONS = (1, 2)
+VERSION = 3
+# Version 1 stored the packed array as one file (no "packed_shard"); versions 1
+# and 2 keep local arrays beside the manifest (no "data") and have no digests.
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "_CHECKPOINT"
 PACKED = "packed"
 ARRAYS = "a"

@@ -7,7 +7,8 @@ process that is late, failed or died is named in the error the others raise,
 instead of a silent hang.
 
 Keys, under ``jaxckpt/<scope>/<seq>/``: ``token`` (process 0: the name of the
-staging area), ``part/<i>`` (process i: ``ok`` or its error), ``commit``
+staging area), ``part/<i>`` (process i: ``ok [<n>]`` or its error;
+``part/<i>/<k>``: the n pieces of its payload, the digests of what it wrote), ``commit``
 (process 0: ``ok`` or why not). In a single-process program every call here
 returns at once.
 """
@@ -24,6 +25,7 @@ from .errors import CheckpointError
 
 DEFAULT_TIMEOUT_S = 300.0
 _OK = "ok"
+_CHUNK = 256 << 10  # characters of payload per key
 
 
 def process_index() -> int:
@@ -105,21 +107,30 @@ class SaveCoordinator:
             raise CheckpointError(f"{self.what}: process 0 could not start the save: {token[1:]}")
         return token
 
-    def part_done(self, error: BaseException | None) -> None:
-        """Reports this process's part as durable (``error`` None) or failed."""
+    def part_done(self, error: BaseException | None, payload: str = "") -> None:
+        """Reports this process's part as durable (``error`` None) or failed;
+        ``payload`` (its pieces' digests) goes to process 0 with the report."""
         if self.multi and not self.primary:
-            self._set(f"part/{self.index}", _OK if error is None else repr(error))
+            if error is not None:
+                self._set(f"part/{self.index}", repr(error))
+                return
+            # In pieces, each well under the coordination service's message limit.
+            chunks = [payload[i : i + _CHUNK] for i in range(0, len(payload), _CHUNK)]
+            for k, chunk in enumerate(chunks):
+                self._set(f"part/{self.index}/{k}", chunk)
+            self._set(f"part/{self.index}", f"{_OK} {len(chunks)}" if chunks else _OK)
 
-    def wait_parts(self) -> None:
-        """Process 0: returns once every process reported its part durable.
+    def wait_parts(self) -> list[str]:
+        """Process 0: returns once every process reported its part durable,
+        with the payload each sent (process 1 first).
 
         Raises:
             TimeoutError: naming the processes that did not report in time.
             CheckpointError: naming the processes whose part failed.
         """
         if not self.multi:
-            return
-        failed, late = [], []
+            return []
+        failed, late, payloads = [], [], []
         deadline = time.monotonic() + self.timeout_s
         for i in range(1, self.count):
             left = max(0.001, deadline - time.monotonic())
@@ -128,8 +139,15 @@ class SaveCoordinator:
             except TimeoutError:
                 late.append(i)
                 continue
-            if value != _OK:
+            word, _, n = value.partition(" ")
+            if word != _OK or not (n.isdigit() or not n):
                 failed.append(f"process {i}: {value}")
+                continue
+            # Set before the report, so they are there already.
+            payloads.append("".join(
+                self._get(f"part/{i}/{k}", max(0.001, deadline - time.monotonic()),
+                          f"process {i}", "send its part's digests")
+                for k in range(int(n or 0))))
         if failed:
             raise CheckpointError(f"{self.what}: not committed; writing failed in "
                                   + "; ".join(failed))
@@ -145,6 +163,7 @@ class SaveCoordinator:
                 _client().key_value_delete(self._previous)
             except Exception:  # stale keys only cost memory in the coordinator
                 pass
+        return payloads
 
     def announce(self, error: BaseException | None) -> None:
         """Process 0: tells the others whether the checkpoint was committed."""

@@ -13,7 +13,7 @@ import pytest
 
 import jaxckpt
 from jaxckpt.cli import main
-from jaxckpt import _storage
+from jaxckpt import _checkpoint, _storage
 
 HOUR = 3600.0
 
@@ -33,7 +33,8 @@ def _flip(file: str, offset: int = 100) -> None:
 
 def _array_file(ckpt: str, sub: str = "a") -> str:
     """The first data file under ``ckpt/sub`` (``a`` for large leaves, ``packed``)."""
-    for root, _, files in sorted(os.walk(os.path.join(ckpt, sub))):
+    data = _checkpoint.read_manifest(ckpt).get("data", "")
+    for root, _, files in sorted(os.walk(os.path.join(ckpt, data, sub))):
         if files:
             return os.path.join(root, sorted(files)[0])
     raise AssertionError(f"no data file under {ckpt}/{sub}")

@@ -50,9 +50,14 @@ def _save(tmp_path):
     return path, tree
 
 
+def _data(path) -> str:
+    """Where the checkpoint's arrays are: its ``data`` subdirectory (format 3)."""
+    return os.path.join(path, _checkpoint.read_manifest(str(path)).get("data", ""))
+
+
 def _files(path, sub):
     out = []
-    for root, _, files in os.walk(path / sub):
+    for root, _, files in os.walk(os.path.join(_data(path), sub) if sub else path):
         out += [os.path.join(root, f) for f in files]
     assert out, f"no files under {sub}"
     return out
@@ -74,6 +79,8 @@ def _leaves_by_file(path) -> dict[str, set[str]]:
         if rel == "_CHECKPOINT":
             continue
         top = rel.split(os.sep)
+        if top[0] == _checkpoint.read_manifest(str(path)).get("data"):
+            top = top[1:]
         names = set()
         for leaf in manifest["leaves"]:
             where = leaf.get("where", [None])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _inspect
+from jaxckpt import _checkpoint, _inspect
 
 HOUR = 3600.0
 
@@ -111,7 +111,8 @@ def test_inspect_reads_the_manifest_only(tmp_path):
             "key": jax.random.key(0), "name": "run <7>", "step": 5}
     path = str(tmp_path / "c")
     jaxckpt.save(path, tree, metadata={"note": "before <fine-tuning>"})
-    shutil.rmtree(os.path.join(path, "a"))  # array data gone: inspect must not need it
+    data = _checkpoint.read_manifest(path)["data"]
+    shutil.rmtree(os.path.join(path, data, "a"))  # array data gone: inspect must not need it
     info = jaxckpt.inspect(path)
     leaves = {leaf.path: leaf for leaf in info.leaves}
     assert set(leaves) == {"['params']['b']", "['params']['w']", "['key']", "['name']",

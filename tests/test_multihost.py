@@ -87,6 +87,14 @@ def test_two_processes_save_and_restore_onto_other_topologies(tmp_path):
                                                 [4, 8, 4]]
     assert where["['params']['repl']"][0] == "packed"
     assert where["['host']"][0] == "packed"
+    # Each process's digests of the pieces it wrote reached process 0's manifest.
+    digests = {"".join(f"[{k!r}]" for _, k in leaf["path"]): leaf.get("xxh3")
+               for leaf in jaxckpt._checkpoint.read_manifest(d / "ckpt-3")["leaves"]}
+    assert [index for index, _ in digests["['params']['big']"]] == [
+        [[r, r + 512], [0, 512]] for r in range(0, 2048, 512)]
+    assert [index for index, _ in digests["['params']['grid']"]] == [
+        [[0, 64], [c, c + 8]] for c in range(0, 32, 8)]
+    assert len(digests["['host']"]) == 1
 
     one = run("restore", d, nproc=1, devices=4, mesh="2x2")
     assert one[0]["step"] == 3 and one[0]["shards_checked"] == 16

@@ -29,7 +29,8 @@ def _tree(seed: int) -> dict:
 
 
 def _shard_files(path) -> list[str]:
-    d = os.path.join(path, "packed", "c")
+    data = _checkpoint.read_manifest(str(path)).get("data", "")
+    d = os.path.join(path, data, "packed", "c")
     return sorted(os.path.join(d, f) for f in os.listdir(d))
 
 
@@ -66,7 +67,8 @@ def test_saves_in_turn_hold_their_own_bytes_and_zero_padding(tmp_path):
     odd = next(leaf for leaf in manifest["leaves"] if leaf["path"] == [["k", "odd"]])
     _, off, nbytes = odd["where"]
     end = -(-(off + nbytes) // _storage.PACK_ALIGN) * _storage.PACK_ALIGN
-    spec = _storage.array_spec({"driver": "file", "path": os.path.join(p2, "packed")},
+    spec = _storage.array_spec({"driver": "file",
+                                "path": os.path.join(p2, manifest["data"], "packed")},
                                [manifest["packed_nbytes"]], [manifest["packed_shard"]],
                                [manifest["packed_chunk"]], create=False)
     store = _storage.open_array(spec).result()
