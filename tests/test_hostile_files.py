@@ -202,10 +202,9 @@ def test_untouched_manifest_and_forward_fields_still_read(saved, tmp_path):
     m = _manifest(path)
     m["future_field"] = {"x": 1}
     _leaf(m, "w")["future"] = 1
-    _leaf(m, "w")["xxh3"] = [[[[0, 3], [0, 4]], "0123456789abcdef" * 2]]
-    m["data"] = "d-0123abcd"
-    os.mkdir(os.path.join(path, "d-0123abcd"))
-    os.rename(os.path.join(path, "a"), os.path.join(path, "d-0123abcd", "a"))
+    assert _leaf(m, "big")["xxh3"]  # format 3 records the digests it checks
+    os.rename(os.path.join(path, m["data"]), os.path.join(path, "d-0123abcd"))
+    m["data"] = "d-0123abcd"  # any well-formed data prefix is followed
     _write_manifest(path, m)
     jaxckpt.verify(path)
     got = jaxckpt.restore(path)
@@ -219,9 +218,10 @@ def test_array_name_cannot_read_another_checkpoint(tmp_path):
     jaxckpt.save(str(tmp_path / "mine"), {"big": np.zeros(BIG, np.int32)})
     path = str(tmp_path / "mine")
     m = _manifest(path)
-    m["leaves"][0]["where"][1] = "../../other/a/0"
+    other = _manifest(str(tmp_path / "other"))["data"]
+    m["leaves"][0]["where"][1] = f"../../../other/{other}/a/0"
     _write_manifest(path, m)
-    shutil.rmtree(os.path.join(path, "a"))
+    shutil.rmtree(os.path.join(path, m["data"], "a"))
     TALLY["corruptions tried"] += 1
     for read in (jaxckpt.verify, jaxckpt.restore):
         with pytest.raises(CorruptCheckpointError, match="array name"):
