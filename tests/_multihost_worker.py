@@ -123,10 +123,43 @@ def main() -> None:
         print("OK " + json.dumps(facts), flush=True)
         # A peer is dead: skip jax.distributed's shutdown handshake.
         os._exit(0)
+    elif scenario == "agree":
+        # The rounds: save 3, wait, close, reopen, restore the latest.
+        import contextlib
+        import time
+
+        from jaxckpt import _faults
+
+        rounds = int(os.environ.get("JAXCKPT_AGREE_ROUNDS", "4"))
+        facts["steps"], facts["latest"] = [], []
+        # A loaded host: process 0 is slow between its commit and its state file.
+        slow = (_faults.armed("manager.committed", lambda name: time.sleep(0.3))
+                if pid == 0 else contextlib.nullcontext())
+        with slow:
+            agree_rounds(directory, mesh, rounds, facts)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("OK " + json.dumps(facts), flush=True)
     jax.distributed.shutdown()
+
+
+def agree_rounds(directory: str, mesh, rounds: int, facts: dict) -> None:
+    import jaxckpt
+
+    for r in range(rounds):
+        d = os.path.join(directory, str(r))
+        with jaxckpt.CheckpointManager(d, max_to_keep=2) as m:
+            for step in (1, 2, 3):
+                m.save(state(mesh, step), checkpoint_number=step)
+            m.wait_until_finished()
+        with jaxckpt.CheckpointManager(d, max_to_keep=2) as m:
+            facts["latest"].append(os.path.basename(m.latest_checkpoint or ""))
+            out = m.restore(None, target(mesh))
+            step = int(out["step"])
+            check(out, step)
+            facts["steps"].append(step)
+        facts.setdefault("module_latest", []).append(
+            os.path.basename(jaxckpt.latest_checkpoint(d) or ""))
 
 
 if __name__ == "__main__":
