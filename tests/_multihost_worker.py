@@ -137,6 +137,19 @@ def main() -> None:
                 if pid == 0 else contextlib.nullcontext())
         with slow:
             agree_rounds(directory, mesh, rounds, facts)
+    elif scenario == "absent":
+        absent(directory, mesh, pid, os.environ["JAXCKPT_ABSENT_PHASE"], facts)
+        print("OK " + json.dumps(facts), flush=True)
+        os._exit(0)  # a peer is gone: skip jax.distributed's shutdown handshake
+    elif scenario == "crash_loop":
+        crash_loop(directory, mesh)
+    elif scenario == "crash_check":
+        with jaxckpt.CheckpointManager(directory, max_to_keep=3,
+                                       coordination_timeout_s=60) as m:
+            out = m.restore(None, small(mesh, None))
+            facts["step"] = int(out["step"])
+            facts["latest"] = os.path.basename(m.latest_checkpoint)
+            facts["shards_checked"] = small_check(out)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("OK " + json.dumps(facts), flush=True)
@@ -160,6 +173,66 @@ def agree_rounds(directory: str, mesh, rounds: int, facts: dict) -> None:
             facts["steps"].append(step)
         facts.setdefault("module_latest", []).append(
             os.path.basename(jaxckpt.latest_checkpoint(d) or ""))
+
+
+def small(mesh, step: int | None):
+    """A state for any process count: rows over every device (a target if step is None)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    shape = (8 * mesh.devices.size, 4)
+    sh = NamedSharding(mesh, P(mesh.axis_names))
+    if step is None:
+        return {"w": jax.ShapeDtypeStruct(shape, np.float32, sharding=sh), "step": 0}
+    return {"w": jax.make_array_from_callback(shape, sh, lambda idx: value("w", shape, step)[idx]),
+            "step": step}
+
+
+def small_check(out: dict) -> int:
+    step = int(out["step"])
+    want = value("w", out["w"].shape, step)
+    for shard in out["w"].addressable_shards:
+        assert np.asarray(shard.data).tobytes() == want[shard.index].tobytes(), shard.index
+    return len(out["w"].addressable_shards)
+
+
+def absent(directory: str, mesh, pid: int, phase: str, facts: dict) -> None:
+    """Process 2 of 3 never opens its manager, never restores, or dies before
+    close (``phase``); the others must raise naming it, never hang."""
+    import signal
+
+    import jaxckpt
+
+    facts["error"] = None
+    if phase == "open" and pid == 2:
+        return
+    try:
+        m = jaxckpt.CheckpointManager(directory, coordination_timeout_s=3)
+        if phase == "open":
+            return
+        m.save(small(mesh, 1), checkpoint_number=1)
+        m.wait_until_finished()
+        if pid == 2:
+            if phase == "close":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+        if phase == "restore":
+            m.restore(None, small(mesh, None))
+        m.close()
+    except (TimeoutError, jaxckpt.CheckpointError) as e:
+        facts["error"] = f"{type(e).__name__}: {e}"
+
+
+def crash_loop(directory: str, mesh) -> None:
+    """Saves step after step; prints ``SAVED <n>`` once save n is finished."""
+    import jaxckpt
+
+    with jaxckpt.CheckpointManager(directory, max_to_keep=3, coordination_timeout_s=60) as m:
+        start = m.restore(None, small(mesh, None))["step"] + 1 if m.latest_checkpoint else 1
+        for step in range(start, start + 1000):
+            m.save(small(mesh, step), checkpoint_number=step)
+            m.wait_until_finished()
+            print(f"SAVED {step}", flush=True)
 
 
 if __name__ == "__main__":

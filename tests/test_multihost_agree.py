@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 from test_multihost import run  # noqa: E402
 
@@ -23,3 +25,16 @@ def test_every_process_restores_the_same_latest_checkpoint(tmp_path):
         assert f["latest"] == ["ckpt-3"] * len(f["latest"]), f
         assert f["steps"] == [3] * len(f["steps"]), f
         assert f["module_latest"] == ["ckpt-3"] * len(f["steps"]), f
+
+
+@pytest.mark.parametrize("phase", ["open", "restore", "close"])
+def test_an_absent_process_is_named_not_waited_for(tmp_path, phase):
+    # Process 2 of 3 never opens its manager, never restores, or dies before close.
+    facts = run("absent", tmp_path / "run", nproc=3, devices=1, mesh="3",
+                extra_env={i: {"JAXCKPT_ABSENT_PHASE": phase} for i in range(3)},
+                allow_dead={2} if phase == "close" else set())
+    what = {"open": "open its manager", "restore": "ask which checkpoint to restore",
+            "close": "close its manager"}[phase]
+    for f in facts[:2]:
+        assert f["error"] is not None and "TimeoutError" in f["error"], (phase, f)
+        assert f"process 2 of 3 did not {what} within 3 s" in f["error"], (phase, f)
