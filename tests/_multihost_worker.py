@@ -228,7 +228,13 @@ def crash_loop(directory: str, mesh) -> None:
     import jaxckpt
 
     with jaxckpt.CheckpointManager(directory, max_to_keep=3, coordination_timeout_s=60) as m:
-        start = m.restore(None, small(mesh, None))["step"] + 1 if m.latest_checkpoint else 1
+        facts = {"step": 0, "latest": None, "shards_checked": 0}
+        if m.latest_checkpoint:  # what this start restored, checked bit-exact
+            out = m.restore(None, small(mesh, None))
+            facts = {"step": int(out["step"]), "latest": os.path.basename(m.latest_checkpoint),
+                     "shards_checked": small_check(out)}
+        print("START " + json.dumps(facts), flush=True)
+        start = facts["step"] + 1
         for step in range(start, start + 1000):
             m.save(small(mesh, step), checkpoint_number=step)
             m.wait_until_finished()
