@@ -141,6 +141,18 @@ def main() -> None:
         absent(directory, mesh, pid, os.environ["JAXCKPT_ABSENT_PHASE"], facts)
         print("OK " + json.dumps(facts), flush=True)
         os._exit(0)  # a peer is gone: skip jax.distributed's shutdown handshake
+    elif scenario == "scale":
+        import time
+
+        with jaxckpt.CheckpointManager(directory, coordination_timeout_s=120) as m:
+            t0 = time.perf_counter()
+            m.save(small(mesh, 1), checkpoint_number=1)
+            m.wait_until_finished()
+            facts["save_s"] = time.perf_counter() - t0
+            facts["write_s"] = m.last_save_stats.write_s
+            t0 = time.perf_counter()
+            facts["shards_checked"] = small_check(m.restore(None, small(mesh, None)))
+            facts["restore_s"] = time.perf_counter() - t0
     elif scenario == "crash_loop":
         crash_loop(directory, mesh)
     elif scenario == "crash_check":
