@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones;
+# 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones,
+# 30 multi-process kill rounds (JAXCKPT_MP_CRASH_ROUNDS) and the 64-process scale test;
 # the last line counts the rounds run and survived.
 torture: $(STAMP)
-	JAXCKPT_CRASH_ROUNDS=$${JAXCKPT_CRASH_ROUNDS:-200} $(BIN)/python -m pytest -q tests/test_crash.py
+	JAXCKPT_CRASH_ROUNDS=$${JAXCKPT_CRASH_ROUNDS:-200} \
+	JAXCKPT_MP_CRASH_ROUNDS=$${JAXCKPT_MP_CRASH_ROUNDS:-30} JAXCKPT_SCALE_PROCESSES=64 \
+	$(BIN)/python -m pytest -q tests/test_crash.py tests/test_multihost_crash.py \
+	tests/test_multihost_scale.py
 
 demo: $(STAMP)
 	$(BIN)/jaxckpt demo

@@ -11,7 +11,8 @@ import threading
 import time
 from typing import Any
 
-from . import _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore, _snapshot
+from . import _agree, _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore
+from . import _snapshot
 from . import _faults, _state_file
 from .errors import CorruptCheckpointError
 
@@ -67,7 +68,8 @@ def save(
 
 
 def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = False,
-            progress: bool = False) -> Any:
+            progress: bool = False,
+            coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S) -> Any:
     """Reads the checkpoint at ``path``.
 
     Args:
@@ -78,9 +80,13 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         partial: the target names a subset of the saved leaves; only those
             are read.
         progress: show a progress bar (rich, on stderr) of the bytes read.
+        coordination_timeout_s: in a multi-process program, how long process
+            0 waits for every process's outcome.
 
     Blocks until every requested leaf is read and checked. Thread-safe. A
     restore racing a save of the same path gives all of one save or the other.
+    In a multi-process program every process calls it alike; it returns only
+    if the restore worked on every process, else every process raises.
 
     Raises:
         CheckpointNotFoundError: no committed checkpoint at ``path``, or it
@@ -88,7 +94,19 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         StructureMismatchError: ``target`` does not fit, naming every key path.
         CorruptCheckpointError: stored bytes fail their checksums, or are not
             the bytes the manifest recorded (swapped or copied from another save).
+        TimeoutError: another process did not restore it in time (named).
     """
+    if _multihost.process_count() == 1:
+        return restore_here(path, target, partial=partial, progress=progress)
+    where = str(_location.locate(path))
+    return _agree.for_call("restore", where, coordination_timeout_s).together(
+        f"restore {_agree.name(where)}",
+        lambda: restore_here(path, target, partial=partial, progress=progress))
+
+
+def restore_here(path: str | os.PathLike, target: Any = None, *, partial: bool = False,
+                 progress: bool = False) -> Any:
+    """``restore`` in this process alone."""
     def read(reader: _checkpoint.Reader) -> Any:
         # A partial restore reads less than the bar's total; the bar completes at the end.
         with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path),
@@ -138,7 +156,9 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
 _READ_TRIES = 8
 
 
-def latest_checkpoint(directory: str | os.PathLike) -> str | None:
+def latest_checkpoint(directory: str | os.PathLike, *,
+                      coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S
+                      ) -> str | None:
     """The newest committed checkpoint named in ``<directory>/checkpoint``, or None.
 
     Safe to call while a manager saves and deletes in ``directory``: when
@@ -148,13 +168,32 @@ def latest_checkpoint(directory: str | os.PathLike) -> str | None:
     checkpoints are there (a CheckpointManager adopts them; this reads only
     the state file).
 
+    In a multi-process program every process calls it alike: process 0 reads
+    the state file and every process returns its answer (process 0 waits up
+    to ``coordination_timeout_s`` for the others' calls).
+
     Raises:
         CorruptCheckpointError: the state file exists but cannot be parsed.
         NotADirectoryError: ``directory`` is a file.
+        TimeoutError: another process did not call it in time (named).
     """
     root = _location.locate(directory)
     if root.is_local and os.path.isfile(root.path):
         raise NotADirectoryError(errno.ENOTDIR, "checkpoint directory is a file", root.path)
+    if _multihost.process_count() == 1:
+        return latest_here(root)
+    agree = _agree.for_call("latest", str(root), coordination_timeout_s)
+
+    def read() -> str:
+        found = latest_here(root)
+        return "" if found is None else _state_file.relative(root, found)
+
+    rel = agree.share("ask for the latest checkpoint", read)
+    return _state_file.resolve(root, rel) if rel else None
+
+
+def latest_here(root: _location.Dir) -> str | None:
+    """``latest_checkpoint`` in this process alone."""
     state = _state_file.read(root)
     if state is None:
         _warn_if_unrecorded(root)

@@ -196,7 +196,7 @@ def list_checkpoints(
             if head not in named:
                 named.append(head)
     active = set(named)
-    latest = _api.latest_checkpoint(root)
+    latest = _api.latest_here(root)
     pending_paths = {str(_location.locate(p)) for p in pending}
     pending_numbers = {}
     for p in pending_paths:

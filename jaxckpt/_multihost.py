@@ -60,7 +60,8 @@ class SaveCoordinator:
     job. Every wait is bounded by ``timeout_s``.
     """
 
-    def __init__(self, scope_key: str, seq: int, what: str, timeout_s: float):
+    def __init__(self, scope_key: str, seq: int, what: str, timeout_s: float,
+                 hold_commit: bool = False):
         self.count = process_count()
         self.index = process_index()
         self.primary = self.index == 0
@@ -68,6 +69,10 @@ class SaveCoordinator:
         self.timeout_s = float(timeout_s)
         self._prefix = f"{scope_key}/{seq}"
         self._previous = f"{scope_key}/{seq - 1}" if seq > 0 else None
+        # A manager's save is finished only once process 0 published it (state
+        # file replaced, retention applied): it holds the announcement until then.
+        self.hold_commit = hold_commit
+        self.decision = ""  # what process 0 published with the commit (its retention)
 
     @property
     def multi(self) -> bool:
@@ -167,15 +172,34 @@ class SaveCoordinator:
 
     def announce(self, error: BaseException | None) -> None:
         """Process 0: tells the others whether the checkpoint was committed."""
+        if self.multi and self.primary and not (error is None and self.hold_commit):
+            self.published(error)
+
+    def published(self, error: BaseException | None, decision: str = "") -> None:
+        """Process 0: the checkpoint is published (or failed): releases the others."""
         if self.multi and self.primary:
-            self._set("commit", _OK if error is None else repr(error))
+            from . import _agree
+
+            _agree._put(_client(), f"{self._prefix}/commit",
+                        (f"{_OK} {decision}" if decision else _OK) if error is None
+                        else repr(error))
 
     def wait_commit(self) -> None:
-        """The other processes: returns once process 0 committed the checkpoint."""
+        """The other processes: returns once process 0 committed the checkpoint
+        (for a manager's save: and published it), keeping its ``decision``."""
         if not self.multi or self.primary:
             return
+        from . import _agree
+
         # Process 0 first waits up to timeout_s for every part, then commits.
-        value = self._get("commit", 2 * self.timeout_s + 60, "process 0",
-                          "commit the checkpoint")
-        if value != _OK:
+        wait = _agree.leader_wait(self.timeout_s)
+        try:
+            value = _agree._get(_client(), f"{self._prefix}/commit", wait)
+        except TimeoutError as e:
+            raise TimeoutError(
+                f"{self.what}: process 0 of {self.count} did not commit and publish it within "
+                f"{wait:g} s (waiting in process {self.index}); it failed, died or is late") from e
+        word, _, decision = value.partition(" ")
+        if word != _OK:
             raise CheckpointError(f"{self.what}: process 0 did not commit it: {value}")
+        self.decision = decision

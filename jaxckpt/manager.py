@@ -7,6 +7,7 @@ replace the state file, and only then delete what the retention rules drop.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -16,7 +17,7 @@ import warnings
 from typing import Any, Callable
 
 
-from . import (_api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
+from . import (_agree, _api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
                _multihost, _snapshot, _state_file)
 from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats
 from ._options import as_number
@@ -106,6 +107,9 @@ class CheckpointManager:
             raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
         self._scope = _multihost.scope(self._dir, "mngr", _registry.instance_number(self._dir))
         self._seq = 0
+        # Decisions shared by every process (process 0 decides; see _agree).
+        self._agree = _agree.Agreement(self._scope + "/agree", self._timeout, self._dir)
+        self._closed_together = False
         self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
         self._lock = threading.Lock()  # guards pending
@@ -122,11 +126,7 @@ class CheckpointManager:
             self._dir_lock = None if read_only else _lock.acquire(self._dir)
             try:
                 # Process 0 alone cleans up (and commits, and deletes); a reader never.
-                # Leftovers first: a crash inside a replace may have left checkpoint
-                # N under a leftover's name only, which the sweep puts back.
-                if self._primary and not read_only:
-                    _commit.sweep_leftovers(self._root, self._name)
-                self._recover()
+                self._recover(opening=True)
                 if self._primary and not read_only:
                     if self._named is not None:
                         _deletions.sweep(self._root, self._name, self._named)
@@ -147,9 +147,27 @@ class CheckpointManager:
 
     # ------------------------------------------------------------ recovery
 
-    def _recover(self) -> None:
-        found = _recovery.recover(self._root, self._number_of, self._checkpoint_path,
-                                  _options.clock_reading(self._clock))
+    def _recover(self, opening: bool = False) -> None:
+        def here() -> _recovery.Found:
+            if opening and self._primary and not self._read_only:
+                # Leftovers first: a crash inside a replace may have left checkpoint
+                # N under a leftover's name only, which the sweep puts back.
+                _commit.sweep_leftovers(self._root, self._name)
+            return _recovery.recover(self._root, self._number_of, self._checkpoint_path,
+                                     _options.clock_reading(self._clock))
+
+        if opening and self._agree.multi and not self._read_only:
+            # Process 0 alone reads the directory; the others take its view.
+            mine: list[_recovery.Found] = []
+
+            def decide() -> str:
+                mine.append(here())
+                return _agree.encode_found(self._root, mine[0])
+
+            shared = self._agree.share("open its manager", decide)
+            found = mine[0] if mine else _agree.decode_found(self._root, shared)
+        else:
+            found = here()
         self._max_number, self._named = found.max_number, found.named
         self._catalog = _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
@@ -218,7 +236,8 @@ class CheckpointManager:
         """
         path = self._checkpoint_path(number)
         seq = self._seq + 1
-        coord = _multihost.SaveCoordinator(self._scope, seq, path, self._timeout)
+        coord = _multihost.SaveCoordinator(self._scope, seq, path, self._timeout,
+                                           hold_commit=True)
         done = threading.Event()
         with self._lock:
             self._pending[path] = done
@@ -256,7 +275,16 @@ class CheckpointManager:
             except BaseException:
                 self._catalog.discard(publication)
                 raise
-            delete = self._catalog.publish(publication)
+            if coord.decision:  # not process 0: its retention decision, as published
+                publication.kept, publication.delete = _agree.decode_kept(self._root,
+                                                                          coord.decision)
+            try:
+                delete = self._catalog.publish(publication)
+            except BaseException as e:
+                coord.published(e)
+                raise
+            coord.published(None, _agree.encode_kept(self._root, publication.kept, delete)
+                            if coord.multi else "")
             elapsed = time.perf_counter() - begin
             log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
                      elapsed, f", deleted {len(delete)} old" if delete else "")
@@ -328,10 +356,34 @@ class CheckpointManager:
     def close(self) -> None:
         """Waits for pending saves and stops the writer; idempotent.
 
+        In a multi-process program every process's first ``close`` waits (up
+        to ``coordination_timeout_s``) until every process closed its manager.
+
         Raises:
             CheckpointWriteError: a background save failed.
+            TimeoutError: another process did not close its manager in time (named).
         """
-        self._close("close() was called")
+        failed = True
+        try:
+            self._close("close() was called")
+            failed = False
+        finally:
+            self._close_together(quiet=failed)
+
+    def _close_together(self, quiet: bool) -> None:
+        if self._closed_together or not self._agree.multi or self._writer.pid != os.getpid():
+            return
+        self._closed_together = True
+        from jax._src import distributed
+
+        if distributed.global_state.client is None:  # shut down already: nothing to wait on
+            return
+        try:
+            self._agree.exchange("close its manager", "", lambda _: "")
+        except Exception as e:
+            if not quiet:
+                raise
+            log.warning("%s: closing together failed: %r", self._dir, e)
 
     def _close(self, why: str) -> None:
         if self._writer.pid != os.getpid():
@@ -455,23 +507,42 @@ class CheckpointManager:
         if checkpoint is None:
             _faults.point("manager.restore_waits")
             self._writer.wait()
-            path = self.latest_checkpoint
+            path = self._agreed(self.latest_checkpoint)
             if path is None:
                 raise CheckpointNotFoundError(f"no committed checkpoint in {self._dir}")
         else:
             path = self._path_for(checkpoint)
-            with self._lock:
-                done = self._pending.get(path)
-            if done is not None:
-                _faults.point("manager.restore_waits")
-                done.wait()
-        result = _api.restore(path, target, partial=partial, progress=progress)
+        # Every process restores, and all raise if it failed on any of them.
+        result = self._agree.together(f"restore {_agree.name(path)}", lambda: self._restore_here(
+            path, target, partial=partial, progress=progress))
+        self._read_step(path, result)
+        return result
+
+    def _agreed(self, path: str | None) -> str | None:
+        """Process 0's ``path`` (the latest checkpoint), on every process."""
+        if not self._agree.multi:
+            return path
+        rel = self._agree.share(
+            "ask which checkpoint to restore",
+            lambda: "" if path is None else _state_file.relative(self._root, path))
+        return _state_file.resolve(self._root, rel) if rel else None
+
+    def _restore_here(self, path: str, target: Any, *, partial: bool = False,
+                      progress: bool = False) -> Any:
+        """This process's part of a restore, once its pending save of ``path`` is done."""
+        with self._lock:
+            done = self._pending.get(path)
+        if done is not None:
+            _faults.point("manager.restore_waits")
+            done.wait()
+        return _api.restore_here(path, target, partial=partial, progress=progress)
+
+    def _read_step(self, path: str, result: Any) -> None:
         if self._interval is not None:
             try:
                 self._last_step = as_number(self._step_counter(result), "step_counter(state)")
             except Exception as e:
                 log.warning("step_counter could not read the restored state of %s: %r", path, e)
-        return result
 
     def restore_or_initialize(self, target: Any = None) -> Any:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
@@ -513,9 +584,21 @@ class CheckpointManager:
         """
         self._writer.wait()
         damaged = []
-        for path in self._catalog.newest_first():
+        candidates = self._catalog.newest_first()
+        if self._agree.multi:  # process 0's order: every process falls back alike
+            rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
+            candidates = [_state_file.resolve(self._root, p) for p in json.loads(
+                self._agree.share("ask which checkpoints to restore",
+                                  lambda: json.dumps([rel(p) for p in candidates])))]
+        for path in candidates:
             try:
-                return path, (self.restore(path, target) if restore is None else restore(path))
+                if restore is not None:
+                    return path, self._agree.together(f"restore {_agree.name(path)}",
+                                                      lambda: restore(path))
+                result = self._agree.together(f"restore {_agree.name(path)}",
+                                              lambda: self._restore_here(path, target))
+                self._read_step(path, result)
+                return path, result
             except (CorruptCheckpointError, CheckpointNotFoundError) as e:
                 log.warning("checkpoint %s cannot be restored, falling back to an older one: %s",
                             path, e)

@@ -123,10 +123,134 @@ def main() -> None:
         print("OK " + json.dumps(facts), flush=True)
         # A peer is dead: skip jax.distributed's shutdown handshake.
         os._exit(0)
+    elif scenario == "agree":
+        # The issue's rounds: save 3, wait, close, reopen, restore the latest.
+        import contextlib
+        import time
+
+        from jaxckpt import _faults
+
+        rounds = int(os.environ.get("JAXCKPT_AGREE_ROUNDS", "4"))
+        facts["steps"], facts["latest"] = [], []
+        # A loaded host: process 0 is slow between its commit and its state file.
+        slow = (_faults.armed("manager.committed", lambda name: time.sleep(0.3))
+                if pid == 0 else contextlib.nullcontext())
+        with slow:
+            agree_rounds(directory, mesh, rounds, facts)
+    elif scenario == "absent":
+        absent(directory, mesh, pid, os.environ["JAXCKPT_ABSENT_PHASE"], facts)
+        print("OK " + json.dumps(facts), flush=True)
+        os._exit(0)  # a peer is gone: skip jax.distributed's shutdown handshake
+    elif scenario == "scale":
+        import time
+
+        with jaxckpt.CheckpointManager(directory, coordination_timeout_s=120) as m:
+            t0 = time.perf_counter()
+            m.save(small(mesh, 1), checkpoint_number=1)
+            m.wait_until_finished()
+            facts["save_s"] = time.perf_counter() - t0
+            facts["write_s"] = m.last_save_stats.write_s
+            t0 = time.perf_counter()
+            facts["shards_checked"] = small_check(m.restore(None, small(mesh, None)))
+            facts["restore_s"] = time.perf_counter() - t0
+    elif scenario == "crash_loop":
+        crash_loop(directory, mesh)
+    elif scenario == "crash_check":
+        with jaxckpt.CheckpointManager(directory, max_to_keep=3,
+                                       coordination_timeout_s=60) as m:
+            out = m.restore(None, small(mesh, None))
+            facts["step"] = int(out["step"])
+            facts["latest"] = os.path.basename(m.latest_checkpoint)
+            facts["shards_checked"] = small_check(out)
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("OK " + json.dumps(facts), flush=True)
     jax.distributed.shutdown()
+
+
+def agree_rounds(directory: str, mesh, rounds: int, facts: dict) -> None:
+    import jaxckpt
+
+    for r in range(rounds):
+        d = os.path.join(directory, str(r))
+        with jaxckpt.CheckpointManager(d, max_to_keep=2) as m:
+            for step in (1, 2, 3):
+                m.save(state(mesh, step), checkpoint_number=step)
+            m.wait_until_finished()
+        with jaxckpt.CheckpointManager(d, max_to_keep=2) as m:
+            facts["latest"].append(os.path.basename(m.latest_checkpoint or ""))
+            out = m.restore(None, target(mesh))
+            step = int(out["step"])
+            check(out, step)
+            facts["steps"].append(step)
+        facts.setdefault("module_latest", []).append(
+            os.path.basename(jaxckpt.latest_checkpoint(d) or ""))
+
+
+def small(mesh, step: int | None):
+    """A state for any process count: rows over every device (a target if step is None)."""
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    shape = (8 * mesh.devices.size, 4)
+    sh = NamedSharding(mesh, P(mesh.axis_names))
+    if step is None:
+        return {"w": jax.ShapeDtypeStruct(shape, np.float32, sharding=sh), "step": 0}
+    return {"w": jax.make_array_from_callback(shape, sh, lambda idx: value("w", shape, step)[idx]),
+            "step": step}
+
+
+def small_check(out: dict) -> int:
+    step = int(out["step"])
+    want = value("w", out["w"].shape, step)
+    for shard in out["w"].addressable_shards:
+        assert np.asarray(shard.data).tobytes() == want[shard.index].tobytes(), shard.index
+    return len(out["w"].addressable_shards)
+
+
+def absent(directory: str, mesh, pid: int, phase: str, facts: dict) -> None:
+    """Process 2 of 3 never opens its manager, never restores, or dies before
+    close (``phase``); the others must raise naming it, never hang."""
+    import signal
+
+    import jaxckpt
+
+    facts["error"] = None
+    if phase == "open" and pid == 2:
+        return
+    try:
+        m = jaxckpt.CheckpointManager(directory, coordination_timeout_s=3)
+        if phase == "open":
+            return
+        m.save(small(mesh, 1), checkpoint_number=1)
+        m.wait_until_finished()
+        if pid == 2:
+            if phase == "close":
+                os.kill(os.getpid(), signal.SIGKILL)
+            return
+        if phase == "restore":
+            m.restore(None, small(mesh, None))
+        m.close()
+    except (TimeoutError, jaxckpt.CheckpointError) as e:
+        facts["error"] = f"{type(e).__name__}: {e}"
+
+
+def crash_loop(directory: str, mesh) -> None:
+    """Saves step after step; prints ``SAVED <n>`` once save n is finished."""
+    import jaxckpt
+
+    with jaxckpt.CheckpointManager(directory, max_to_keep=3, coordination_timeout_s=60) as m:
+        facts = {"step": 0, "latest": None, "shards_checked": 0}
+        if m.latest_checkpoint:  # what this start restored, checked bit-exact
+            out = m.restore(None, small(mesh, None))
+            facts = {"step": int(out["step"]), "latest": os.path.basename(m.latest_checkpoint),
+                     "shards_checked": small_check(out)}
+        print("START " + json.dumps(facts), flush=True)
+        start = facts["step"] + 1
+        for step in range(start, start + 1000):
+            m.save(small(mesh, step), checkpoint_number=step)
+            m.wait_until_finished()
+            print(f"SAVED {step}", flush=True)
 
 
 if __name__ == "__main__":
