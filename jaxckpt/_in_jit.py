@@ -28,12 +28,24 @@ it as ``CheckpointWriteError``, as it does for a failed write.
 
 On asynchronous backends a jitted call returns before its callbacks have run,
 so the manager's host calls first wait for them (``drain``, ``wait_ready``).
+
+In a multi-process program the save is collective: the taken branch holds one
+ordered callback per process, each pinned to that process's first device, so
+every process's callback runs for the same steps in the same order and
+queues the same numbered save (the ``SaveCoordinator`` keys pair up; process
+0 commits once every part is durable). The sharding of a traced value is not
+known while tracing, so the layout on disk is jaxckpt's own (``_parts``): a
+large leaf is split into one block per process along its first axis that the
+process count divides, and process ``p``'s callback receives block ``p`` only
+(XLA moves just that block, usually already on that process's devices);
+other leaves go whole to process 0, which packs the small ones.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import numbers
 import weakref
 from typing import Any
@@ -122,6 +134,111 @@ def _host_snapshot(slots: list[_Slot], arrays: tuple, metadata: dict | None) -> 
     return _snapshot.Snapshot(records, leaves, metadata)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Part:
+    """How one array operand is split among the processes of a multi-process save."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    axis: int | None  # split into equal blocks along it; None: whole, to process 0
+
+    def index(self, p: int, count: int) -> tuple[tuple[int, int], ...]:
+        """Process ``p``'s block as (start, stop) per axis."""
+        out = [(0, n) for n in self.shape]
+        size = self.shape[self.axis] // count
+        out[self.axis] = (p * size, (p + 1) * size)
+        return tuple(out)
+
+    def block(self, x: jax.Array, p: int, count: int) -> jax.Array:
+        if self.axis is None:
+            return x
+        start, stop = self.index(p, count)[self.axis]
+        return jax.lax.slice_in_dim(x, start, stop, axis=self.axis)
+
+
+def _parts(arrays: list[jax.Array], count: int) -> list[_Part]:
+    """Per array operand: split along the first axis ``count`` divides, if it is large.
+
+    Small leaves, and large ones no axis of which ``count`` divides, go whole
+    to process 0 (small ones into the packed array, as ``save`` does).
+    """
+    out = []
+    for x in arrays:
+        shape, dtype = tuple(x.shape), np.dtype(x.dtype)
+        axis = None
+        if not _snapshot._small(shape, dtype):
+            axis = next((a for a, n in enumerate(shape) if n >= count and n % count == 0), None)
+        out.append(_Part(shape, dtype, axis))
+    return out
+
+
+# In a multi-process program JAX copies a callback's operands onto the CPU
+# device before the callback sees them; a copy of 100 KiB or more runs on the
+# CPU client's thread pool, which the running computation can hold entirely
+# (on a 2-core host: one device in this callback, the other waiting at a
+# collective), so reading the operand would wait forever. Smaller copies are
+# made inline: each block travels as flat pieces of at most this size.
+_PIECE_BYTES = 64 << 10
+
+
+def _spans(size: int, itemsize: int) -> list[tuple[int, int]]:
+    per = max(1, _PIECE_BYTES // itemsize)
+    return [(i, min(i + per, size)) for i in range(0, size, per)]
+
+
+def _cut(block: jax.Array) -> list[jax.Array]:
+    """On device: ``block`` as flat pieces (see ``_PIECE_BYTES``)."""
+    flat = jnp.ravel(block)
+    return [jax.lax.slice(flat, (a,), (b,))
+            for a, b in _spans(flat.shape[0], np.dtype(block.dtype).itemsize)]
+
+
+def _join(pieces: Any, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """On the host: the next block of ``shape`` from the callback's pieces."""
+    spans = _spans(math.prod(shape), dtype.itemsize)
+    if not spans:
+        return np.empty(shape, dtype)
+    return np.concatenate([np.asarray(next(pieces)) for _ in spans]).reshape(shape)
+
+
+def _first_device(p: int) -> jax.Device:
+    return min((d for d in jax.devices() if d.process_index == p), key=lambda d: d.id)
+
+
+def _process_snapshot(slots: list[_Slot], parts: list[_Part], arrays: tuple,
+                      metadata: dict | None, me: int) -> _snapshot.Snapshot:
+    """This process's part of a multi-process save: its blocks of the split leaves;
+    on process 0 also the leaves it writes whole (``arrays`` holds just those)."""
+    count = jax.process_count()
+    records: list[dict] = []
+    leaves: list[_snapshot.ArrayLeaf] = []
+    it, part_it = iter(arrays), iter(parts)
+    for slot in slots:
+        record = dict(slot.record)
+        records.append(record)
+        if record["kind"] == "py":
+            continue
+        part = None if slot.static is not None else next(part_it)
+        if part is not None and part.axis is not None:
+            index = part.index(me, count)
+            data = _join(it, tuple(b - a for a, b in index), part.dtype)
+            leaves.append(_snapshot.ArrayLeaf(
+                record, data.dtype, part.shape, [_snapshot.Shard(index, data)],
+                tuple(b - a for a, b in index), exact=True))
+            continue
+        if me == 0:
+            data = (slot.static if slot.static is not None
+                    else _join(it, part.shape, part.dtype))
+            leaves.append(_snapshot.host_array(record, data))
+        else:  # process 0 writes it; this process only knows where it goes
+            static = slot.static
+            dtype = static.dtype if static is not None else part.dtype
+            shape = static.shape if static is not None else part.shape
+            leaves.append(_snapshot.ArrayLeaf(record, dtype, shape, [], shape,
+                                              packed=_snapshot._small(shape, dtype)))
+    return _snapshot.Snapshot(records, leaves, metadata)
+
+
 def _traced_int(value: Any, what: str) -> jax.Array:
     """A scalar integer for the device: a tracer as is, a Python int checked now."""
     if isinstance(value, bool):
@@ -151,11 +268,6 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     without the values is checked here, at trace time.
     """
     mngr._check_open()
-    if jax.process_count() > 1:
-        raise NotImplementedError(
-            "save_in_jit supports single-process programs only: the callback runs in one "
-            "process and multi-host saves need every process; call save() between "
-            "compiled calls instead")
     if not isinstance(check_interval, bool):
         raise TypeError(f"check_interval must be a Python bool, got {check_interval!r}")
     metadata = _snapshot.check_metadata(metadata)
@@ -175,6 +287,14 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     ref = weakref.ref(mngr)
     directory = mngr.directory
 
+    count = jax.process_count()
+    parts = _parts(arrays, count) if count > 1 else None
+
+    def snapshot(host: tuple) -> _snapshot.Snapshot:
+        if parts is None:
+            return _host_snapshot(slots, host, metadata)
+        return _process_snapshot(slots, parts, host, metadata, jax.process_index())
+
     def callback(step: Any, *rest: Any) -> None:
         at = int(np.asarray(step))
         try:
@@ -188,8 +308,7 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
                 log.error("save_in_jit: the CheckpointManager for %s was garbage-collected; "
                           "step %s was not saved", directory, at)
                 return
-            live._save_host_snapshot(lambda: _host_snapshot(slots, host, metadata),
-                                     at, n, check_interval)
+            live._save_host_snapshot(lambda: snapshot(host), at, n, check_interval)
         except Exception as e:  # raising here would abort the user's computation
             error = CheckpointError(f"save_in_jit of step {at} in {directory} failed in its "
                                     f"host callback: {e}")
@@ -205,7 +324,16 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     interval = mngr.checkpoint_interval
 
     def send(ops: list) -> None:
-        io_callback(callback, None, *ops, ordered=True)
+        if parts is None:
+            io_callback(callback, None, *ops, ordered=True)
+            return
+        scalars, values = ops[: len(ops) - len(arrays)], ops[len(ops) - len(arrays):]
+        for p in range(count):
+            mine = [piece for part, x in zip(parts, values)
+                    if part.axis is not None or p == 0
+                    for piece in _cut(part.block(x, p, count))]
+            io_callback(callback, None, *scalars, *mine, ordered=True,
+                        sharding=jax.sharding.SingleDeviceSharding(_first_device(p)))
 
     _TRACED.add(mngr)
     if interval is None or not check_interval:

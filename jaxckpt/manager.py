@@ -456,7 +456,9 @@ class CheckpointManager:
                 scalar (at trace time; nothing is compiled).
             ValueError: no ``step`` and no ``step_counter``, or a negative step.
             CheckpointError: the manager is closed.
-            NotImplementedError: in a multi-process program.
+
+        In a multi-process program every process must run it for the same
+        steps: each writes its own block of the large leaves (see the README).
         """
         self._check_writable()
         _in_jit.save(self, state, step, checkpoint_number, check_interval, metadata)

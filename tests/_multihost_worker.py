@@ -79,6 +79,83 @@ def check(out: dict, step: int) -> int:
     return n
 
 
+# in_jit: a state sharded over every device, trained by a jitted fori_loop
+# and then a scan that call save_in_jit every step. Step s holds
+# value(name, shape, s): each step adds the step-0 value (exact in float32).
+JIT_SHAPES = {
+    "big": (2048, 512),   # 4 MiB, rows over every device: each process its half
+    "wide": (3, 1 << 18), # 3 MiB, split on axis 1 (3 rows do not divide in two)
+    "odd": (1025, 513),   # 2.1 MiB, no axis divides: process 0 writes it whole
+    "small": (16, 8),     # packed by process 0
+}
+
+
+def jit_state(mesh, step: int) -> dict:
+    import jax
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    name = mesh.axis_names[0]
+    sh = {"big": P(name), "wide": P(None, name), "odd": P(), "small": P(name)}
+    return {n: jax.make_array_from_callback(
+                JIT_SHAPES[n], NamedSharding(mesh, sh[n]),
+                lambda idx, n=n: value(n, JIT_SHAPES[n], step)[idx])
+            for n in JIT_SHAPES}
+
+
+def jit_check(out: dict, step: int) -> int:
+    n = 0
+    for name, arr in out["params"].items():
+        want = value(name, JIT_SHAPES[name], step)
+        for shard in arr.addressable_shards:
+            assert np.asarray(shard.data).tobytes() == want[shard.index].tobytes(), name
+            n += 1
+    assert int(out["step"]) == step
+    assert np.array_equal(out["host"], np.arange(3))
+    return n
+
+
+def in_jit(directory: str, mesh) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    import jaxckpt
+
+    base = jit_state(mesh, 0)
+    start = {"params": base, "step": jnp.asarray(0)}
+    m = jaxckpt.CheckpointManager(directory, max_to_keep=3, checkpoint_interval=4,
+                                  step_counter=lambda s: s["step"])
+
+    def step_fn(state, base):
+        params = jax.tree.map(lambda p, b: p + b, state["params"], base)
+        state = {**state, "params": params, "step": state["step"] + 1}
+        # With a host leaf and a Python leaf, constants of the trace.
+        m.save_in_jit({**state, "host": np.arange(3), "note": "in-jit"})  # steps 4, 8, 12
+        return state
+
+    @jax.jit
+    def loop(state, base):
+        return jax.lax.fori_loop(0, 9, lambda i, s: step_fn(s, base), state)
+
+    @jax.jit
+    def scan(state, base):
+        return jax.lax.scan(lambda s, _: (step_fn(s, base), None), state, None, length=4)[0]
+
+    state = scan(loop(start, base), base)  # steps 1-9, then 10-13
+    m.wait_until_finished()
+    saved = [os.path.basename(p) for p in m.checkpoints]
+    m.close()
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
+                          start)
+    target.update(host=np.zeros(3, np.int64), note="")
+    with jaxckpt.CheckpointManager(directory, max_to_keep=3) as again:
+        latest = os.path.basename(again.latest_checkpoint)
+        out = again.restore(None, target)
+        checked = jit_check(out, 12)
+        jit_check(again.restore(8, target), 8)
+    jit_check({**state, "host": np.arange(3)}, 13)
+    return {"checkpoints": saved, "latest": latest, "shards_checked": checked}
+
+
 def main() -> None:
     scenario, directory, port, nproc, pid, mesh_shape = sys.argv[1:7]
     nproc, pid = int(nproc), int(pid)
@@ -162,6 +239,8 @@ def main() -> None:
             facts["step"] = int(out["step"])
             facts["latest"] = os.path.basename(m.latest_checkpoint)
             facts["shards_checked"] = small_check(out)
+    elif scenario == "in_jit":
+        facts.update(in_jit(directory, mesh))
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("OK " + json.dumps(facts), flush=True)
