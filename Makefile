@@ -10,6 +10,10 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# FUSE for the power-cut tests (tests/_lazyfs.py): Debian's fuse3, if missing.
+	command -v fusermount3 >/dev/null || { apt-get install -y -qq fuse3 || \
+	  { apt-get update -qq && apt-get install -y -qq fuse3; }; } || \
+	  echo "warning: fuse3 not installed; tests/test_power_cut.py cannot mount"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,demo]'
 	touch $(STAMP)
@@ -17,10 +21,12 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones;
-# the last line counts the rounds run and survived.
+# 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones,
+# then >= 1,000 simulated power cuts; each run's last line counts what ran and survived.
 torture: $(STAMP)
 	JAXCKPT_CRASH_ROUNDS=$${JAXCKPT_CRASH_ROUNDS:-200} $(BIN)/python -m pytest -q tests/test_crash.py
+# A simulated power cut after every file-system operation of longer save runs.
+	JAXCKPT_POWER_CUTS=all $(BIN)/python -m pytest -q tests/test_power_cut.py
 
 demo: $(STAMP)
 	$(BIN)/jaxckpt demo
