@@ -240,6 +240,10 @@ class Durable:
         self.durable_data: dict[int, bytes] = {}
         self.live_entries: dict[int, dict[str, int]] = {0: {}}
         self.durable_entries: dict[int, dict[str, int]] = {0: {}}
+        # Per directory, its entry changes since its last fsync, in order
+        # (name -> inode, or None for a removal): what a journal may or may
+        # not have written out when power went.
+        self.pending: dict[int, list[tuple[str, int | None]]] = {0: []}
 
     def apply(self, op: tuple) -> None:
         kind = op[0]
@@ -248,9 +252,11 @@ class Durable:
             self.kind[ino] = k
             if k == "d":
                 self.live_entries[ino], self.durable_entries[ino] = {}, {}
+                self.pending[ino] = []
             else:
                 self.live_data[ino], self.durable_data[ino] = bytearray(), b""
             self.live_entries[parent][name] = ino
+            self.pending[parent].append((name, ino))
         elif kind == "write":
             _, ino, offset, data = op
             buf = self.live_data[ino]
@@ -266,11 +272,13 @@ class Durable:
             ino = op[1]
             if self.kind[ino] == "d":
                 self.durable_entries[ino] = dict(self.live_entries[ino])
+                self.pending[ino] = []
             else:
                 self.durable_data[ino] = bytes(self.live_data[ino])
         elif kind == "unlink":
             _, parent, name = op
             del self.live_entries[parent][name]
+            self.pending[parent].append((name, None))
         elif kind == "rename":
             _, sp, sname, dp, dname, exchange = op
             src, dst = self.live_entries[sp], self.live_entries[dp]
@@ -278,23 +286,43 @@ class Durable:
             if exchange:
                 src[sname] = dst[dname]
             dst[dname] = moved
+            self.pending[sp].append((sname, src.get(sname)))
+            self.pending[dp].append((dname, moved))
         elif kind != "mark":
             raise ValueError(f"unknown log entry {op!r}")
 
-    def image(self) -> dict[str, bytes | None]:
-        """The durable tree: relative path -> file bytes (None for a directory)."""
+    def image(self, rng=None) -> dict[str, bytes | None]:
+        """The durable tree: relative path -> file bytes (None for a directory).
+
+        With ``rng`` (a ``random.Random``), each directory also keeps a random
+        prefix of its un-synced entry changes, as if the file system had
+        journaled some metadata on its own before the cut, independently per
+        directory; file data stays only what was fsync'd (the dangerous
+        order: a name that survives while its data does not)."""
         out: dict[str, bytes | None] = {}
 
-        def walk(ino: int, prefix: str) -> None:
-            for name, child in sorted(self.durable_entries[ino].items()):
+        def entries(ino: int) -> dict[str, int]:
+            got = dict(self.durable_entries[ino])
+            if rng is not None:
+                changes = self.pending[ino]
+                for name, child in changes[:rng.randint(0, len(changes))]:
+                    if child is None:
+                        got.pop(name, None)
+                    else:
+                        got[name] = child
+            return got
+
+        def walk(ino: int, prefix: str, above: frozenset) -> None:
+            for name, child in sorted(entries(ino).items()):
                 path = prefix + name
                 if self.kind[child] == "d":
-                    out[path] = None
-                    walk(child, path + "/")
+                    if child not in above:
+                        out[path] = None
+                        walk(child, path + "/", above | {child})
                 else:
                     out[path] = self.durable_data[child]
 
-        walk(0, "")
+        walk(0, "", frozenset([0]))
         return out
 
 
