@@ -240,10 +240,11 @@ class Durable:
         self.durable_data: dict[int, bytes] = {}
         self.live_entries: dict[int, dict[str, int]] = {0: {}}
         self.durable_entries: dict[int, dict[str, int]] = {0: {}}
-        # Per directory, its entry changes since its last fsync, in order
-        # (name -> inode, or None for a removal): what a journal may or may
+        # Per directory, its entry changes since its last fsync, in order, each
+        # a tuple of (name, inode or None for a removal) applied atomically (a
+        # rename within a directory is one change): what a journal may or may
         # not have written out when power went.
-        self.pending: dict[int, list[tuple[str, int | None]]] = {0: []}
+        self.pending: dict[int, list[tuple[tuple[str, int | None], ...]]] = {0: []}
 
     def apply(self, op: tuple) -> None:
         kind = op[0]
@@ -256,7 +257,7 @@ class Durable:
             else:
                 self.live_data[ino], self.durable_data[ino] = bytearray(), b""
             self.live_entries[parent][name] = ino
-            self.pending[parent].append((name, ino))
+            self.pending[parent].append(((name, ino),))
         elif kind == "write":
             _, ino, offset, data = op
             buf = self.live_data[ino]
@@ -278,7 +279,7 @@ class Durable:
         elif kind == "unlink":
             _, parent, name = op
             del self.live_entries[parent][name]
-            self.pending[parent].append((name, None))
+            self.pending[parent].append(((name, None),))
         elif kind == "rename":
             _, sp, sname, dp, dname, exchange = op
             src, dst = self.live_entries[sp], self.live_entries[dp]
@@ -286,8 +287,11 @@ class Durable:
             if exchange:
                 src[sname] = dst[dname]
             dst[dname] = moved
-            self.pending[sp].append((sname, src.get(sname)))
-            self.pending[dp].append((dname, moved))
+            if sp == dp:
+                self.pending[sp].append(((sname, src.get(sname)), (dname, moved)))
+            else:
+                self.pending[sp].append(((sname, src.get(sname)),))
+                self.pending[dp].append(((dname, moved),))
         elif kind != "mark":
             raise ValueError(f"unknown log entry {op!r}")
 
@@ -305,11 +309,12 @@ class Durable:
             got = dict(self.durable_entries[ino])
             if rng is not None:
                 changes = self.pending[ino]
-                for name, child in changes[:rng.randint(0, len(changes))]:
-                    if child is None:
-                        got.pop(name, None)
-                    else:
-                        got[name] = child
+                for change in changes[:rng.randint(0, len(changes))]:
+                    for name, child in change:
+                        if child is None:
+                            got.pop(name, None)
+                        else:
+                            got[name] = child
             return got
 
         def walk(ino: int, prefix: str, above: frozenset) -> None:
