@@ -10,6 +10,10 @@ venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+# FUSE for the power-cut tests (tests/_lazyfs.py): Debian's fuse3, if missing.
+	command -v fusermount3 >/dev/null || { apt-get install -y -qq fuse3 || \
+	  { apt-get update -qq && apt-get install -y -qq fuse3; }; } || \
+	  echo "warning: fuse3 not installed; tests/test_power_cut.py cannot mount"
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,demo]'
 	touch $(STAMP)
@@ -18,13 +22,15 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 # 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones,
-# 30 multi-process kill rounds (JAXCKPT_MP_CRASH_ROUNDS) and the 64-process scale test;
-# the last line counts the rounds run and survived.
+# 30 multi-process kill rounds (JAXCKPT_MP_CRASH_ROUNDS), the 64-process scale test,
+# then >= 1,000 simulated power cuts; each run's last line counts what ran and survived.
 torture: $(STAMP)
 	JAXCKPT_CRASH_ROUNDS=$${JAXCKPT_CRASH_ROUNDS:-200} \
 	JAXCKPT_MP_CRASH_ROUNDS=$${JAXCKPT_MP_CRASH_ROUNDS:-30} JAXCKPT_SCALE_PROCESSES=64 \
 	$(BIN)/python -m pytest -q tests/test_crash.py tests/test_multihost_crash.py \
 	tests/test_multihost_scale.py
+# A simulated power cut after every file-system operation of longer save runs.
+	JAXCKPT_POWER_CUTS=all $(BIN)/python -m pytest -q tests/test_power_cut.py
 
 demo: $(STAMP)
 	$(BIN)/jaxckpt demo

@@ -205,5 +205,20 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def makedirs_durably(path: str) -> None:
+    """``os.makedirs(path, exist_ok=True)``, then fsyncs the parent of each
+    directory it created: a new directory's name is durable only once its
+    parent is fsync'd, and without it a power cut can take a checkpoint
+    directory, and every committed checkpoint in it, away."""
+    created = []
+    p = os.path.abspath(path)
+    while not os.path.isdir(p):
+        created.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    for d in reversed(created):
+        fsync_dir(os.path.dirname(d))
+
+
 def write_file_durably(path: str, data: bytes) -> None:
     _location.LocalDir(os.path.dirname(path)).write(os.path.basename(path), data)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from . import (_agree, _api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
                _multihost, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats
+from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats, _storage
 from ._options import as_number
 from ._writer import Writer
 from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
@@ -121,7 +121,7 @@ class CheckpointManager:
             if not read_only:  # a reader leaves a writer in this process alone
                 _registry.take_over(self._dir)
             if self._root.is_local and not read_only:
-                os.makedirs(self._dir, exist_ok=True)
+                _storage.makedirs_durably(self._dir)
             # None: a URL, not process 0, or a reader (which may run beside the writer)
             self._dir_lock = None if read_only else _lock.acquire(self._dir)
             try:
