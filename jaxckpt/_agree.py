@@ -44,12 +44,14 @@ class Agreement:
     Thread-safe; the processes must call it in the same order.
     """
 
-    def __init__(self, scope_key: str, timeout_s: float, what: str):
+    def __init__(self, scope_key: str, timeout_s: float, what: str,
+                 stale_scope: str | None = None):
         self.count = _multihost.process_count()
         self.index = _multihost.process_index()
         self.timeout_s = float(timeout_s)
         self.what = what
         self._scope = scope_key
+        self._stale = stale_scope  # an earlier call's keys, read by everyone once we gather
         self._n = 0
         self._lock = threading.Lock()
 
@@ -83,9 +85,10 @@ class Agreement:
             return out
         try:
             inputs = [mine] + self._gather(client, prefix, phase)
-            if n > 1:
+            stale = f"{self._scope}/a{n - 1}" if n > 1 else self._stale
+            if stale is not None:
                 try:
-                    client.key_value_delete(f"{self._scope}/a{n - 1}")
+                    client.key_value_delete(stale)
                 except Exception:  # stale keys only cost memory in the coordinator
                     pass
             out = decide(inputs)
@@ -222,10 +225,16 @@ _calls_lock = threading.Lock()
 
 def for_call(kind: str, target: str, timeout_s: float) -> Agreement:
     """An agreement for one module-level call (``latest_checkpoint``, ``restore``)
-    on ``target``: the processes pair their calls by counting them."""
+    on ``target``: the processes pair their calls by counting them.
+
+    Once every process sent its input to call ``n``, every one has read the
+    decisions of call ``n - 1``: process 0 then deletes that call's keys, so
+    a loop of such calls leaves at most one call's keys in the coordinator.
+    """
     with _calls_lock:
         n = _calls[(kind, target)] = _calls.get((kind, target), 0) + 1
-    return Agreement(_multihost.scope(target, kind, n), timeout_s, target)
+    stale = _multihost.scope(target, kind, n - 1) if n > 1 else None
+    return Agreement(_multihost.scope(target, kind, n), timeout_s, target, stale_scope=stale)
 
 
 # ------------------------------------------------------------ what a manager shares

@@ -153,6 +153,14 @@ class SaveCoordinator:
                 self._get(f"part/{i}/{k}", max(0.001, deadline - time.monotonic()),
                           f"process {i}", "send its part's digests")
                 for k in range(int(n or 0))))
+        if not late:
+            # Every process read the token and process 0 read every part: only
+            # ``commit`` stays (deleted with the next save of this scope).
+            for key in ("part", "token"):
+                try:
+                    _client().key_value_delete(f"{self._prefix}/{key}")
+                except Exception:  # stale keys only cost memory in the coordinator
+                    pass
         if failed:
             raise CheckpointError(f"{self.what}: not committed; writing failed in "
                                   + "; ".join(failed))

@@ -77,6 +77,41 @@ def _flush_at_exit() -> None:
 def register(mngr: Any) -> None:
     """Tracks ``mngr`` (weakly) for take-over and the exit flush."""
     _MANAGERS.append(weakref.ref(mngr))
+    if mngr._agree.multi:
+        _flush_before_jax_shutdown()
+
+
+_HOOKED = threading.Lock()
+
+
+def _flush_before_jax_shutdown() -> None:
+    """Makes ``jax.distributed.shutdown()`` close this process's managers first.
+
+    A script that ends with ``jax.distributed.shutdown()`` while a manager is
+    open would otherwise cut the key-value store out from under its pending
+    saves and its collective close: the other processes would wait for it
+    until their deadline. Both ``jax.distributed.shutdown`` and JAX's own exit
+    hook go through ``global_state.shutdown``, so the flush wraps that one
+    method of that one object, once; if JAX's internals differ, nothing is
+    wrapped and managers must be closed before the shutdown (as documented).
+    """
+    try:
+        from jax._src import distributed
+    except ImportError:
+        return
+    state = distributed.global_state
+    with _HOOKED:
+        original = getattr(state, "shutdown", None)
+        if original is None or getattr(original, "_jaxckpt_flush", False):
+            return
+
+        def shutdown(*args: Any, **kwargs: Any) -> Any:
+            if getattr(state, "client", None) is not None:
+                _flush_at_exit()
+            return original(*args, **kwargs)
+
+        shutdown._jaxckpt_flush = True  # type: ignore[attr-defined]
+        state.shutdown = shutdown
 
 
 def instance_number(directory: str) -> int:

@@ -379,11 +379,20 @@ class CheckpointManager:
         if distributed.global_state.client is None:  # shut down already: nothing to wait on
             return
         try:
-            self._agree.exchange("close its manager", "", lambda _: "")
+            self._agree.exchange("close its manager", "", self._forget_keys)
         except Exception as e:
             if not quiet:
                 raise
             log.warning("%s: closing together failed: %r", self._dir, e)
+
+    def _forget_keys(self, _: list[str]) -> str:
+        """Process 0, once every process closed: nobody reads this manager's
+        keys again, so they go (the close decision itself is written after)."""
+        try:
+            _multihost._client().key_value_delete(self._scope)
+        except Exception:  # stale keys only cost memory in the coordinator
+            pass
+        return ""
 
     def _close(self, why: str) -> None:
         if self._writer.pid != os.getpid():
@@ -561,7 +570,9 @@ class CheckpointManager:
         self._check_process()
         _in_jit.drain(self)
         self._writer.wait()
-        if self.latest_checkpoint is not None:
+        # In a multi-process program whether there is one is process 0's call
+        # too (a reader's own view may lag or lead): _restore_newest_sound asks.
+        if self._agree.multi or self.latest_checkpoint is not None:
             if target is None and self._init_fn is not None:
                 import jax
 
@@ -586,12 +597,18 @@ class CheckpointManager:
         """
         self._writer.wait()
         damaged = []
-        candidates = self._catalog.newest_first()
+
+        def here() -> list[str]:
+            self._refresh()  # a reader follows the writer's state file
+            return self._catalog.newest_first()
+
         if self._agree.multi:  # process 0's order: every process falls back alike
             rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
             candidates = [_state_file.resolve(self._root, p) for p in json.loads(
                 self._agree.share("ask which checkpoints to restore",
-                                  lambda: json.dumps([rel(p) for p in candidates])))]
+                                  lambda: json.dumps([rel(p) for p in here()])))]
+        else:
+            candidates = here()
         for path in candidates:
             try:
                 if restore is not None:

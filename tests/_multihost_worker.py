@@ -162,8 +162,9 @@ def main() -> None:
     import jax
     from jax.sharding import Mesh
 
-    jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid, heartbeat_timeout_seconds=120,
-                               initialization_timeout=60)
+    heartbeat = int(os.environ.get("JAXCKPT_TEST_HEARTBEAT_S", "120"))
+    jax.distributed.initialize(f"127.0.0.1:{port}", nproc, pid,
+                               heartbeat_timeout_seconds=heartbeat, initialization_timeout=60)
     dims = tuple(int(x) for x in mesh_shape.split("x"))
     mesh = Mesh(np.array(jax.devices()).reshape(dims), ("x", "y")[: len(dims)])
     import jaxckpt
@@ -239,6 +240,47 @@ def main() -> None:
             facts["step"] = int(out["step"])
             facts["latest"] = os.path.basename(m.latest_checkpoint)
             facts["shards_checked"] = small_check(out)
+    elif scenario == "exit_flush":
+        # Process 1 never calls close(): its manager is closed by the exit
+        # flush, with a save still pending; process 0 closes it explicitly.
+        m = jaxckpt.CheckpointManager(directory, max_to_keep=2, coordination_timeout_s=30)
+        for step in (1, 2):
+            m.save(small(mesh, step), checkpoint_number=step)
+        if pid == 0:
+            m.close()
+            facts["checkpoints"] = [os.path.basename(p) for p in m.checkpoints]
+        print("OK " + json.dumps(facts), flush=True)
+        if pid != 0 and os.environ.get("JAXCKPT_SHUTDOWN_FIRST"):
+            jax.distributed.shutdown()  # with its manager still open
+        if pid != 0:
+            return  # to the exit hooks: jaxckpt's flush, then jax's shutdown
+    elif scenario == "dead_peer":
+        # Process 2 dies after the first save; the others go on saving. Which
+        # comes first: jaxckpt's deadline, or jax.distributed's heartbeat?
+        import signal
+        import time
+
+        timeout = float(os.environ["JAXCKPT_TEST_COORDINATION_S"])
+        m = jaxckpt.CheckpointManager(directory, coordination_timeout_s=timeout)
+        m.save(small(mesh, 1), checkpoint_number=1)
+        m.wait_until_finished()
+        if pid == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        print("SAVED 1", flush=True)
+        t0 = time.monotonic()
+        try:
+            m.save(small(mesh, 2), checkpoint_number=2)
+            m.wait_until_finished()
+            facts["error"] = None
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            facts["error"] = f"{type(e).__name__}: {e}"
+        facts["after_s"] = time.monotonic() - t0
+        print("OK " + json.dumps(facts), flush=True)
+        os._exit(0)  # a peer is gone: skip jax.distributed's shutdown handshake
+    elif scenario == "reader":
+        facts.update(reader(directory, pid))
+    elif scenario == "keys":
+        facts.update(keys(directory, mesh, pid))
     elif scenario == "in_jit":
         facts.update(in_jit(directory, mesh))
     else:
@@ -312,6 +354,67 @@ def absent(directory: str, mesh, pid: int, phase: str, facts: dict) -> None:
         m.close()
     except (TimeoutError, jaxckpt.CheckpointError) as e:
         facts["error"] = f"{type(e).__name__}: {e}"
+
+
+def reader(directory: str, pid: int) -> dict:
+    """Read-only managers on every process, a checkpoint appearing meanwhile:
+    ``restore_or_initialize`` must take process 0's view everywhere.
+
+    Process 1 calls first, on an empty directory; only then (or after 3 s, if
+    that call waits for process 0, as it should) does process 0 put a
+    committed checkpoint in place (copied from ``<directory>-src``) and call.
+    """
+    import shutil
+
+    import jaxckpt
+    from jaxckpt import _multihost
+
+    client = _multihost._client()
+    m = jaxckpt.CheckpointManager(directory, read_only=True, coordination_timeout_s=10,
+                                  init_fn=lambda: {"step": 0, "w": np.zeros(4, np.float32)})
+    if pid == 1:
+        client.key_value_set("test/reader/calling", "1")
+        out = m.restore_or_initialize()
+        client.key_value_set("test/reader/returned", "1")
+    else:
+        client.blocking_key_value_get("test/reader/calling", 60_000)
+        try:
+            client.blocking_key_value_get("test/reader/returned", 3_000)
+            returned_first = True
+        except Exception:  # noqa: BLE001 - it waits for process 0: right
+            returned_first = False
+        src = directory + "-src"
+        shutil.copytree(os.path.join(src, "ckpt-1"), os.path.join(directory, "ckpt-1"))
+        shutil.copy(os.path.join(src, "checkpoint"), os.path.join(directory, "checkpoint"))
+        out = m.restore_or_initialize()
+    facts = {"step": int(out["step"])}
+    if pid == 0:
+        facts["process_1_returned_first"] = returned_first
+    m.close()
+    return facts
+
+
+def keys(directory: str, mesh, pid: int) -> dict:
+    """A loop of collective calls: the coordinator keeps only a few keys."""
+    import jaxckpt
+    from jaxckpt import _multihost
+
+    for r in range(3):
+        with jaxckpt.CheckpointManager(os.path.join(directory, "m"), max_to_keep=2) as m:
+            for step in range(1, 5):
+                m.save(small(mesh, step + 10 * r))
+            m.wait_until_finished()
+            m.restore(None, small(mesh, None))
+        one = os.path.join(directory, f"one-{r}")
+        jaxckpt.save(one, small(mesh, r))
+        for _ in range(3):
+            jaxckpt.restore(one, small(mesh, None))
+            jaxckpt.latest_checkpoint(os.path.join(directory, "m"))
+    client = _multihost._client()
+    client.wait_at_barrier("test/keys/done", 60_000)
+    left = [k for k, _ in client.key_value_dir_get("jaxckpt/")] if pid == 0 else []
+    client.wait_at_barrier("test/keys/listed", 60_000)
+    return {"keys": sorted(left)}
 
 
 def crash_loop(directory: str, mesh) -> None:
