@@ -299,7 +299,9 @@ class Reader:
             return [str(self.mismatch(leaf))]
         return []
 
-    def _raise_first_damaged(self, store: Any, leaves: list[dict]) -> None:
+    def raise_first_damaged(self, store: Any, leaves: list[dict]) -> None:
+        """Re-reads ``leaves`` one by one and raises ``CorruptCheckpointError``
+        naming each damaged one (see ``unless_changed``); returns if none is."""
         problems = self._damaged_packed(store, leaves)
         if problems:
             raise self.unless_changed(CorruptCheckpointError("\n".join(problems)))
@@ -385,7 +387,7 @@ class _PackedRead:
                 data = self._buf[off : off + nbytes]
         except Exception as e:
             # Name exactly the damaged leaves: re-read them one by one.
-            self._reader._raise_first_damaged(self._store, self._leaves)
+            self._reader.raise_first_damaged(self._store, self._leaves)
             raise self._reader.damaged(leaf, e) from e
         return _storage.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
 
