@@ -13,7 +13,7 @@ from typing import Any
 
 from . import _agree, _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore
 from . import _snapshot
-from . import _faults, _state_file, _storage
+from . import _durable, _faults, _state_file
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a
@@ -57,7 +57,7 @@ def save(
         if os.path.exists(parent) and not os.path.isdir(parent):
             raise NotADirectoryError(errno.ENOTDIR, "parent of checkpoint path is not a directory",
                                      parent)
-        _storage.makedirs_durably(parent)
+        _durable.makedirs_durably(parent)
     with _save_counts_lock:
         _save_counts[str(final)] += 1
         seq = _save_counts[str(final)]

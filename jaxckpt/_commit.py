@@ -39,7 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from . import _faults, _format, _location, _names, _storage
+from . import _durable, _faults, _format, _location, _names
 from ._location import Dir, KvDir
 from .errors import CheckpointError
 
@@ -152,7 +152,7 @@ def seal_part(staging: Staging) -> None:
     """Makes this process's files durable: tensorstore fsyncs each file, this
     their directories. Object stores are durable once a write returns."""
     if staging.data.is_local:
-        _storage.fsync_tree(staging.data.path)
+        _durable.fsync_tree(staging.data.path)
 
 
 def commit(staging: Staging, manifest: bytes, *, replace: bool) -> None:
@@ -165,7 +165,7 @@ def commit(staging: Staging, manifest: bytes, *, replace: bool) -> None:
     final = staging.final
     if final.is_local:
         staging.data.write(_format.MANIFEST, manifest)
-        _storage.fsync_dir(staging.data.path)
+        _durable.fsync_dir(staging.data.path)
         publish(staging.data.path, final.path, replace=replace)
         return
     previous = final.read(_format.MANIFEST)
@@ -255,7 +255,7 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
         if _rename2(tmp, final, _RENAME_EXCHANGE):
             # `tmp` now holds the old checkpoint.
             _faults.point("commit.exchanged")
-            _storage.fsync_dir(parent)
+            _durable.fsync_dir(parent)
             remove(tmp)
             return
         # No atomic exchange here: move the old one aside first, under a name
@@ -271,7 +271,7 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
         os.rename(final, aside)
         _faults.point("commit.aside")
         os.rename(tmp, final)
-        _storage.fsync_dir(parent)
+        _durable.fsync_dir(parent)
         error = delete_entry(aside)
         if error is not None:
             log.warning("replaced %s, but could not remove the old copy %s (the next manager "
@@ -281,7 +281,7 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
         if os.path.lexists(final):
             raise FileExistsError(errno.EEXIST, "checkpoint already exists", final)
         os.rename(tmp, final)
-    _storage.fsync_dir(parent)
+    _durable.fsync_dir(parent)
 
 
 def delete_entry(path: str) -> OSError | None:
@@ -326,7 +326,7 @@ def remove(checkpoint: str | Dir) -> None:
     trash = os.path.join(parent, _names.trash(_names.base_of(name)))
     os.rename(path, trash)
     _faults.point("commit.remove.renamed")
-    _storage.fsync_dir(parent)
+    _durable.fsync_dir(parent)
     error = delete_entry(trash)
     if error is not None:
         raise OSError(error.errno, f"{path} was moved to {trash}, which could not be removed: "
@@ -388,7 +388,7 @@ def _repair(directory: str, leftovers: dict[str, _names.Leftover]) -> list[str]:
         if os.path.islink(os.path.join(directory, chosen)):
             continue
         os.rename(os.path.join(directory, chosen), final)
-        _storage.fsync_dir(directory)
+        _durable.fsync_dir(directory)
         restored.append(chosen)
         log.warning("%s was missing after an interrupted replace; put back %s (the %s "
                     "checkpoint)", final, chosen, "new" if chosen == tmp else "old")

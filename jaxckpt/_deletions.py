@@ -20,7 +20,7 @@ import logging
 import os
 import stat
 
-from . import _commit, _location, _names, _storage
+from . import _commit, _durable, _location, _names
 from ._location import Dir
 
 log = logging.getLogger("jaxckpt")
@@ -67,7 +67,7 @@ def mark(directory: str | Dir, paths: list[str]) -> None:
         return
     for path in paths:
         _make_marker(os.path.join(where.path, _marker_name(path)))
-    _storage.fsync_dir(where.path)
+    _durable.fsync_dir(where.path)
 
 
 def done(directory: str | Dir, path: str) -> None:

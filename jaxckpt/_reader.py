@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _digest, _format, _location, _manifest_check, _storage, _tree
+from . import _arrays, _digest, _format, _location, _manifest_check, _tree
 from ._location import Dir
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 
@@ -154,14 +154,14 @@ class Reader:
         if where[0] != "array":
             self._check_stored_size(None)
         if where[0] == "array":
-            spec = _storage.array_spec(_child(self.data, _format.ARRAYS, where[1]).kvstore(),
+            spec = _arrays.array_spec(_child(self.data, _format.ARRAYS, where[1]).kvstore(),
                                        shape, where[2], where[3], create=False)
         else:
             total = self.manifest["packed_nbytes"]
             shard = self.manifest.get("packed_shard", total)  # one file before 0.2
-            spec = _storage.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
+            spec = _arrays.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
                                        [shard], [self.manifest["packed_chunk"]], create=False)
-        return _storage.open_array(spec)
+        return _arrays.open_array(spec)
 
     def _check_stored_size(self, leaf: dict | None) -> None:
         """Locally, a large leaf's files (``None``: the packed array's) must hold
@@ -222,7 +222,7 @@ class Reader:
                 except Exception as e:
                     raise self.damaged(leaf, e) from e
                 try:
-                    futures.append([_storage.read(store, idx) for idx in indices])
+                    futures.append([_arrays.read(store, idx) for idx in indices])
                 except (MemoryError, OSError) as e:  # the buffer: mmap raises ENOMEM
                     raise MemoryError(f"{self.path}: leaf {_tree.path_str(leaf['path'])} "
                                       f"({nbytes_of(leaf)} bytes): cannot allocate the memory "
@@ -250,7 +250,7 @@ class Reader:
                         raise self.damaged(leaf, e) from e
                     self.check(leaf, idx, data)
                     sub_shape = data.shape[:-1]
-                    pieces.append(_storage.from_bytes(data, dtype, sub_shape))
+                    pieces.append(_arrays.from_bytes(data, dtype, sub_shape))
                 out.append(pieces)
             if self.on_leaf_read is not None:
                 self.on_leaf_read(leaf)
@@ -261,7 +261,7 @@ class Reader:
         total = self.manifest["packed_nbytes"]
         inline = self.manifest.get("packed_inline")
         if inline is not None:
-            buf = _storage.aligned_empty((len(inline),))
+            buf = _arrays.aligned_empty((len(inline),))
             buf[:] = np.frombuffer(inline, np.uint8)
             return _PackedRead(self, None, leaves, whole=lambda: buf)
         try:
@@ -270,8 +270,8 @@ class Reader:
             raise self.damaged(leaves[0], e) from e
         wanted = sum(leaf["where"][2] for leaf in leaves)
         if wanted * 2 >= total:
-            return _PackedRead(self, store, leaves, whole=_storage.read(store, ()).result)
-        futs = {id(leaf): _storage.read(store, (slice(leaf["where"][1],
+            return _PackedRead(self, store, leaves, whole=_arrays.read(store, ()).result)
+        futs = {id(leaf): _arrays.read(store, (slice(leaf["where"][1],
                                                       leaf["where"][1] + leaf["where"][2]),))
                 for leaf in leaves}
         return _PackedRead(self, store, leaves, pieces=futs)
@@ -279,7 +279,7 @@ class Reader:
     def _damaged_packed(self, store: Any, leaves: list[dict]) -> list[str]:
         """Messages for each packed leaf whose bytes fail their chunk checksum
         or digest."""
-        futs = [(leaf, _storage.read(store, (slice(leaf["where"][1],
+        futs = [(leaf, _arrays.read(store, (slice(leaf["where"][1],
                                                    leaf["where"][1] + leaf["where"][2]),)))
                 for leaf in leaves]
         problems = []
@@ -329,7 +329,7 @@ class Reader:
             store, first = None, None  # store stays None only if the open failed
             try:
                 store = self._open(["packed"], [total]).result()
-                whole = _storage.read(store, ()).result()
+                whole = _arrays.read(store, ()).result()
             except Exception as e:
                 first = e
             if first is not None and store is None:
@@ -389,7 +389,7 @@ class _PackedRead:
             # Name exactly the damaged leaves: re-read them one by one.
             self._reader.raise_first_damaged(self._store, self._leaves)
             raise self._reader.damaged(leaf, e) from e
-        return _storage.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
+        return _arrays.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
 
 
 def _stored_dtype(leaf: dict) -> np.dtype:

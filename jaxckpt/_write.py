@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import _commit, _digest, _faults, _format, _multihost, _snapshot, _storage
+from . import _arrays, _commit, _digest, _faults, _format, _multihost, _snapshot
 from ._location import Dir
 
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
@@ -29,17 +29,17 @@ def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
             arr.record["where"] = ["empty"]
         elif arr.packed:
             arr.record["where"] = ["packed", offset, arr.nbytes]
-            offset += -(-arr.nbytes // _storage.PACK_ALIGN) * _storage.PACK_ALIGN
+            offset += -(-arr.nbytes // _arrays.PACK_ALIGN) * _arrays.PACK_ALIGN
         else:
-            outer, inner = _storage.chunking(list(arr.shard_shape) + [arr.dtype.itemsize],
+            outer, inner = _arrays.chunking(list(arr.shard_shape) + [arr.dtype.itemsize],
                                              exact=arr.exact)
             arr.record["where"] = ["array", str(n_large), outer, inner]
             n_large += 1
     if not offset:
         return 0, 0, 0
-    inner = min(_storage.PACKED_INNER_BYTES, offset)
+    inner = min(_arrays.PACKED_INNER_BYTES, offset)
     total = -(-offset // inner) * inner
-    return total, min(total, _storage.PACKED_SHARD_BYTES), inner
+    return total, min(total, _arrays.PACKED_SHARD_BYTES), inner
 
 
 def _packed_bytes(arr: _snapshot.ArrayLeaf) -> np.ndarray:
@@ -147,7 +147,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     """
     total, shard, inner = packed
     inline = None
-    if total and primary and total <= _storage.INLINE_BYTES:
+    if total and primary and total <= _arrays.INLINE_BYTES:
         # A file of its own would cost 3 directories, 3 fsyncs and a rename
         # (over a third of a small save); the manifest's checksum covers them.
         buf = np.empty(total, np.uint8)
@@ -159,15 +159,15 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     for pos, arr in enumerate(snapshot.arrays):
         where = arr.record["where"]
         if where[0] == "array" and arr.shards:
-            spec = _storage.array_spec(root.join(_format.ARRAYS, where[1]).kvstore(),
+            spec = _arrays.array_spec(root.join(_format.ARRAYS, where[1]).kvstore(),
                                        list(arr.shape) + [arr.dtype.itemsize],
                                        where[2], where[3], create=True)
-            opened.append((pos, arr, _storage.open_array(spec)))
+            opened.append((pos, arr, _arrays.open_array(spec)))
     packed_future = None
     if total and primary:
-        spec = _storage.array_spec(root.join(_format.PACKED).kvstore(), [total], [shard],
+        spec = _arrays.array_spec(root.join(_format.PACKED).kvstore(), [total], [shard],
                                    [inner], create=True)
-        packed_future = _storage.open_array(spec)
+        packed_future = _arrays.open_array(spec)
     commits = []
     errors: list[BaseException] = []
     try:
@@ -175,7 +175,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
             store = fut.result()
             for piece in arr.shards:
                 index = tuple(slice(a, b) for a, b in piece.index)
-                commits.append(_storage.write(store, index, _storage.byte_view(piece.data)))
+                commits.append(_arrays.write(store, index, _arrays.byte_view(piece.data)))
         # Hashed here, while tensorstore's threads write the same (unchanging) bytes.
         for pos, arr, _ in opened:
             digests += [(pos, piece.index, _digest.of(piece.data)) for piece in arr.shards]
@@ -229,13 +229,13 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
     hashed = 0
     try:
         for start in range(0, total, shard):
-            if len(inflight) >= _storage.PACKED_WINDOW:
+            if len(inflight) >= _arrays.PACKED_WINDOW:
                 settle_oldest()
             if errors:
                 return
             buf = np.empty(min(shard, total - start), np.uint8)
             _fill(buf, start, placed)
-            inflight.append(_storage.write(store, (slice(start, start + len(buf)),), buf))
+            inflight.append(_arrays.write(store, (slice(start, start + len(buf)),), buf))
             # The leaves staged whole by now are hashed while that file is written.
             upto = hashed
             while upto < len(placed) and placed[upto][0] + len(placed[upto][1]) <= start + len(buf):

@@ -13,7 +13,7 @@ import pytest
 
 import jaxckpt
 from jaxckpt.cli import main
-from jaxckpt import _checkpoint, _storage
+from jaxckpt import _arrays, _checkpoint
 
 HOUR = 3600.0
 
@@ -44,7 +44,7 @@ def _array_file(ckpt: str, sub: str = "a") -> str:
 def _packed_in_files(monkeypatch):
     """These small trees' packed leaves go in a file (not the manifest), so
     that damage to them is a file to flip."""
-    monkeypatch.setattr(_storage, "INLINE_BYTES", 0)
+    monkeypatch.setattr(_arrays, "INLINE_BYTES", 0)
 
 
 @pytest.fixture
