@@ -1,110 +1,21 @@
-"""The committed checkpoints of one managed directory, and publishing a new one.
+"""The committed checkpoints of one managed directory: which are kept, which is latest.
 
-The tail of the data flow: once a checkpoint is committed, the state file is
-replaced to name it, and only then are the checkpoints the retention rules
-drop deleted. Process 0 alone writes the state file and deletes; the other
-processes of a multi-process program keep the same bookkeeping.
-
-The new state file's content is decided before the commit (only the writer
-thread changes it), so its temporary is written and fsync'd on a helper
-thread while the checkpoint is written: the two fsyncs share one journal
-commit instead of following each other (W3: one of five ordered fsyncs off
-the critical path). Nothing names the temporary until the commit is done.
+Bookkeeping only: what the retention rules keep and drop, and the state file
+that names them; ``_publish`` does the I/O of publishing a commit (mark
+deletions, replace the state file, delete). Process 0 alone writes the state
+file and deletes; the other processes of a multi-process program keep the
+same bookkeeping. (Future home: ``_directory/catalog.py``.)
 """
 
 from __future__ import annotations
 
-import concurrent.futures
-import dataclasses
 import logging
-import os
-import queue
 import threading
 
-from . import _commit, _deletions, _faults, _retention, _state_file
+from . import _commit, _deletions, _faults, _publish, _retention, _state_file
 from ._location import Dir
 
 log = logging.getLogger("jaxckpt")
-
-
-class _Helper:
-    """One daemon thread that runs state-file preparations in order.
-
-    Our own thread rather than a ``concurrent.futures`` pool: the pool's exit
-    hook shuts it down before ``atexit`` handlers run, and the exit flush
-    (``_registry``) still commits pending saves then, each of which prepares
-    a state file. A daemon thread keeps working until the interpreter
-    finalises, after every ``atexit`` handler.
-    """
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="jaxckpt-state-file",
-                                        daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            future, fn, args = self._jobs.get()
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as e:  # the waiter re-raises it
-                future.set_exception(e)
-            else:
-                future.set_result(result)
-            del future, fn, args  # nothing kept alive while idle
-
-    def submit(self, fn, *args) -> concurrent.futures.Future:
-        future: concurrent.futures.Future = concurrent.futures.Future()
-        self._jobs.put((future, fn, args))
-        return future
-
-
-_helper: _Helper | None = None
-_helper_lock = threading.Lock()
-
-
-def _in_background(fn, *args) -> concurrent.futures.Future:
-    """Runs ``fn(*args)`` on the helper thread; inline where no thread can start."""
-    global _helper
-    with _helper_lock:
-        if _helper is None:
-            try:
-                _helper = _Helper()
-            except RuntimeError:  # "can't start new thread" (limits, or finalising)
-                return _done(fn, *args)
-        return _helper.submit(fn, *args)
-
-
-def _done(fn, *args) -> concurrent.futures.Future:
-    future: concurrent.futures.Future = concurrent.futures.Future()
-    try:
-        future.set_result(fn(*args))
-    except Exception as e:
-        future.set_exception(e)
-    return future
-
-
-def _forget_helper() -> None:
-    # A forked child has none of the parent's threads: it makes its own helper.
-    global _helper, _helper_lock
-    _helper, _helper_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_helper)
-
-
-@dataclasses.dataclass
-class Publication:
-    """What publishing one checkpoint will do, decided before its commit."""
-
-    path: str
-    kept: _retention.Retention
-    delete: list[str]
-    state_file: concurrent.futures.Future | None  # of a _state_file.Replacement
 
 
 class Catalog:
@@ -152,7 +63,7 @@ class Catalog:
                         "newest checkpoint's %.3f; retention by time may keep or drop "
                         "checkpoints out of order", self._dir, timestamp, newest)
 
-    def prepare(self, path: str, timestamp: float) -> Publication:
+    def prepare(self, path: str, timestamp: float) -> _publish.Publication:
         """Before ``path`` is committed: what the retention rules will keep and
         delete, and (process 0) the state file naming it, written in the background."""
         with self._lock:
@@ -160,11 +71,11 @@ class Catalog:
         kept, delete = _retention.sweep(grown, self._max_to_keep, self._keep_hours)
         state_file = None
         if self._primary:
-            state_file = _in_background(_state_file.prepare, self._root,
+            state_file = _publish.in_background(_state_file.prepare, self._root,
                                         self._render(kept, path))
-        return Publication(path, kept, delete, state_file)
+        return _publish.Publication(path, kept, delete, state_file)
 
-    def discard(self, pub: Publication) -> None:
+    def discard(self, pub: _publish.Publication) -> None:
         """The checkpoint of ``pub`` was not committed: drops its state file."""
         if pub.state_file is not None:
             try:
@@ -172,7 +83,7 @@ class Catalog:
             except BaseException:  # its write failed: nothing to remove
                 pass
 
-    def publish(self, pub: Publication) -> list[str]:
+    def publish(self, pub: _publish.Publication) -> list[str]:
         """Makes the committed checkpoint ``pub.path`` the latest: replaces the
         state file, then deletes what the retention rules drop. Returns those paths.
 
