@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import _commit, _deletions, _faults, _publish, _retention, _state_file
+from . import _commit, _publish, _retention, _state_file
 from ._location import Dir
 
 log = logging.getLogger("jaxckpt")
@@ -77,11 +77,7 @@ class Catalog:
 
     def discard(self, pub: _publish.Publication) -> None:
         """The checkpoint of ``pub`` was not committed: drops its state file."""
-        if pub.state_file is not None:
-            try:
-                pub.state_file.result().discard()
-            except BaseException:  # its write failed: nothing to remove
-                pass
+        _publish.discard(pub)
 
     def publish(self, pub: _publish.Publication) -> list[str]:
         """Makes the committed checkpoint ``pub.path`` the latest: replaces the
@@ -93,21 +89,15 @@ class Catalog:
         with self._lock:
             if self._primary:
                 try:
-                    _deletions.mark(self._root, pub.delete)
-                    pub.state_file.result().install()
+                    _publish.install(self._root, pub)
                 except BaseException:
-                    self.discard(pub)
-                    self._unpublish(pub.path, pub.delete)
+                    _publish.discard(pub)
+                    _publish.unpublish(self._root, pub.path, pub.delete,
+                                       still_named=self._names(pub.path))
                     raise
             self._retention, self._latest = pub.kept, pub.path
         if self._primary:
-            for old in pub.delete:
-                _faults.point("manager.before_delete")
-                try:
-                    _commit.remove(old)
-                    _deletions.done(self._root, old)
-                except OSError as e:  # the new one is committed; the next manager retries
-                    log.warning("could not delete old checkpoint %s: %r", old, e)
+            _publish.delete_dropped(self._root, pub.delete)
         return pub.delete
 
     def _present(self) -> _retention.Retention:
@@ -128,17 +118,9 @@ class Catalog:
                         self._dir)
         return _retention.Retention(present, self._retention.last_preserved)
 
-    def _unpublish(self, path: str, delete: list[str]) -> None:
-        """After a failed state-file write: the new checkpoint is not committed, so
-        remove it, unless the old state file names that path (a replaced number)."""
-        for old in delete:
-            _deletions.done(self._root, old)
-        if path == self._latest or any(p == path for p, _ in self._retention.active):
-            return
-        try:
-            _commit.remove(path)
-        except OSError as e:
-            log.warning("could not remove %s after its state-file write failed: %r", path, e)
+    def _names(self, path: str) -> bool:
+        """Whether the current state file names ``path`` (a replaced number)."""
+        return path == self._latest or any(p == path for p, _ in self._retention.active)
 
     def _render(self, r: _retention.Retention, latest: str) -> _state_file.CheckpointState:
         rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731

@@ -16,11 +16,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
+import logging
 import os
 import queue
 import threading
 
-from . import _retention
+from . import _commit, _deletions, _faults, _retention
+from ._location import Dir
+
+log = logging.getLogger("jaxckpt")
 
 class _Helper:
     """One daemon thread that runs state-file preparations in order.
@@ -100,3 +104,42 @@ class Publication:
     kept: _retention.Retention
     delete: list[str]
     state_file: concurrent.futures.Future | None  # of a _state_file.Replacement
+
+
+def discard(pub: Publication) -> None:
+    """The checkpoint of ``pub`` was not committed: drops its state file."""
+    if pub.state_file is not None:
+        try:
+            pub.state_file.result().discard()
+        except BaseException:  # its write failed: nothing to remove
+            pass
+
+
+def install(root: Dir, pub: Publication) -> None:
+    """Process 0: marks what ``pub`` deletes, then replaces the state file to name ``pub.path``."""
+    _deletions.mark(root, pub.delete)
+    pub.state_file.result().install()
+
+
+def delete_dropped(root: Dir, delete: list[str]) -> None:
+    """Process 0, after ``install``: deletes the checkpoints the retention rules drop."""
+    for old in delete:
+        _faults.point("manager.before_delete")
+        try:
+            _commit.remove(old)
+            _deletions.done(root, old)
+        except OSError as e:  # the new one is committed; the next manager retries
+            log.warning("could not delete old checkpoint %s: %r", old, e)
+
+
+def unpublish(root: Dir, path: str, delete: list[str], *, still_named: bool) -> None:
+    """After a failed state-file write: the new checkpoint is not committed, so
+    remove it, unless the old state file names that path (``still_named``: a replaced number)."""
+    for old in delete:
+        _deletions.done(root, old)
+    if still_named:
+        return
+    try:
+        _commit.remove(path)
+    except OSError as e:
+        log.warning("could not remove %s after its state-file write failed: %r", path, e)
