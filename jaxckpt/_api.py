@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import collections
 import errno
-import logging
 import os
-import re
 import threading
 import time
 from typing import Any
 
-from . import _agree, _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore
+from . import _agree, _checkpoint, _gc, _location, _multihost, _progress, _restore
 from . import _snapshot
-from . import _durable, _faults, _state_file
+from . import _durable, _latest, _state_file
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a
@@ -21,8 +19,6 @@ from .errors import CorruptCheckpointError
 _save_counts: collections.Counter = collections.Counter()
 _save_counts_lock = threading.Lock()
 
-log = logging.getLogger("jaxckpt")
-_NUMBERED = re.compile(r"^[^.].*-\d+$")
 
 
 def save(
@@ -152,10 +148,6 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
         raise CorruptCheckpointError("\n".join(problems))
 
 
-# How often latest_checkpoint re-reads a state file that changed under it.
-_READ_TRIES = 8
-
-
 def latest_checkpoint(directory: str | os.PathLike, *,
                       coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S
                       ) -> str | None:
@@ -181,53 +173,12 @@ def latest_checkpoint(directory: str | os.PathLike, *,
     if root.is_local and os.path.isfile(root.path):
         raise NotADirectoryError(errno.ENOTDIR, "checkpoint directory is a file", root.path)
     if _multihost.process_count() == 1:
-        return latest_here(root)
+        return _latest.latest_here(root)
     agree = _agree.for_call("latest", str(root), coordination_timeout_s)
 
     def read() -> str:
-        found = latest_here(root)
+        found = _latest.latest_here(root)
         return "" if found is None else _state_file.relative(root, found)
 
     rel = agree.share("ask for the latest checkpoint", read)
     return _state_file.resolve(root, rel) if rel else None
-
-
-def latest_here(root: _location.Dir) -> str | None:
-    """``latest_checkpoint`` in this process alone."""
-    state = _state_file.read(root)
-    if state is None:
-        _warn_if_unrecorded(root)
-        return None
-    for _ in range(_READ_TRIES):
-        found = newest_named(root, state)
-        if found is not None:
-            return found
-        again = _state_file.read(root)
-        if again is None or again == state:
-            return None
-        state = again
-    return None
-
-
-def newest_named(root: _location.Dir, state: _state_file.CheckpointState) -> str | None:
-    """The newest committed checkpoint that ``state`` names, or None."""
-    names = list(reversed(state.all_model_checkpoint_paths))
-    if state.model_checkpoint_path is not None:
-        names.insert(0, state.model_checkpoint_path)
-    _faults.point("latest_checkpoint.read")
-    for name in names:
-        path = _state_file.resolve(root, name)
-        if _commit.is_committed(path):
-            return path
-    return None
-
-
-def _warn_if_unrecorded(root: _location.Dir) -> None:
-    if not root.is_local:  # a listing of an object store costs a request: not on every call
-        return
-    committed = sorted(n for n in root.listdir()
-                       if _NUMBERED.match(n) and _commit.is_committed(root.join(n)))
-    if committed:
-        log.warning("%s has no state file but holds committed checkpoints %s; "
-                    "jaxckpt.latest_checkpoint reads only the state file (a CheckpointManager "
-                    "on the directory adopts them)", root, committed)

@@ -27,7 +27,7 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import (_api, _checkpoint, _commit, _display, _format, _location, _names, _state_file,
+from . import (_checkpoint, _commit, _display, _format, _latest, _location, _names, _state_file,
                _stats, _tree)
 from ._location import Dir
 
@@ -196,7 +196,7 @@ def list_checkpoints(
             if head not in named:
                 named.append(head)
     active = set(named)
-    latest = _api.latest_here(root)
+    latest = _latest.latest_here(root)
     pending_paths = {str(_location.locate(p)) for p in pending}
     pending_numbers = {}
     for p in pending_paths:

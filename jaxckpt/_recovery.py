@@ -29,7 +29,7 @@ import math
 import os
 from typing import Callable
 
-from . import _api, _checkpoint, _commit, _deletions, _format, _retention, _state_file
+from . import _checkpoint, _commit, _deletions, _format, _latest, _retention, _state_file
 from ._location import Dir
 from .errors import CorruptCheckpointError
 
@@ -107,7 +107,7 @@ def recover(root: Dir, number_of: Callable[[str], int | None],
         latest = _own_latest(latest_named if latest_named in own_named else None,
                              [p for p, _ in own])
         if latest is None:  # none of ours: the state file's (another series, TF's Checkpoint.save)
-            latest = _api.newest_named(root, state)
+            latest = _latest.newest_named(root, state)
     # On object stores an interrupted (or in-flight) save leaves ckpt-N/d-<token>/
     # without a manifest: its data is never read and is swept after the lease,
     # so its number may be taken again (the new save writes its own d-<token>).
