@@ -170,8 +170,7 @@ def latest_checkpoint(directory: str | os.PathLike, *,
         TimeoutError: another process did not call it in time (named).
     """
     root = _location.locate(directory)
-    if root.is_local and os.path.isfile(root.path):
-        raise NotADirectoryError(errno.ENOTDIR, "checkpoint directory is a file", root.path)
+    _location.refuse_file(root)
     if _multihost.process_count() == 1:
         return _latest.latest_here(root)
     agree = _agree.for_call("latest", str(root), coordination_timeout_s)

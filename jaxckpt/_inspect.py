@@ -185,8 +185,7 @@ def list_checkpoints(
     directory = str(root)
     if not root.exists():
         raise FileNotFoundError(errno.ENOENT, "no such checkpoint directory", directory)
-    if root.is_local and not os.path.isdir(directory):
-        raise NotADirectoryError(errno.ENOTDIR, "not a checkpoint directory", directory)
+    _location.refuse_file(root)
     state = _state_file.read(root)
     named = []
     if state is not None:

@@ -410,3 +410,10 @@ def locate(path: str | os.PathLike | Dir) -> Dir:
     if scheme == "s3":
         return KvDir(url, _aws_spec(bucket, prefix))
     return KvDir(url, {"driver": "gcs", "bucket": bucket, "path": prefix})
+
+
+def refuse_file(where: Dir, error: type[Exception] = NotADirectoryError) -> None:
+    """Raises ``error`` if ``where`` is a local file (anything but a directory):
+    one check and one message for every call that needs a checkpoint directory."""
+    if where.is_local and os.path.exists(where.path) and not os.path.isdir(where.path):
+        raise error(f"{where} is a file, not a checkpoint directory")

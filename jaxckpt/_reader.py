@@ -34,8 +34,7 @@ def _read_manifest(path: str | Dir) -> tuple[dict, bytes]:
     where = _location.locate(path)
     data = _manifest_bytes(where)
     if data is None:
-        if where.is_local and os.path.isfile(where.path):
-            raise CheckpointNotFoundError(f"{where} is a file, not a checkpoint directory")
+        _location.refuse_file(where, CheckpointNotFoundError)
         if _state_file_present(where):
             raise CheckpointNotFoundError(
                 f"{where} is a CheckpointManager directory, not a checkpoint; restore one of "
