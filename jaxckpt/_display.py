@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import html
 import time
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from . import _stats
 
 Row = Sequence[str]
 
@@ -118,3 +121,24 @@ def rich_table(headers: Row, rows: Sequence[Row], *, right: Sequence[int] = (),
     for row in rows:
         table.add_row(*(rich_text(c) for c in row))
     return table
+
+
+def manager_fields(directory: str, max_to_keep: int | None, keep_hours: float | None,
+                   interval: int | None, pending: int,
+                   stats: _stats.SaveSummary) -> list[tuple[str, str]]:
+    """The header lines of a CheckpointManager's text and HTML reprs."""
+    fields = [("directory", directory), ("max_to_keep", str(max_to_keep))]
+    if keep_hours is not None:
+        fields.append(("keep_checkpoint_every_n_hours", str(keep_hours)))
+    if interval is not None:
+        fields.append(("checkpoint_interval", str(interval)))
+    fields.append(("pending saves", str(pending)))
+    if stats.saves:
+        fields += [
+            ("saves", f"{stats.saves} ({stats.committed} committed, {stats.failed} failed)"),
+            ("save() blocked", f"mean {seconds(stats.blocked_mean_s)}, "
+                               f"max {seconds(stats.blocked_max_s)}"),
+            ("written", f"{human_bytes(stats.bytes_written)} in "
+                        f"{seconds(stats.write_s)} of writer time"),
+        ]
+    return fields
