@@ -1,7 +1,7 @@
 """``jaxckpt demo``: train, get killed with SIGKILL, resume, and show that nothing was lost.
 
 The parent process (``main``) runs the training twice as a subprocess
-(``python -m jaxckpt._demo train ...``):
+(``python -m jaxckpt._demo_child train ...``, in ``_demo_child``):
 
 1. a Flax NNX MLP learns a synthetic regression with optax's Adam in a jitted
    step; every ``--every`` steps ``CheckpointManager.save`` snapshots the model
@@ -14,8 +14,8 @@ The parent process (``main``) runs the training twice as a subprocess
 Batch ``i`` is a pure function of ``i``, so the steps between the restored
 checkpoint and the kill are replayed with bit-identical losses when the state
 was restored exactly. The children report JSON lines on stdout; the parent
-draws the loss curve and a summary. JAX, Flax and optax are imported only in
-the children.
+draws the loss curve and a summary (``_demo_report``). JAX, Flax and optax
+are imported only in the children. (Future home: ``_demo/orchestrate.py``.)
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import json
-import logging
-import math
 import os
 import shutil
 import signal
@@ -34,104 +32,14 @@ import tempfile
 import time
 from typing import Any
 
+from . import _demo_report
+from ._demo_report import loss_curve  # noqa: F401  (the old import path)
+
 MARKER = ".jaxckpt-demo"
-HIDDEN = 512
-FEATURES = 16
-BATCH = 256
 
 
 class DemoError(Exception):
     """The demo cannot run (missing optax, a directory it must not clear)."""
-
-
-# ---------------------------------------------------------------- the training child
-
-
-def _emit(event: str, **fields: Any) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
-class _EmitLogs(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        _emit("log", level=record.levelname, msg=record.getMessage())
-
-
-def train(directory: str, steps: int, every: int, keep: int) -> None:
-    """The training process: restore or initialize, then train and checkpoint to ``steps``."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    import jaxckpt
-
-    logging.getLogger("jaxckpt").addHandler(_EmitLogs(logging.WARNING))
-
-    class MLP(nnx.Module):
-        def __init__(self, rngs: nnx.Rngs):
-            self.l1 = nnx.Linear(FEATURES, HIDDEN, rngs=rngs)
-            self.l2 = nnx.Linear(HIDDEN, HIDDEN, rngs=rngs)
-            self.l3 = nnx.Linear(HIDDEN, 1, rngs=rngs)
-
-        def __call__(self, x):
-            return self.l3(nnx.relu(self.l2(nnx.relu(self.l1(x)))))
-
-    @nnx.jit
-    def train_step(model, optimizer, x, y):
-        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        optimizer.update(model, grads)
-        return loss
-
-    data_key = jax.random.key(1234)
-    teacher = jax.random.normal(jax.random.key(7), (FEATURES,)) / math.sqrt(FEATURES)
-
-    @jax.jit
-    def batch(step):
-        x = jax.random.normal(jax.random.fold_in(data_key, step), (BATCH, FEATURES))
-        return x, jnp.sin(3.0 * x @ teacher)[:, None]
-
-    model = MLP(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
-
-    def state(step: int) -> dict:
-        return {"model": nnx.state(model), "opt": nnx.state(optimizer), "step": step}
-
-    # last_checkpoint_step=0: the first save is at step `every`, not step 1.
-    mngr = jaxckpt.CheckpointManager(directory, max_to_keep=keep, last_checkpoint_step=0,
-                                     step_counter=lambda s: s["step"], checkpoint_interval=every)
-    restored = mngr.restore_or_initialize(target=state(0))
-    start = 0
-    if restored is not None:
-        nnx.update(model, restored["model"])
-        nnx.update(optimizer, restored["opt"])
-        start = restored["step"]
-    _emit("start", pid=os.getpid(), step=start, resumed_from=mngr.latest_checkpoint)
-
-    reported: set[str] = set()
-
-    def report_finished() -> None:
-        for s in mngr.stats.recent:
-            key = f"{s.path}@{s.started}"
-            if s.done and key not in reported:
-                reported.add(key)
-                _emit("committed" if s.committed else "failed", path=s.path, nbytes=s.nbytes,
-                      blocked_s=s.blocked_s, write_s=s.write_s, deleted=s.deleted,
-                      error=s.error)
-
-    for step in range(start + 1, steps + 1):
-        loss = float(train_step(model, optimizer, *batch(step)))
-        _emit("step", step=step, loss=loss)
-        final = step == steps
-        path = mngr.save(state(step), checkpoint_number=step, check_interval=not final)
-        if path is not None:
-            _emit("save", step=step, path=path, blocked_s=mngr.stats.recent[-1].blocked_s)
-        report_finished()
-    mngr.close()
-    report_finished()
-    _emit("done", kept=mngr.checkpoints, latest=mngr.latest_checkpoint)
-
-
-# ---------------------------------------------------------------- the parent
 
 
 @dataclasses.dataclass
@@ -217,7 +125,7 @@ def _child_env() -> dict:
 def _run_child(run: Run, directory: str, steps: int, every: int, keep: int,
                kill_at: int | None, on_event: Any) -> Run:
     """Runs one training process into ``run``; SIGKILLs it after a save at or past ``kill_at``."""
-    cmd = [sys.executable, "-m", "jaxckpt._demo", "train", directory,
+    cmd = [sys.executable, "-m", "jaxckpt._demo_child", "train", directory,
            str(steps), str(every), str(keep)]
     began = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
@@ -262,49 +170,6 @@ def _run_child(run: Run, directory: str, steps: int, every: int, keep: int,
     run.returncode = proc.returncode
     run.seconds = time.perf_counter() - began
     return run
-
-
-def _sparkline(values: list[float | None], lo: float, hi: float) -> str:
-    bars = "▁▂▃▄▅▆▇█"
-    out = []
-    for v in values:
-        if v is None:
-            out.append(" ")
-        else:
-            frac = 0.0 if hi <= lo else (math.log(v) - math.log(lo)) / (math.log(hi) - math.log(lo))
-            out.append(bars[min(len(bars) - 1, max(0, int(frac * len(bars))))])
-    return "".join(out)
-
-
-def loss_curve(first: dict[int, float], second: dict[int, float], steps: int,
-               width: int = 60) -> list[str]:
-    """Two sparklines on one step axis (log scale): the killed run and the resumed one."""
-    per = max(1, math.ceil(steps / width))
-    cols = math.ceil(steps / per)
-    values = [v for v in list(first.values()) + list(second.values()) if v > 0]
-    if not values:
-        return []
-    lo, hi = min(values), max(values)
-
-    def binned(losses: dict[int, float]) -> list[float | None]:
-        out = []
-        for c in range(cols):
-            got = [losses[s] for s in range(c * per + 1, (c + 1) * per + 1) if s in losses]
-            out.append(math.exp(sum(math.log(max(v, lo)) for v in got) / len(got)) if got else None)
-        return out
-
-    axis = f"step 1{' ' * (cols - len(str(steps)) - 1)}{steps}"
-    return [f"run 1 |{_sparkline(binned(first), lo, hi)}|",
-            f"run 2 |{_sparkline(binned(second), lo, hi)}|",
-            f"       {axis}",
-            f"       (loss {hi:.3g} .. {lo:.3g}, log scale, {per} step(s) per column)"]
-
-
-def _number(path: str | None) -> int | None:
-    if not path:
-        return None
-    tail = os.path.basename(path.rstrip("/")).rsplit("-", 1)[-1]
-    return int(tail) if tail.isdigit() else None
 
 
 def run(directory: str, *, steps: int = 300, every: int = 10, kill_at: int | None = None,
@@ -364,7 +229,7 @@ def run(directory: str, *, steps: int = 300, every: int = 10, kill_at: int | Non
         problems.append(f"the resumed training process failed (status {second.returncode}):"
                         f"\n{second.stderr[-2000:]}")
     resumed = second.start["step"] if second.start else None
-    expected = _number(latest_at_kill) or 0
+    expected = _demo_report.number(latest_at_kill) or 0
     if resumed != expected:
         problems.append(f"resumed at step {resumed}, but the newest committed checkpoint "
                         f"after the kill was step {expected}")
@@ -379,74 +244,8 @@ def run(directory: str, *, steps: int = 300, every: int = 10, kill_at: int | Non
         problems.append(f"replayed steps {replayed[0]}..{replayed[-1]} differ in loss by "
                         f"up to {diff:.3g}: the state was not restored exactly")
     result = DemoResult(directory, steps, first, second, latest_at_kill, listing, diff, problems)
-    _summary(result, every, say)
+    _demo_report.summary(result, every, say)
     return result
-
-
-def _summary(r: DemoResult, every: int, say: Any) -> None:
-    from rich import box
-    from rich.table import Table
-
-    from . import _display, _inspect
-
-    say("")
-    say("[bold]loss curve[/] (run 1 was killed; run 2 resumed from the checkpoint):")
-    for line in loss_curve(r.first.losses, r.second.losses, r.steps):
-        say(_display.rich_text("  " + line))
-    runs = (r.first, r.second)
-    saves = [e for run in runs for e in run.saves]
-    committed = [e for run in runs for e in run.finished if e["event"] == "committed"]
-    failed = [e for run in runs for e in run.finished if e["event"] == "failed"]
-    # A save of run 1 committed if it reported so, or is on disk committed after
-    # the kill (the process may die between the commit and its report).
-    on_disk = {e.path for e in r.listing_at_kill
-               if e.status in (_inspect.LATEST, _inspect.ACTIVE, _inspect.PRESERVED)}
-    reported = {e["path"] for e in r.first.finished if e["event"] == "committed"}
-    lost = [e for e in r.first.saves if e["path"] not in on_disk | reported]
-    blocked = [e["blocked_s"] for e in saves]
-    nbytes = sum(e["nbytes"] for e in committed)
-    write_s = sum(e["write_s"] for e in committed)
-    deleted = sorted({os.path.basename(p) for e in committed for p in e["deleted"]},
-                     key=lambda n: _number(n) or 0)
-    kept = [os.path.basename(p) for p in (r.second.done or {}).get("kept", [])]
-    replayed = sorted(set(r.first.losses) & set(r.second.losses))
-
-    table = Table(box=box.SIMPLE, show_header=False, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column()
-    table.add_row("saves", f"{len(saves)} save() calls, {len(saves) - len(lost) - len(failed)} "
-                  f"committed, {len(lost)} cut off by the SIGKILL (never committed; swept on "
-                  "resume)" + (f", {len(failed)} failed" if failed else ""))
-    if blocked:
-        table.add_row("save() blocked", f"mean {_display.seconds(sum(blocked) / len(blocked))}, "
-                      f"max {_display.seconds(max(blocked))} (snapshot to host; the write is "
-                      "asynchronous)")
-    table.add_row("bytes written", f"{_display.human_bytes(nbytes)} "
-                  f"({_display.human_bytes(committed[0]['nbytes']) if committed else '-'} "
-                  "per checkpoint)")
-    if write_s > 0:
-        table.add_row("write throughput", f"{_display.human_bytes(int(nbytes / write_s))}/s "
-                      f"(background writer busy {_display.seconds(write_s)} in total)")
-    table.add_row("kept", ", ".join(kept) or "-")
-    table.add_row("deleted", f"{len(deleted)} by max_to_keep"
-                  + (f" ({deleted[0]} .. {deleted[-1]})" if deleted else ""))
-    table.add_row("killed", f"after step {r.killed_after}; newest committed checkpoint then: "
-                  f"{os.path.basename(r.latest_at_kill) if r.latest_at_kill else 'none'}")
-    if replayed:
-        same = "identical" if r.replay_max_diff == 0 else f"max |diff| {r.replay_max_diff:.3g}"
-        table.add_row("resumed", f"at step {r.resumed_step + 1}; steps "
-                      f"{replayed[0]}..{replayed[-1]} were replayed with {same} losses")
-    else:
-        table.add_row("resumed", f"at step {r.resumed_step + 1} (no step was lost)")
-    table.add_row("time", f"run 1 {r.first.seconds:.1f} s, run 2 {r.second.seconds:.1f} s "
-                  "(each includes starting Python, JAX and the jit compile)")
-    say(table)
-    if r.ok:
-        say("[bold green]OK[/]: training continued where the killed process left off; "
-            f"inspect with 'jaxckpt ls {r.directory}' or 'jaxckpt show {r.directory}'")
-    else:
-        for p in r.problems:
-            say("[bold red]PROBLEM[/]:", _display.rich_text(p))
 
 
 def main(args: Any) -> int:
@@ -461,9 +260,3 @@ def main(args: Any) -> int:
         return 2
     return 0 if result.ok else 1
 
-
-if __name__ == "__main__":
-    if len(sys.argv) == 6 and sys.argv[1] == "train":
-        train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
-    else:
-        sys.exit("usage: python -m jaxckpt._demo train DIR STEPS EVERY KEEP (run 'jaxckpt demo')")
