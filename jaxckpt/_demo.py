@@ -177,7 +177,7 @@ def run(directory: str, *, steps: int = 300, every: int = 10, kill_at: int | Non
     """Runs the whole demo in ``directory`` (which must be prepared) and checks it."""
     from rich.console import Console
 
-    from . import _api, _display, _inspect
+    from . import _api, _display, _listing
 
     console = console or Console(highlight=False)
     say = console.print
@@ -214,7 +214,7 @@ def run(directory: str, *, steps: int = 300, every: int = 10, kill_at: int | Non
         f"the write goes on in the background. SIGKILL after the save at step {kill_at}.")
     _run_child(first, directory, steps, every, keep, kill_at, show)
     latest_at_kill = _api.latest_checkpoint(directory)
-    listing = _inspect.list_checkpoints(directory)
+    listing = _listing.list_checkpoints(directory)
     say(f"on disk after the kill (newest committed: "
         f"{os.path.basename(latest_at_kill) if latest_at_kill else 'none'}):")
     say(_display.rich_table(listing.headers, listing.rows(), right=(1, 3)))

@@ -60,7 +60,7 @@ def summary(r: DemoResult, every: int, say: Any) -> None:
     from rich import box
     from rich.table import Table
 
-    from . import _display, _inspect
+    from . import _display, _listing
 
     say("")
     say("[bold]loss curve[/] (run 1 was killed; run 2 resumed from the checkpoint):")
@@ -73,7 +73,7 @@ def summary(r: DemoResult, every: int, say: Any) -> None:
     # A save of run 1 committed if it reported so, or is on disk committed after
     # the kill (the process may die between the commit and its report).
     on_disk = {e.path for e in r.listing_at_kill
-               if e.status in (_inspect.LATEST, _inspect.ACTIVE, _inspect.PRESERVED)}
+               if e.status in (_listing.LATEST, _listing.ACTIVE, _listing.PRESERVED)}
     reported = {e["path"] for e in r.first.finished if e["event"] == "committed"}
     lost = [e for e in r.first.saves if e["path"] not in on_disk | reported]
     blocked = [e["blocked_s"] for e in saves]
