@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any
 
-from . import _agree, _checkpoint, _gc, _location, _multihost, _progress, _restore
+from . import _agree, _gc, _location, _multihost, _progress, _reader, _restore, _write
 from . import _snapshot
 from . import _durable, _latest, _state_file
 from .errors import CorruptCheckpointError
@@ -59,7 +59,7 @@ def save(
         seq = _save_counts[str(final)]
     coord = _multihost.SaveCoordinator(_multihost.scope(str(final), "save", seq), 0,
                                        str(final), coordination_timeout_s)
-    _checkpoint.write(snapshot, final, replace=False, created=time.time(), coordinator=coord)
+    _write.write(snapshot, final, replace=False, created=time.time(), coordinator=coord)
     return str(path)
 
 
@@ -103,7 +103,7 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
 def restore_here(path: str | os.PathLike, target: Any = None, *, partial: bool = False,
                  progress: bool = False) -> Any:
     """``restore`` in this process alone."""
-    def read(reader: _checkpoint.Reader) -> Any:
+    def read(reader: _reader.Reader) -> Any:
         # A partial restore reads less than the bar's total; the bar completes at the end.
         with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path),
                            progress) as bar:
@@ -114,17 +114,17 @@ def restore_here(path: str | os.PathLike, target: Any = None, *, partial: bool =
 
     with _gc.paused():  # decoding thousands of leaf records set off full collections
         # Started over if the checkpoint is replaced meanwhile: never a mix of two saves.
-        return _checkpoint.read_consistently(path, read)
+        return _reader.read_consistently(path, read)
 
 
 def metadata(path: str | os.PathLike) -> Any:
     """The saved structure with ``jax.ShapeDtypeStruct`` leaves; reads no array data."""
-    return _restore.abstract(_checkpoint.Reader(path))
+    return _restore.abstract(_reader.Reader(path))
 
 
 def user_metadata(path: str | os.PathLike) -> dict | None:
     """The ``metadata`` dict given to ``save`` for this checkpoint, or None."""
-    return _checkpoint.read_manifest(path).get("metadata")
+    return _reader.read_manifest(path).get("metadata")
 
 
 def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
@@ -138,12 +138,12 @@ def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
         CheckpointNotFoundError: no committed checkpoint at ``path``, or it
             was deleted while being read.
     """
-    def read(reader: _checkpoint.Reader) -> list[str]:
+    def read(reader: _reader.Reader) -> list[str]:
         with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("verify", path),
                            progress) as bar:
             return reader.verify(on_leaf=bar)
 
-    problems = _checkpoint.read_consistently(path, read)
+    problems = _reader.read_consistently(path, read)
     if problems:
         raise CorruptCheckpointError("\n".join(problems))
 

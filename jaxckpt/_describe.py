@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from . import _checkpoint, _display, _format, _location, _tree
+from . import _display, _format, _location, _reader, _tree
 from ._listing import REPR_ROWS, disk_bytes
 
 
@@ -50,7 +50,7 @@ def _leaf_info(leaf: dict) -> LeafInfo:
         return LeafInfo(path, kind, None, type(value).__name__, 0, "manifest", value)
     where = leaf["where"]
     stored = f"array {_format.ARRAYS}/{where[1]}" if where[0] == "array" else where[0]
-    nbytes = _checkpoint.nbytes_of(leaf)
+    nbytes = _reader.nbytes_of(leaf)
     if kind == "key":
         return LeafInfo(path, kind, tuple(leaf["key_shape"]), f"key<{leaf['impl']}>",
                         nbytes, stored)
@@ -158,7 +158,7 @@ def inspect(path: str) -> CheckpointInfo:
     """
     where = _location.locate(path)
     path = str(where)
-    manifest = _checkpoint.read_manifest(where)
+    manifest = _reader.read_manifest(where)
     committed = manifest.get("created")
     if where.is_local:
         try:

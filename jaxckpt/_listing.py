@@ -26,7 +26,7 @@ import os
 import re
 from typing import Any, Iterable, Iterator, Sequence
 
-from . import _checkpoint, _commit, _display, _format, _latest, _location, _names, _state_file
+from . import _commit, _display, _format, _latest, _location, _names, _reader, _state_file
 from ._location import Dir
 
 LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"
@@ -53,10 +53,10 @@ def disk_bytes(path: str | Dir) -> int | None:
     where = _location.locate(path)
     if not where.is_local:
         try:
-            manifest = _checkpoint.read_manifest(where)
+            manifest = _reader.read_manifest(where)
         except Exception:
             return None
-        return sum(_checkpoint.nbytes_of(leaf) for leaf in manifest["leaves"])
+        return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"])
     total = 0
     for dirpath, _dirs, files in os.walk(where.path):
         for name in files:
@@ -72,7 +72,7 @@ def _manifest_times(path: str) -> tuple[float | None, float | None]:
     (on object stores, which give no mtime here, the save's timestamp)."""
     where = _location.locate(path)
     try:
-        created = _checkpoint.read_manifest(where).get("created")
+        created = _reader.read_manifest(where).get("created")
         if not where.is_local:
             return created, created
         committed = os.stat(os.path.join(where.path, _format.MANIFEST)).st_mtime

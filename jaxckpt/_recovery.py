@@ -29,7 +29,7 @@ import math
 import os
 from typing import Callable
 
-from . import _checkpoint, _commit, _deletions, _format, _latest, _retention, _state_file
+from . import _commit, _deletions, _format, _latest, _reader, _retention, _state_file
 from ._location import Dir
 from .errors import CorruptCheckpointError
 
@@ -179,7 +179,7 @@ def _is_real_directory(root: Dir, path: str) -> bool:
 def _saved_at(path: str) -> float:
     """A committed checkpoint's save time: its manifest's ``created``, else its mtime."""
     try:
-        created = _checkpoint.read_manifest(path).get("created")
+        created = _reader.read_manifest(path).get("created")
         if isinstance(created, (int, float)) and math.isfinite(created):
             return float(created)
     except Exception:  # damaged: restore reports it; retention still needs a time

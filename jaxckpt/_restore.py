@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import _checkpoint, _format, _tree
+from . import _format, _reader, _tree
 from .errors import StructureMismatchError
 
 _SINGLE_DEVICE = jax.sharding.SingleDeviceSharding
@@ -31,12 +31,12 @@ def _raw_value(leaf: dict, data: np.ndarray | None) -> Any:
     return data
 
 
-def restore_raw(reader: _checkpoint.Reader) -> Any:
+def restore_raw(reader: _reader.Reader) -> Any:
     arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
     data = reader.read_arrays([(leaf, [()]) for leaf in arrays])
     by_id = {id(leaf): pieces[0] for leaf, pieces in zip(arrays, data)}
     values = [_raw_value(leaf, by_id.get(id(leaf))) for leaf in reader.leaves]
-    return _tree.unflatten_raw(_checkpoint.leaf_paths(reader.leaves), values)
+    return _tree.unflatten_raw(_reader.leaf_paths(reader.leaves), values)
 
 
 def _saved_shape(leaf: dict) -> tuple[int, ...] | None:
@@ -210,7 +210,7 @@ class _Plan:
         return out
 
 
-def restore_target(reader: _checkpoint.Reader, target: Any, partial: bool) -> Any:
+def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
     entries, treedef = _tree.flatten(target)
     saved = {_tree.path_str(leaf["path"]): leaf for leaf in reader.leaves}
     problems: list[str] = []
@@ -260,7 +260,7 @@ def restore_target(reader: _checkpoint.Reader, target: Any, partial: bool) -> An
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
-def abstract(reader: _checkpoint.Reader) -> Any:
+def abstract(reader: _reader.Reader) -> Any:
     """The saved structure with ``jax.ShapeDtypeStruct`` for array leaves."""
     values = []
     for leaf in reader.leaves:
@@ -274,4 +274,4 @@ def abstract(reader: _checkpoint.Reader) -> Any:
         else:
             values.append(jax.ShapeDtypeStruct(tuple(leaf["shape"]),
                                                _format.dtype_from_name(leaf["dtype"])))
-    return _tree.unflatten_raw(_checkpoint.leaf_paths(reader.leaves), values)
+    return _tree.unflatten_raw(_reader.leaf_paths(reader.leaves), values)
