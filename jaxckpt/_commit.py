@@ -22,6 +22,11 @@ then deletes the old data. Deletion removes the manifest first. A data prefix wi
 or one no manifest names, is a leftover; a manager sweeps it once it is older
 than ``LEASE_S`` (its token starts with its creation time), because a save in
 flight in another process looks the same until its manifest lands.
+
+``LocalCommit`` and ``ObjectStoreCommit`` are the two protocols behind one
+interface; ``protocol(where)`` picks one, and the module-level functions
+dispatch to it. (Future home: ``_commit/atomic.py``, and the sweep
+``_commit/sweep.py``.)
 """
 
 from __future__ import annotations
@@ -109,14 +114,7 @@ def token_age_s(token: str, now: float) -> float:
 def is_committed(path: str | os.PathLike | Dir) -> bool:
     """True if ``path`` holds a manifest with our magic (cheap: no parse)."""
     where = _location.locate(path)
-    if where.is_local:
-        try:  # non-blocking, regular files only: a planted FIFO must not hang a listing
-            return where.read(_format.MANIFEST, len(_format.MAGIC), head=True) == _format.MAGIC
-        except (OSError, ValueError):
-            return False
-    # An unreachable store raises: skipping to an older checkpoint would hide it.
-    data = where.read(_format.MANIFEST, len(_format.MAGIC), head=True)
-    return data is not None and data[: len(_format.MAGIC)] == _format.MAGIC
+    return protocol(where).is_committed(where)
 
 
 @dataclass
@@ -136,23 +134,12 @@ def stage(final: Dir, token: str, *, create: bool) -> Staging:
     checkpoints too), so a reader holding the manifest of a checkpoint that
     was replaced since finds no files instead of the new save's bytes.
     """
-    key = f"{DATA_PREFIX}{token}"
-    if final.is_local:
-        tmp = final.parent().join(_names.tmp(final.name, token))
-        if create:
-            # Not makedirs: a vanished directory is an error, not recreated. The
-            # arrays' subdirectory is made by the first write into it (a save
-            # whose arrays all fit in the manifest has none).
-            os.mkdir(tmp.path)
-        return Staging(final, tmp, key, tmp.join(key))
-    return Staging(final, final.join(key), key, final.join(key))
+    return protocol(final).stage(final, token, create=create)
 
 
 def seal_part(staging: Staging) -> None:
-    """Makes this process's files durable: tensorstore fsyncs each file, this
-    their directories. Object stores are durable once a write returns."""
-    if staging.data.is_local:
-        _durable.fsync_tree(staging.data.path)
+    """Makes this process's files durable (see the protocols' ``seal_part``)."""
+    protocol(staging.data).seal_part(staging)
 
 
 def commit(staging: Staging, manifest: bytes, *, replace: bool) -> None:
@@ -162,18 +149,91 @@ def commit(staging: Staging, manifest: bytes, *, replace: bool) -> None:
         FileExistsError: ``final`` exists and ``replace`` is False.
         CheckpointError: (object stores) staged data vanished before the commit.
     """
-    final = staging.final
-    if final.is_local:
+    protocol(staging.final).commit(staging, manifest, replace=replace)
+
+
+class LocalCommit:
+    """Local filesystems: a hidden temporary sibling, fsync'd, renamed into place."""
+
+    def is_committed(self, where: Dir) -> bool:
+        try:  # non-blocking, regular files only: a planted FIFO must not hang a listing
+            return where.read(_format.MANIFEST, len(_format.MAGIC), head=True) == _format.MAGIC
+        except (OSError, ValueError):
+            return False
+
+    def stage(self, final: Dir, token: str, *, create: bool) -> Staging:
+        key = f"{DATA_PREFIX}{token}"
+        tmp = final.parent().join(_names.tmp(final.name, token))
+        if create:
+            # Not makedirs: a vanished directory is an error, not recreated. The
+            # arrays' subdirectory is made by the first write into it (a save
+            # whose arrays all fit in the manifest has none).
+            os.mkdir(tmp.path)
+        return Staging(final, tmp, key, tmp.join(key))
+
+    def seal_part(self, staging: Staging) -> None:
+        """tensorstore fsyncs each file; this, their directories."""
+        _durable.fsync_tree(staging.data.path)
+
+    def commit(self, staging: Staging, manifest: bytes, *, replace: bool) -> None:
         staging.data.write(_format.MANIFEST, manifest)
         _durable.fsync_dir(staging.data.path)
-        publish(staging.data.path, final.path, replace=replace)
-        return
-    previous = final.read(_format.MANIFEST)
-    if not replace and previous is not None:
-        raise FileExistsError(errno.EEXIST, "checkpoint already exists", str(final))
-    _check_staged_data(staging, manifest)
-    final.write(_format.MANIFEST, manifest)
-    _drop_unnamed_data(final, staging.data_key, also=_data_named(previous, final))
+        publish(staging.data.path, staging.final.path, replace=replace)
+
+    def abort(self, staging: Staging) -> None:
+        discard(staging.data.path)
+
+    def remove(self, where: Dir) -> None:
+        _remove_local(where.path)
+
+    def sweep_leftovers(self, where: Dir, checkpoint_name: str) -> list[str]:
+        return _sweep_local(where.path, checkpoint_name)
+
+
+class ObjectStoreCommit:
+    """Object stores: the arrays under a fresh data prefix; the manifest's single PUT commits."""
+
+    def is_committed(self, where: Dir) -> bool:
+        # An unreachable store raises: skipping to an older checkpoint would hide it.
+        data = where.read(_format.MANIFEST, len(_format.MAGIC), head=True)
+        return data is not None and data[: len(_format.MAGIC)] == _format.MAGIC
+
+    def stage(self, final: Dir, token: str, *, create: bool) -> Staging:
+        key = f"{DATA_PREFIX}{token}"
+        return Staging(final, final.join(key), key, final.join(key))
+
+    def seal_part(self, staging: Staging) -> None:
+        """Nothing: object stores are durable once a write returns."""
+
+    def commit(self, staging: Staging, manifest: bytes, *, replace: bool) -> None:
+        final = staging.final
+        previous = final.read(_format.MANIFEST)
+        if not replace and previous is not None:
+            raise FileExistsError(errno.EEXIST, "checkpoint already exists", str(final))
+        _check_staged_data(staging, manifest)
+        final.write(_format.MANIFEST, manifest)
+        _drop_unnamed_data(final, staging.data_key, also=_data_named(previous, final))
+
+    def abort(self, staging: Staging) -> None:
+        try:
+            staging.data.delete_all()
+        except Exception as e:  # the next manager sweeps it
+            log.warning("could not remove staged data %s: %r", staging.data, e)
+
+    def remove(self, where: Dir) -> None:
+        where.delete(_format.MANIFEST)
+        where.delete_all()
+
+    def sweep_leftovers(self, where: Dir, checkpoint_name: str) -> list[str]:
+        return _sweep_kv(where, checkpoint_name)
+
+
+_LOCAL, _OBJECT_STORE = LocalCommit(), ObjectStoreCommit()
+
+
+def protocol(where: Dir) -> LocalCommit | ObjectStoreCommit:
+    """The commit protocol for ``where``: one class per kind of storage."""
+    return _LOCAL if where.is_local else _OBJECT_STORE
 
 
 def _check_staged_data(staging: Staging, manifest: bytes) -> None:
@@ -212,13 +272,7 @@ def _data_named(raw: bytes | None, where: KvDir) -> str | None:
 
 def abort(staging: Staging) -> None:
     """Best-effort removal of what a failed save staged."""
-    if staging.data.is_local:
-        discard(staging.data.path)
-    else:
-        try:
-            staging.data.delete_all()
-        except Exception as e:  # the next manager sweeps it
-            log.warning("could not remove staged data %s: %r", staging.data, e)
+    protocol(staging.data).abort(staging)
 
 
 def _drop_unnamed_data(final: KvDir, keep: str | None, *, also: str | None = None,
@@ -313,11 +367,10 @@ def remove(checkpoint: str | Dir) -> None:
             is a leftover the next manager sweeps).
     """
     where = _location.locate(checkpoint)
-    if not where.is_local:
-        where.delete(_format.MANIFEST)
-        where.delete_all()
-        return
-    path = where.path
+    protocol(where).remove(where)
+
+
+def _remove_local(path: str) -> None:
     if not os.path.lexists(path):
         return
     parent, name = os.path.split(path)
@@ -343,9 +396,10 @@ def sweep_leftovers(directory: str | Dir, checkpoint_name: str) -> list[str]:
     left by a crash, after putting back a checkpoint that a crash inside a
     two-rename replace left without its name. Returns what was removed."""
     where = _location.locate(directory)
-    if not where.is_local:
-        return _sweep_kv(where, checkpoint_name)
-    directory = where.path
+    return protocol(where).sweep_leftovers(where, checkpoint_name)
+
+
+def _sweep_local(directory: str, checkpoint_name: str) -> list[str]:
     try:
         names = os.listdir(directory)
     except FileNotFoundError:
