@@ -107,4 +107,5 @@ if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "train":
         train(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
     else:
-        sys.exit("usage: python -m jaxckpt._demo_child train DIR STEPS EVERY KEEP (run 'jaxckpt demo')")
+        sys.exit("usage: python -m jaxckpt._demo_child train DIR STEPS EVERY KEEP "
+                 "(run 'jaxckpt demo')")
