@@ -22,8 +22,8 @@ from . import (_agree, _api, _catalog, _checkpoint, _commit, _deletions, _faults
 from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats, _storage
 from ._options import as_number
 from ._writer import Writer
-from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
-                     CorruptCheckpointError)
+from .errors import (CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError,
+                     ForkedManagerError, ManagerClosedError, ReadOnlyManagerError)
 
 log = logging.getLogger("jaxckpt")
 
@@ -48,7 +48,7 @@ class CheckpointManager:
             gives up on that save with an error naming the late process.
         read_only: for readers (an evaluator beside a trainer): never saves,
             sweeps, deletes, locks or writes anything; ``save`` raises
-            ``CheckpointError``. ``latest_checkpoint``, ``checkpoints`` and
+            ``ReadOnlyManagerError``. ``latest_checkpoint``, ``checkpoints`` and
             ``restore`` re-read the state file, so they follow the writer.
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
@@ -60,7 +60,7 @@ class CheckpointManager:
     takes over: the old one is flushed and closed, with a warning.
 
     Raises:
-        CheckpointError: another process's manager holds the directory.
+        DirectoryLockedError: another process's manager holds the directory.
         ValueError, TypeError, NotADirectoryError: a bad argument, before
             anything is written.
     """
@@ -195,7 +195,7 @@ class CheckpointManager:
 
         Raises:
             CheckpointWriteError: an earlier background save failed (cause chained).
-            CheckpointError: the manager is closed, or read-only.
+            ManagerClosedError, ReadOnlyManagerError: the manager is closed, or read-only.
             TypeError: a leaf cannot be saved; nothing is queued.
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
@@ -316,7 +316,7 @@ class CheckpointManager:
     def _check_process(self) -> None:
         """Raises in a forked child: the writer thread stayed in the parent."""
         if self._writer.pid != os.getpid():
-            raise CheckpointError(
+            raise ForkedManagerError(
                 f"this CheckpointManager for {self._dir} belongs to process {self._writer.pid} "
                 f"and this is a child forked from it (pid {os.getpid()}); its writer thread "
                 "stayed in the parent, so it cannot save or wait here. Make a new "
@@ -326,13 +326,13 @@ class CheckpointManager:
     def _check_open(self) -> None:
         self._check_process()
         if self._closed:
-            raise CheckpointError(
+            raise ManagerClosedError(
                 f"CheckpointManager for {self._dir} is closed ({self._closed_why}); "
                 "make a new one to save or restore")
 
     def _check_writable(self) -> None:
         if self._read_only:
-            raise CheckpointError(
+            raise ReadOnlyManagerError(
                 f"CheckpointManager for {self._dir} is read-only (read_only=True): it restores "
                 "and lists but never saves; make one without read_only to save")
 
@@ -361,7 +361,7 @@ class CheckpointManager:
 
         Raises:
             CheckpointWriteError: a background save failed.
-            TimeoutError: another process did not close its manager in time (named).
+            CoordinationTimeoutError: another process did not close its manager in time (named).
         """
         failed = True
         try:
@@ -464,7 +464,7 @@ class CheckpointManager:
             TypeError: a leaf cannot be saved, or ``step`` is not an integer
                 scalar (at trace time; nothing is compiled).
             ValueError: no ``step`` and no ``step_counter``, or a negative step.
-            CheckpointError: the manager is closed.
+            ManagerClosedError: the manager is closed.
 
         In a multi-process program every process must run it for the same
         steps: each writes its own block of the large leaves (see the README).
@@ -510,7 +510,7 @@ class CheckpointManager:
         Raises:
             CheckpointNotFoundError: there is no such committed checkpoint.
             StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
-            CheckpointError: in a process forked from the manager's (use
+            ForkedManagerError: in a process forked from the manager's (use
                 ``jaxckpt.restore(path)`` there, or a new manager).
         """
         self._check_process()
