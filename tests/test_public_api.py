@@ -108,3 +108,31 @@ def test_the_package_ships_py_typed():
     if pyproject.is_file():  # a source checkout: the wheel includes it
         config = tomllib.loads(pyproject.read_text())
         assert "py.typed" in config["tool"]["setuptools"]["package-data"]["jaxckpt"]
+
+
+def test_the_reference_page_lists_every_public_name():
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "REFERENCE.md"), encoding="utf-8") as f:
+        reference = f.read()
+    names = set(jaxckpt.__all__) | set(NOT_STAR_EXPORTED)
+    for cls in (jaxckpt.CheckpointManager, jaxckpt.tf_compat.CheckpointManager):
+        names |= {n for n in vars(cls) if not n.startswith("_")}
+    for name in sorted(names):
+        assert re.search(rf"`(jaxckpt\.|\.)?{name}\b", reference), f"REFERENCE.md lacks {name}"
+    # Every keyword of the manager is documented.
+    for param in inspect.signature(jaxckpt.CheckpointManager).parameters:
+        assert f"{param}=" in reference or f"{param}," in reference, param
+    for doc in ("README.md", "REFERENCE.md", os.path.join("benchmarks", "README.md")):
+        with open(os.path.join(root, doc), encoding="utf-8") as f:
+            text = f.read()
+        # Links stay inside the repository (benchmarks/README.md may point up to ../README.md).
+        for target in re.findall(r"\]\(([^)#]+)", text):
+            if "://" in target:
+                continue
+            assert os.path.exists(os.path.join(root, os.path.dirname(doc), target)), (doc, target)
+            assert os.path.realpath(os.path.join(root, os.path.dirname(doc), target)).startswith(
+                os.path.realpath(root) + os.sep), (doc, target)
+        assert "../shared" not in text, doc
