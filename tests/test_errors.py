@@ -143,7 +143,7 @@ def test_a_timeout_reported_by_process_0_stays_a_coordination_timeout():
     # TimeoutError there too, whichever class process 0 raised.
     for raised in (errors.CoordinationTimeoutError("process 2 of 3 did not open it"),
                    TimeoutError("process 2 of 3 did not open it")):
-        got = _agree._failure(_agree._encode_error(raised)[0:])
+        got = _agree._failure(_agree._encode_error(raised))
         assert isinstance(got, errors.CoordinationTimeoutError), got
         assert str(got) == "process 0 reports: process 2 of 3 did not open it"
     got = _agree._failure(_agree._encode_error(ValueError("bad")))
