@@ -43,7 +43,6 @@ from .errors import CheckpointError
 
 log = logging.getLogger("jaxckpt")
 
-DATA_PREFIX = _names.DATA_PREFIX
 # Object stores: a data prefix without a manifest (or not named by its
 # manifest) is swept only once it is this old. A save in flight in another
 # process (a trainer, seen by an evaluator's manager) is indistinguishable

@@ -1,5 +1,8 @@
 """The on-disk layout of one checkpoint, written down in one place.
 
+``FORMAT.md`` at the top of the repository is the full specification (names:
+``_names``); ``tests/test_format_bytes.py`` pins the bytes a save writes.
+
 A checkpoint is a directory (or object prefix) holding:
 
     _CHECKPOINT     the manifest; its presence is the commit record

@@ -22,6 +22,7 @@ import os
 import re
 import struct
 import sys
+import time
 import zlib
 
 import jax
@@ -176,6 +177,27 @@ def test_a_managers_state_file_and_checkpoint_are_written_as_pinned(tmp_path):
     with open(os.path.join(HERE, "checkpoint"), encoding="utf-8", newline="") as f:
         assert state == f.read()
     assert files_of(os.path.join(directory, "ckpt-2")) == expected("inline")
+
+
+def test_every_name_is_built_and_parsed_by_names():
+    from jaxckpt import _names
+
+    assert _names.numbered("ckpt", 12) == "ckpt-12"
+    assert _names.number_of("ckpt-12", "ckpt") == 12
+    assert _names.split_numbered("my-run-7") == ("my-run", 7)
+    for other in ("ckpt-", "ckpt-1a", "-3", "ckpt-\u0663", "ckpt-3\n"):
+        assert _names.split_numbered(other) is None, other
+    token = _names.new_token()
+    assert _names.data_token(_names.data(token)) == token and _names.is_data(_names.data(token))
+    assert abs(_names.token_time(token) - time.time()) < 120
+    assert _names.token_time("cb43538f28f1") is None  # before tokens carried a time
+    assert not _names.is_data("d-../x") and _names.data_token("packed") is None
+    assert _names.is_array(_names.array(3)) and not _names.is_array("../0")
+    tmp = _names.state_file_tmp()
+    assert re.fullmatch(r"checkpoint\.tmp-[0-9a-f]{12}", tmp) and _names.is_state_file_tmp(tmp)
+    assert not _names.is_state_file_tmp("checkpoint") and _names.parse(tmp) is None
+    assert _names.basename("gs://b/run/ckpt-3/") == "ckpt-3"
+    assert (_names.MANIFEST, _names.STATE_FILE) == ("_CHECKPOINT", "checkpoint")
 
 
 def _regen() -> None:
