@@ -9,6 +9,8 @@ the manifest's ``created`` time (its 8 float64 bytes zeroed), its ``data``
 token (``d-`` and 20 hex digits, zeroed; also in the data directory's name)
 and, since both change with them, the manifest's crc32 header (recomputed).
 A manager's ``checkpoint`` state file is pinned with its timestamps replaced.
+A dependency upgrade that changes these bytes (tensorstore's shard files,
+msgpack's encoding) fails it too, on purpose: the format is what is on disk.
 
 If the writer's output changes on purpose, bump ``_format.VERSION``, add a
 golden checkpoint (tests/golden/make_golden.py) and regenerate these files:
