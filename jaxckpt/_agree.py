@@ -26,7 +26,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _multihost
+from . import _multihost, _names
 from .errors import (CheckpointNotFoundError, CoordinationError, CoordinationTimeoutError,
                      CorruptCheckpointError)
 
@@ -293,4 +293,4 @@ def decode_kept(root: Any, text: str) -> tuple[Any, list[str]]:
 
 def name(path: str) -> str:
     """A checkpoint's last path component, for messages."""
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return _names.basename(path)

@@ -6,14 +6,13 @@ import collections
 import errno
 import logging
 import os
-import re
 import threading
 import time
 from typing import Any
 
 from . import _agree, _checkpoint, _commit, _gc, _location, _multihost, _progress, _restore
 from . import _snapshot
-from . import _faults, _state_file, _storage
+from . import _faults, _names, _state_file, _storage
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a
@@ -22,7 +21,6 @@ _save_counts: collections.Counter = collections.Counter()
 _save_counts_lock = threading.Lock()
 
 log = logging.getLogger("jaxckpt")
-_NUMBERED = re.compile(r"^[^.].*-\d+$")
 
 
 def save(
@@ -226,7 +224,8 @@ def _warn_if_unrecorded(root: _location.Dir) -> None:
     if not root.is_local:  # a listing of an object store costs a request: not on every call
         return
     committed = sorted(n for n in root.listdir()
-                       if _NUMBERED.match(n) and _commit.is_committed(root.join(n)))
+                       if not n.startswith(".") and _names.split_numbered(n)
+                       and _commit.is_committed(root.join(n)))
     if committed:
         log.warning("%s has no state file but holds committed checkpoints %s; "
                     "jaxckpt.latest_checkpoint reads only the state file (a CheckpointManager "

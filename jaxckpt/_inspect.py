@@ -24,7 +24,6 @@ import errno
 import html
 import json
 import os
-import re
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import (_api, _checkpoint, _commit, _display, _format, _location, _names, _state_file,
@@ -34,7 +33,7 @@ from ._location import Dir
 LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"
 UNCOMMITTED, PENDING, MISSING = "uncommitted", "pending", "missing"
 
-_NUMBERED = re.compile(r"^(?P<name>.+)-(?P<number>\d+)$")
+_NUMBERED = _names.NUMBERED
 _LEFTOVER_NOTES = {
     _names.TMP: "save in progress or interrupted",
     _names.TRASH: "deletion in progress or interrupted",
@@ -154,7 +153,7 @@ class CheckpointList(Sequence[CheckpointEntry]):
 
 
 def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return _names.basename(path)
 
 
 def list_checkpoints(
@@ -308,8 +307,9 @@ def _leaf_info(leaf: dict) -> LeafInfo:
     if kind == "py":
         value = _format.decode_py(leaf["value"])
         return LeafInfo(path, kind, None, type(value).__name__, 0, "manifest", value)
-    where = leaf["where"]
-    stored = f"array {_format.ARRAYS}/{where[1]}" if where[0] == "array" else where[0]
+    kind_of_where = _format.where_kind(leaf)
+    stored = (f"array {_format.ARRAYS}/{_format.array_name(leaf)}"
+              if kind_of_where == _format.WHERE_ARRAY else kind_of_where)
     nbytes = _checkpoint.nbytes_of(leaf)
     if kind == "key":
         return LeafInfo(path, kind, tuple(leaf["key_shape"]), f"key<{leaf['impl']}>",

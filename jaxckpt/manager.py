@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import threading
 import time
 import warnings
@@ -20,6 +19,7 @@ from typing import Any, Callable
 from . import (_agree, _api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
                _multihost, _snapshot, _state_file)
 from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats, _storage
+from . import _names
 from ._options import as_number
 from ._writer import Writer
 from .errors import (CheckpointNotFoundError, CheckpointWriteError, CorruptCheckpointError,
@@ -110,7 +110,6 @@ class CheckpointManager:
         # Decisions shared by every process (process 0 decides; see _agree).
         self._agree = _agree.Agreement(self._scope + "/agree", self._timeout, self._dir)
         self._closed_together = False
-        self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
         self._lock = threading.Lock()  # guards pending
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
@@ -174,8 +173,7 @@ class CheckpointManager:
             keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
 
     def _number_of(self, path: str) -> int | None:
-        m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
-        return int(m.group(1)) if m else None
+        return _names.number_of(_names.basename(path), self._name)
 
     # ------------------------------------------------------------ saving
 
@@ -493,7 +491,7 @@ class CheckpointManager:
     # ------------------------------------------------------------ reading
 
     def _checkpoint_path(self, number: int) -> str:
-        return str(self._root.join(f"{self._name}-{number}"))
+        return str(self._root.join(_names.numbered(self._name, number)))
 
     def _path_for(self, checkpoint: Any) -> str:
         if isinstance(checkpoint, (str, os.PathLike)):

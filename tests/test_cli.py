@@ -44,7 +44,7 @@ def _array_file(ckpt: str, sub: str = "a") -> str:
 def _packed_in_files(monkeypatch):
     """These small trees' packed leaves go in a file (not the manifest), so
     that damage to them is a file to flip."""
-    monkeypatch.setattr(_storage, "INLINE_BYTES", 0)
+    monkeypatch.setattr(jaxckpt._format, "INLINE_BYTES", 0)
 
 
 @pytest.fixture
