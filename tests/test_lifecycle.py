@@ -30,7 +30,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxckpt
-from jaxckpt import _faults, _location
+from jaxckpt import _faults
 from jaxckpt._writer import Writer
 
 
@@ -368,24 +368,6 @@ def test_a_forked_child_gets_an_error_from_the_parents_manager(tmp_path):
 
 
 # ---------------------------------------------------------------- item 17
-
-
-def test_request_limits_fit_the_stated_timeout():
-    for timeout in (12.0, 60.0, 120.0, 600.0):
-        retries, stall = _location._request_limits(timeout)
-        delays, d = [], float(retries["initial_delay"][:-1])
-        for _ in range(retries["max_retries"]):
-            delays.append(min(d, float(retries["max_delay"][:-1])))
-            d *= 2
-        worst = (retries["max_retries"] + 1) * stall + sum(delays)
-        assert stall >= 1 and worst <= 0.92 * timeout, (timeout, worst)
-
-
-@pytest.mark.parametrize("raw", ["5", "x", "nan", "inf", "-20"])
-def test_a_bad_timeout_setting_is_refused(monkeypatch, raw):
-    monkeypatch.setenv(_location.TIMEOUT_ENV, raw)
-    with pytest.raises(ValueError, match="JAXCKPT_OBJECT_STORE_TIMEOUT_S"):
-        _location.timeout_s()
 
 
 _OPEN_ON_A_SILENT_ENDPOINT = """
