@@ -1008,7 +1008,8 @@ def test_reads_a_state_file_tensorflow_wrote(tmp_path, make):
     assert m.latest == ckpt_path(tmp_path, 2)
     assert m.save() == ckpt_path(tmp_path, 3) or m.name == "tf"
     assert jaxckpt.latest_checkpoint(tmp_path) in (ckpt_path(tmp_path, 3), ckpt_path(tmp_path, 1))
-    assert os.path.exists(ckpt_path(tmp_path, 1)) and os.path.exists(ckpt_path(tmp_path, 2))  # unmanaged: kept
+    # unmanaged: kept
+    assert os.path.exists(ckpt_path(tmp_path, 1)) and os.path.exists(ckpt_path(tmp_path, 2))
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])
