@@ -122,6 +122,7 @@ m.save(state(2))
 """
 
 
+@pytest.mark.slow  # child processes
 def test_a_script_that_ends_without_close_keeps_its_last_save(tmp_path):
     proc = _run(_ENDS_AFTER_A_SECOND_SAVE, str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -148,6 +149,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # child processes
 def test_sigterm_handler_calling_sys_exit_keeps_the_pending_save(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SIGTERM_WHILE_PENDING),
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -183,6 +185,7 @@ print(len(a.pending), len(b.pending), flush=True)
 """
 
 
+@pytest.mark.slow  # child processes
 def test_the_exit_flush_commits_every_pending_save_of_every_manager(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     proc = _run(_THREE_QUEUED_AND_TWO_MANAGERS, str(a), str(b))
@@ -324,6 +327,7 @@ def test_ctrl_c_inside_close_does_not_keep_the_directory_lock(tmp_path):
 # ---------------------------------------------------------------- item 18 (a)
 
 
+@pytest.mark.slow  # child processes
 def test_a_forked_child_gets_an_error_from_the_parents_manager(tmp_path):
     m = jaxckpt.CheckpointManager(tmp_path, max_pending=2)
     m.save(_state(1))
@@ -382,6 +386,7 @@ else:
 """
 
 
+@pytest.mark.slow  # child processes
 def test_an_endpoint_that_never_answers_fails_with_an_error_naming_the_url():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
