@@ -3,8 +3,9 @@
 Every dtype bit-exact (raw and with each kind of target), typed PRNG keys,
 Python and NumPy scalar leaves, containers, Flax Linen / NNX / struct
 states, snapshot safety of ``CheckpointManager.save`` and unsupported
-leaves. Targets with shardings, casts and mismatches live in
-``test_restore_target.py``.
+leaves. ``DTYPES`` is the suite's one dtype list: every dtype this JAX can
+hold, ml_dtypes' narrow ones included. Most targets with shardings, casts
+and mismatches live in ``test_restore_target.py``.
 """
 
 from __future__ import annotations
