@@ -157,13 +157,22 @@ _NEWER = ["float8_e3m4", "float8_e4m3", "float8_e8m0fnu", "float4_e2m1fn", "floa
           "float6_e3m2fn", "int2", "uint2"]
 
 
+# JAX holds these only with jax_enable_x64 on (else it truncates them to 32 bits).
+_NEEDS_X64 = ("int64", "uint64", "float64", "complex128")
+
+
+def _dtype_param(name, *rest, marks=()):
+    x64 = (pytest.mark.x64,) if name in _NEEDS_X64 else ()
+    return pytest.param(name, *rest, marks=(*x64, *marks))
+
+
 def _dtype_params(*rest):
     """One param per dtype (``rest`` appended), float8 skipped where JAX lacks it."""
-    return [pytest.param(n, *rest) for n in _REQUIRED] + [
-        pytest.param(n, *rest,
-                     marks=pytest.mark.skipif(not _jax_can_hold(n), reason=f"no {n} in JAX"))
+    return [_dtype_param(n, *rest) for n in _REQUIRED] + [
+        _dtype_param(n, *rest,
+                     marks=[pytest.mark.skipif(not _jax_can_hold(n), reason=f"no {n} in JAX")])
         for n in _FLOAT8
-    ] + [pytest.param(n, *rest) for n in _NEWER if _jax_can_hold(n)]
+    ] + [_dtype_param(n, *rest) for n in _NEWER if _jax_can_hold(n)]
 
 
 # The one dtype list of the suite: every dtype JAX can hold, ml_dtypes' included.
@@ -306,6 +315,7 @@ def test_typed_prng_keys_round_trip_with_target(tmp_path, impl, shape, target_ki
     np.testing.assert_array_equal(np.asarray(draw(flat_out)), np.asarray(draw(flat_keys)))
 
 
+@pytest.mark.x64
 def test_special_float_values_survive_in_one_tree(tmp_path):
     """NaN payloads, -0.0 and infinities, each leaf kind, all in one checkpoint."""
     f32 = np.array([0x7FC00123, 0xFFC00001, 0x7F800001, 0x80000000, 0x7F800000, 0xFF800000],
@@ -476,6 +486,7 @@ def test_same_array_twice_and_many_leaves(tmp_path):
     assert_same_tree(out, tree)
 
 
+@pytest.mark.x64
 @pytest.mark.parametrize("scheme", ["memory", "file"])
 def test_url_round_trip(tmp_path, scheme):
     if scheme == "memory":
@@ -607,6 +618,7 @@ class _Stats:
     name: str = flax_struct.field(pytree_node=False, default="stats")
 
 
+@pytest.mark.x64
 def test_flax_struct_dataclass(tmp_path):
     stats = _Stats(mean=jnp.arange(3.0), count=4, history=(np.float32(0.5), "x"), name="s")
     jaxckpt.save(tmp_path / "ckpt", stats)
@@ -779,7 +791,8 @@ def _bits(x):
 
 
 CASES = [c for s in [(), (0, 3), (5, 7)] for c in _dtype_params(s)] + [
-    (n, (600, 1024)) for n in ("float32", "bfloat16", "int4", "complex128")]  # own array files
+    _dtype_param(n, (600, 1024))  # own array files
+    for n in ("float32", "bfloat16", "int4", "complex128")]
 
 
 @pytest.mark.parametrize("name,shape", CASES)
@@ -828,6 +841,7 @@ def test_python_leaves_and_containers(tmp_path):
     assert jax.tree_util.tree_structure(out) == jax.tree_util.tree_structure(tree)
 
 
+@pytest.mark.x64
 def test_flax_linen_train_state_with_adamw(tmp_path):
     import flax.linen as nn
     import optax
