@@ -107,6 +107,7 @@ def test_stale_state_file_adopts_what_was_committed_after_it(tmp_path, caplog):
         "ckpt-5", "ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"]
 
 
+@pytest.mark.slow  # child processes
 def test_a_commit_the_state_file_missed_is_adopted_not_overwritten(tmp_path):
     """A crash between a commit and the state-file replacement (fault point
     ``manager.committed``) leaves a durable, whole checkpoint that the state
@@ -289,6 +290,7 @@ _RACING_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_latest_checkpoint_never_none_while_another_process_saves(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)

@@ -4,25 +4,11 @@ import os
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from jaxckpt import CorruptCheckpointError, _state_file
 from jaxckpt._state_file import CheckpointState
 
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
-stamps = st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=4e9)
-
-
-@st.composite
-def states(draw):
-    paths = draw(st.lists(names, max_size=6))
-    ts = draw(st.lists(stamps, min_size=len(paths), max_size=len(paths)))
-    return CheckpointState(
-        model_checkpoint_path=draw(st.one_of(st.none(), names)),
-        all_model_checkpoint_paths=paths,
-        all_model_checkpoint_timestamps=ts,
-        last_preserved_timestamp=draw(st.one_of(st.none(), stamps)),
-    )
+from strategies import states  # tests/ is on sys.path under pytest
 
 
 @given(states())
