@@ -24,11 +24,6 @@ class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
     ``latest_checkpoint(directory)`` to find the newest committed one.
     """
 
-    def __str__(self) -> str:
-        # FileNotFoundError's own __str__ ignores a single-argument message
-        # formatting choice; keep the plain message.
-        return str(self.args[0]) if self.args else ""
-
 
 class CorruptCheckpointError(CheckpointError, ValueError):
     """Stored bytes do not match the checksums recorded when they were saved.
