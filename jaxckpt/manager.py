@@ -17,10 +17,11 @@ import warnings
 from typing import Any, Callable
 
 
-from . import (_agree, _api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
+from . import (_agree, _api, _catalog, _commit, _deletions, _faults, _location, _lock,
                _multihost, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats, _storage
-from ._options import as_number
+from . import _display, _in_jit, _inspect, _page_cache, _pipeline, _policy, _recovery, _registry
+from . import _stats, _storage
+from ._policy import as_number
 from ._writer import Writer
 from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
                      CorruptCheckpointError)
@@ -84,9 +85,9 @@ class CheckpointManager:
         if not isinstance(read_only, bool):
             raise TypeError(f"read_only must be a bool, got {read_only!r}")
         self._read_only = read_only
-        self._max_to_keep = _options.positive_int("max_to_keep", max_to_keep)
-        self._interval = _options.positive_int("checkpoint_interval", checkpoint_interval)
-        _options.check_manager_options(
+        self._max_to_keep = _policy.positive_int("max_to_keep", max_to_keep)
+        self._interval = _policy.positive_int("checkpoint_interval", checkpoint_interval)
+        _policy.check_manager_options(
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
             checkpoint_name=checkpoint_name, checkpoint_interval=self._interval,
             step_counter=step_counter,
@@ -133,6 +134,8 @@ class CheckpointManager:
                     _state_file.sweep_temporaries(self._root)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
+                self._pipeline = _pipeline.Pipeline(self._root, self._catalog,
+                                                    self._superseded, self._stats, self._finish)
                 # The writer thread releases the lock as it stops: even a close()
                 # interrupted by Ctrl-C cannot leave this process holding it.
                 self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending,
@@ -154,7 +157,7 @@ class CheckpointManager:
                 # N under a leftover's name only, which the sweep puts back.
                 _commit.sweep_leftovers(self._root, self._name)
             return _recovery.recover(self._root, self._number_of, self._checkpoint_path,
-                                     _options.clock_reading(self._clock))
+                                     _policy.clock_reading(self._clock))
 
         if opening and self._agree.multi and not self._read_only:
             # Process 0 alone reads the directory; the others take its view.
@@ -204,27 +207,31 @@ class CheckpointManager:
         self._check_writable()
         self._raise_error()
         _in_jit.wait_ready(self, state)
+        return self._save_sequence(
+            lambda: _snapshot.take(state, metadata),
+            lambda: as_number(self._step_counter(state), "step_counter(state)"),
+            checkpoint_number, check_interval, called, again=True)
+
+    def _save_sequence(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
+                       checkpoint_number: Any, check_interval: bool, called: float,
+                       again: bool = False) -> str | None:
+        """Every save's rules, in order, under ``_save_lock``: the interval
+        (``step_of`` is read only with one), the number (None: the next one),
+        the clock, the snapshot (``take``), then the queueing."""
         with self._save_lock:
-            self._check_open()  # again: close() may have won the lock
+            if again:
+                self._check_open()  # again: close() may have won the lock
             step = None
             if self._interval is not None:
-                step = as_number(self._step_counter(state), "step_counter(state)")
-                if self._skips(step, check_interval):
+                step = step_of()
+                if _policy.skips(self._last_step, step, self._interval, check_interval):
                     return None
             number = (self._max_number + 1 if checkpoint_number is None
                       else as_number(checkpoint_number))
-            timestamp = _options.clock_reading(self._clock)
+            timestamp = _policy.clock_reading(self._clock)
             self._catalog.warn_if_clock_went_back(timestamp)
-            snapshot = _snapshot.take(state, metadata)
+            snapshot = take()
             return self._enqueue(snapshot, number, step, timestamp, called)
-
-    def _skips(self, step: int, check_interval: bool) -> bool:
-        """The interval rules: skip a repeated step, and one too soon after the last."""
-        if self._last_step is None:
-            return False
-        if step == self._last_step:
-            return True
-        return check_interval and step < self._last_step + self._interval
 
     def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
                  timestamp: float, called: float) -> str:
@@ -245,7 +252,7 @@ class CheckpointManager:
         queued = time.perf_counter()
         try:
             self._writer.submit(
-                lambda: self._write(snapshot, path, timestamp, coord, done, stats, queued))
+                lambda: self._pipeline.run(snapshot, path, timestamp, coord, done, stats, queued))
         except BaseException:
             self._finish(path, done)
             raise
@@ -256,49 +263,6 @@ class CheckpointManager:
         stats.blocked_s = time.perf_counter() - called
         self._stats.started(stats)
         return path
-
-    def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
-               coord: _multihost.SaveCoordinator, done: threading.Event,
-               stats: _stats.SaveStats | None = None, queued: float | None = None) -> None:
-        """On the writer thread: write and commit, then publish (state file, deletions)."""
-        begin = time.perf_counter()
-        if stats is not None and queued is not None:
-            stats.queued_s = begin - queued
-        try:
-            self._superseded.drop_all()
-            publication = self._catalog.prepare(path, timestamp)
-            try:
-                _checkpoint.write(snapshot, _location.locate(path), replace=True,
-                                  created=timestamp, coordinator=coord)
-                _faults.point("manager.committed")
-                self._superseded.written(path, snapshot.nbytes)
-            except BaseException:
-                self._catalog.discard(publication)
-                raise
-            if coord.decision:  # not process 0: its retention decision, as published
-                publication.kept, publication.delete = _agree.decode_kept(self._root,
-                                                                          coord.decision)
-            try:
-                delete = self._catalog.publish(publication)
-            except BaseException as e:
-                coord.published(e)
-                raise
-            coord.published(None, _agree.encode_kept(self._root, publication.kept, delete)
-                            if coord.multi else "")
-            elapsed = time.perf_counter() - begin
-            log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
-                     elapsed, f", deleted {len(delete)} old" if delete else "")
-            if stats is not None:
-                stats.deleted, stats.write_s = list(delete), elapsed
-        except BaseException as e:
-            self._catalog.save_failed()
-            if stats is not None:
-                stats.error = repr(e)
-            raise
-        finally:
-            if stats is not None:
-                self._stats.finished(stats)
-            self._finish(path, done)
 
     def _finish(self, path: str, done: threading.Event) -> None:
         with self._lock:
@@ -481,14 +445,7 @@ class CheckpointManager:
         """
         called = time.perf_counter()
         self._check_open()
-        with self._save_lock:
-            if self._interval is not None and self._skips(step, check_interval):
-                return None
-            timestamp = _options.clock_reading(self._clock)
-            self._catalog.warn_if_clock_went_back(timestamp)
-            snapshot = take()
-            return self._enqueue(snapshot, number,
-                                 step if self._interval is not None else None, timestamp, called)
+        return self._save_sequence(take, lambda: step, number, check_interval, called)
 
     # ------------------------------------------------------------ reading
 
