@@ -166,7 +166,7 @@ def _parts(arrays: list[jax.Array], count: int) -> list[_Part]:
     for x in arrays:
         shape, dtype = tuple(x.shape), np.dtype(x.dtype)
         axis = None
-        if not _snapshot._small(shape, dtype):
+        if not _snapshot.small(shape, dtype):
             axis = next((a for a, n in enumerate(shape) if n >= count and n % count == 0), None)
         out.append(_Part(shape, dtype, axis))
     return out
@@ -235,7 +235,7 @@ def _process_snapshot(slots: list[_Slot], parts: list[_Part], arrays: tuple,
             dtype = static.dtype if static is not None else part.dtype
             shape = static.shape if static is not None else part.shape
             leaves.append(_snapshot.ArrayLeaf(record, dtype, shape, [], shape,
-                                              packed=_snapshot._small(shape, dtype)))
+                                              packed=_snapshot.small(shape, dtype)))
     return _snapshot.Snapshot(records, leaves, metadata)
 
 
@@ -264,19 +264,20 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
          metadata: dict | None) -> None:
     """Stages a save of ``state`` into the computation being traced.
 
-    See ``CheckpointManager.save_in_jit``. Everything that can be checked
-    without the values is checked here, at trace time.
+    See ``CheckpointManager.save_in_jit``; ``mngr`` is the manager's
+    ``_registry.Handle``. Everything that can be checked without the values
+    is checked here, at trace time.
     """
-    mngr._check_open()
+    mngr.check_open()
     if not isinstance(check_interval, bool):
         raise TypeError(f"check_interval must be a Python bool, got {check_interval!r}")
     metadata = _snapshot.check_metadata(metadata)
     if step is None:
-        if mngr._step_counter is None:
+        if mngr.step_counter is None:
             raise ValueError(
                 f"save_in_jit for {mngr.directory} needs the step: pass step=..., or "
                 "give the CheckpointManager a step_counter (state -> int)")
-        step = mngr._step_counter(state)
+        step = mngr.step_counter(state)
         what = "step_counter(state)"
     else:
         what = "step"
@@ -284,7 +285,6 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     number = None if checkpoint_number is None else _traced_int(checkpoint_number,
                                                                  "checkpoint_number")
     slots, arrays = _plan(state)
-    ref = weakref.ref(mngr)
     directory = mngr.directory
 
     count = jax.process_count()
@@ -303,25 +303,23 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
                                                           "checkpoint_number")
             host = rest if number is None else rest[1:]
             log.debug("save_in_jit callback: step %d, checkpoint %d, %s", at, n, directory)
-            live = ref()
-            if live is None:
+            if mngr.manager is None:  # the handle holds it weakly
                 log.error("save_in_jit: the CheckpointManager for %s was garbage-collected; "
                           "step %s was not saved", directory, at)
                 return
-            live._save_host_snapshot(lambda: snapshot(host), at, n, check_interval)
+            mngr.save_host_snapshot(lambda: snapshot(host), at, n, check_interval)
         except Exception as e:  # raising here would abort the user's computation
             error = CheckpointError(f"save_in_jit of step {at} in {directory} failed in its "
                                     f"host callback: {e}")
             error.__cause__ = e
             log.error("%s", error)
-            live = ref()
-            if live is not None:
-                live._writer.report(error)
+            if mngr.manager is not None:
+                mngr.report(error)
 
     # A checkpoint has no gradient: this lets save_in_jit sit inside jax.grad.
     operands = [jax.lax.stop_gradient(x)
                 for x in [step] + ([number] if number is not None else []) + arrays]
-    interval = mngr.checkpoint_interval
+    interval = mngr.interval
 
     def send(ops: list) -> None:
         if parts is None:

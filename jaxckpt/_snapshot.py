@@ -92,7 +92,7 @@ def _describe(record: dict, arr: ArrayLeaf) -> None:
     record["shape"] = list(arr.shape)
 
 
-def _small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+def small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
 
 
@@ -112,7 +112,7 @@ def host_array(record: dict, data: np.ndarray) -> ArrayLeaf:
     """An array leaf of host data that this process writes whole."""
     shape = tuple(data.shape)
     return ArrayLeaf(record, data.dtype, shape, [Shard(tuple((0, n) for n in shape), data)],
-                     shape, packed=_small(shape, data.dtype))
+                     shape, packed=small(shape, data.dtype))
 
 
 def check_metadata(metadata: Any) -> dict | None:
@@ -242,7 +242,7 @@ def _plain(shape: tuple[int, ...], dtype: np.dtype, sharding: Any) -> _Plain:
             _PLAIN.clear()
         found = _PLAIN[key] = _Plain(
             tuple(shape), np.dtype(dtype), _format.dtype_name(np.dtype(dtype)),
-            tuple((0, n) for n in shape), _small(tuple(shape), np.dtype(dtype)),
+            tuple((0, n) for n in shape), small(tuple(shape), np.dtype(dtype)),
             next(iter(sharding.device_set)).platform == "cpu")
     return found
 
@@ -322,9 +322,9 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
             shard_shape = tuple(sharding.shard_shape(shape))
             arr = ArrayLeaf(record, dtype, shape, [], shard_shape)
             if leaf.is_fully_addressable:
-                arr.packed = _small(shape, dtype)
+                arr.packed = small(shape, dtype)
                 mine = primary
-            elif _small(shape, dtype) and _primary_holds_all(leaf.sharding, shape):
+            elif small(shape, dtype) and _primary_holds_all(leaf.sharding, shape):
                 arr.packed = True
                 mine = primary
             else:
@@ -344,7 +344,7 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 data = np.array(leaf, copy=True, order="C")
                 shards = [Shard(tuple((0, n) for n in shape), data)]
             arr = ArrayLeaf(record, np.dtype(leaf.dtype), shape, shards, shape,
-                            packed=_small(shape, np.dtype(leaf.dtype)))
+                            packed=small(shape, np.dtype(leaf.dtype)))
         else:
             record["kind"] = "py"
             record["value"] = _format.encode_py(leaf)

@@ -145,8 +145,14 @@ class CheckpointManager:
                     self._dir_lock.release()
                 raise
             self._closed = False
+            self._handle = _registry.Handle(
+                self, self._dir, self._writer.pid, step_counter, self._interval,
+                close=self.close, close_because=self._close, closed_why=self._closed_reason,
+                writer_stopped=self._writer_stopped, check_open=self._check_open,
+                report=self._writer.report, save_host_snapshot=self._save_host_snapshot,
+                restore_newest_sound=self._restore_newest_sound, path_for=self._path_for)
             if not read_only:
-                _registry.register(self)
+                _registry.register(self._handle, self._agree.multi)
 
     # ------------------------------------------------------------ recovery
 
@@ -206,7 +212,7 @@ class CheckpointManager:
         self._check_open()
         self._check_writable()
         self._raise_error()
-        _in_jit.wait_ready(self, state)
+        _in_jit.wait_ready(self._handle, state)
         return self._save_sequence(
             lambda: _snapshot.take(state, metadata),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
@@ -300,6 +306,12 @@ class CheckpointManager:
                 f"CheckpointManager for {self._dir} is read-only (read_only=True): it restores "
                 "and lists but never saves; make one without read_only to save")
 
+    def _closed_reason(self) -> str | None:
+        return self._closed_why if self._closed else None
+
+    def _writer_stopped(self) -> bool:
+        return self._writer.stopped
+
     def _refresh(self) -> None:
         """A reader re-reads the state file: the writer is another manager."""
         if self._read_only and not self._closed:
@@ -313,7 +325,7 @@ class CheckpointManager:
             CheckpointWriteError: a background save failed.
         """
         self._check_process()
-        _in_jit.drain(self)
+        _in_jit.drain(self._handle)
         self._writer.wait()
         self._raise_error()
 
@@ -363,7 +375,7 @@ class CheckpointManager:
             return  # a forked child's copy: the parent's writer and lock are not ours
         if not self._closed:
             # Outside the lock: a pending save_in_jit callback takes it.
-            _in_jit.drain(self)
+            _in_jit.drain(self._handle)
         with self._save_lock:  # a save in progress finishes queueing first
             if not self._closed:
                 self._closed_why = why
@@ -434,7 +446,7 @@ class CheckpointManager:
         steps: each writes its own block of the large leaves (see the README).
         """
         self._check_writable()
-        _in_jit.save(self, state, step, checkpoint_number, check_interval, metadata)
+        _in_jit.save(self._handle, state, step, checkpoint_number, check_interval, metadata)
 
     def _save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
                             number: int, check_interval: bool) -> str | None:
@@ -471,7 +483,7 @@ class CheckpointManager:
                 ``jaxckpt.restore(path)`` there, or a new manager).
         """
         self._check_process()
-        _in_jit.drain(self)
+        _in_jit.drain(self._handle)
         if checkpoint is None:
             _faults.point("manager.restore_waits")
             self._writer.wait()
@@ -525,7 +537,7 @@ class CheckpointManager:
             StructureMismatchError: ``target`` does not fit the checkpoint.
         """
         self._check_process()
-        _in_jit.drain(self)
+        _in_jit.drain(self._handle)
         self._writer.wait()
         # In a multi-process program whether there is one is process 0's call
         # too (a reader's own view may lag or lead): _restore_newest_sound asks.
@@ -647,3 +659,8 @@ class CheckpointManager:
         return (f"CheckpointManager({self._dir!r}, max_to_keep={self._max_to_keep}, "
                 f"{len(self.checkpoints)} checkpoint(s), latest={self.latest_checkpoint!r}"
                 + (f", {len(pending)} pending" if pending else "") + ")")
+
+
+def handle(mngr: CheckpointManager) -> _registry.Handle:
+    """The callables ``mngr`` hands the modules that build on it (``tf_compat``)."""
+    return mngr._handle
