@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from . import _format, _snapshot, _tree
+from . import _snapshot, _tree
 from .errors import CheckpointError
 
 log = logging.getLogger("jaxckpt")
@@ -88,29 +88,19 @@ def _plan(state: Any) -> tuple[list[_Slot], list[jax.Array]]:
     for entry in entries:
         _tree.check_path(entry)
         leaf = entry.leaf
-        record: dict[str, Any] = {"path": [list(t) for t in entry.path]}
         if _is_array(leaf):
-            leaf = _snapshot.jax_kind(record, leaf)
-            dtype = np.dtype(leaf.dtype)
-            if dtype == jax.dtypes.float0:
+            # A PRNG key stores its key data (uint32), never float0.
+            if not _tree.is_prng_key(leaf) and np.dtype(leaf.dtype) == jax.dtypes.float0:
                 raise TypeError(f"leaf at key path {entry.path_str} has dtype float0 (a "
                                 "gradient of an integer), which cannot be checkpointed")
-            record["dtype"] = _format.dtype_name(dtype)
-            record["shape"] = list(leaf.shape)
-            slots.append(_Slot(record, None))
-            operands.append(leaf)
-            continue
-        _tree.check_leaf(entry)
-        if isinstance(leaf, (np.ndarray, np.generic)):
-            record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
-            data = np.array(leaf, copy=True, order="C")
-            record["dtype"] = _format.dtype_name(data.dtype)
-            record["shape"] = list(data.shape)
-            slots.append(_Slot(record, data))
         else:
-            record["kind"] = "py"
-            record["value"] = _format.encode_py(leaf)
+            _tree.check_leaf(entry)
+        record, data = _snapshot.leaf_record([list(t) for t in entry.path], leaf)
+        if _is_array(leaf):
             slots.append(_Slot(record, None))
+            operands.append(data)
+        else:
+            slots.append(_Slot(record, data))
     return slots, operands
 
 

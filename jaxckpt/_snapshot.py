@@ -84,14 +84,6 @@ _ARRAY_TYPES: set[type] = set()  # concrete jax.Array classes seen
 _DTYPE_NAMES: dict[np.dtype, str] = {}
 
 
-def _describe(record: dict, arr: ArrayLeaf) -> None:
-    name = _DTYPE_NAMES.get(arr.dtype)
-    if name is None:
-        name = _DTYPE_NAMES[arr.dtype] = _format.dtype_name(arr.dtype)
-    record["dtype"] = name
-    record["shape"] = list(arr.shape)
-
-
 def small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
 
@@ -106,6 +98,35 @@ def jax_kind(record: dict, leaf: Any) -> Any:
         return jax.random.key_data(leaf)
     record["kind"] = "jax"
     return leaf
+
+
+def leaf_record(stored: list, leaf: Any, copy: bool = True) -> tuple[dict, Any]:
+    """The manifest record of one checked leaf and the array to store.
+
+    The record holds ``path`` (``stored``: the key path as stored tokens),
+    ``kind`` and either ``dtype`` and ``shape`` (plus ``impl`` and
+    ``key_shape`` for PRNG keys) or a Python leaf's ``value``. The array is a
+    ``jax.Array``'s data (key data for PRNG keys; tracers too), a C-ordered
+    copy of a NumPy leaf (the leaf itself unless ``copy``), or None.
+    """
+    record: dict[str, Any] = {"path": stored}
+    if isinstance(leaf, jax.Array):
+        data = jax_kind(record, leaf)
+        dtype = np.dtype(data.dtype)
+    elif isinstance(leaf, (np.ndarray, np.generic)):
+        record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
+        data = np.array(leaf, copy=True, order="C") if copy else leaf
+        dtype = np.dtype(leaf.dtype)
+    else:
+        record["kind"] = "py"
+        record["value"] = _format.encode_py(leaf)
+        return record, None
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = _format.dtype_name(dtype)
+    record["dtype"] = name
+    record["shape"] = list(data.shape)
+    return record, data
 
 
 def host_array(record: dict, data: np.ndarray) -> ArrayLeaf:
@@ -312,10 +333,13 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                     leaf.copy_to_host_async()
                     pending.append((arr, [(plain.index, leaf)]))
                 continue
-        record: dict[str, Any] = {"path": stored}
+        # Key data for PRNG keys (with its own sharding); a copy of NumPy data.
+        record, data = leaf_record(stored, leaf, copy=primary)
         records.append(record)
+        if data is None:  # a Python leaf: stored in the manifest
+            continue
         if isinstance(leaf, jax.Array):
-            leaf = jax_kind(record, leaf)  # key data for PRNG keys: its own sharding
+            leaf = data
             sharding = leaf.sharding
             shape = tuple(leaf.shape)
             dtype = np.dtype(leaf.dtype)
@@ -336,20 +360,11 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 if next(iter(data.devices())).platform != "cpu":
                     data.copy_to_host_async()
             pending.append((arr, pieces))
-        elif isinstance(leaf, (np.ndarray, np.generic)):
-            record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
+        else:  # NumPy
             shape = tuple(np.shape(leaf))
-            shards = []
-            if primary:
-                data = np.array(leaf, copy=True, order="C")
-                shards = [Shard(tuple((0, n) for n in shape), data)]
+            shards = [Shard(tuple((0, n) for n in shape), data)] if primary else []
             arr = ArrayLeaf(record, np.dtype(leaf.dtype), shape, shards, shape,
                             packed=small(shape, np.dtype(leaf.dtype)))
-        else:
-            record["kind"] = "py"
-            record["value"] = _format.encode_py(leaf)
-            continue
-        _describe(record, arr)
         arrays.append(arr)
 
     # All transfers were started above; now wait for each.

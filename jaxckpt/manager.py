@@ -19,7 +19,8 @@ from typing import Any, Callable
 
 from . import (_agree, _api, _catalog, _commit, _deletions, _faults, _location, _lock,
                _multihost, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _page_cache, _pipeline, _policy, _recovery, _registry
+from . import _display, _in_jit, _inspect, _page_cache, _pipeline, _policy, _queue, _recovery
+from . import _registry
 from . import _stats, _storage
 from ._policy import as_number
 from ._writer import Writer
@@ -93,8 +94,8 @@ class CheckpointManager:
             step_counter=step_counter,
             callables={"step_counter": step_counter, "init_fn": init_fn, "clock": clock},
             coordination_timeout_s=coordination_timeout_s)
-        self._last_step = (None if last_checkpoint_step is None
-                           else as_number(last_checkpoint_step, "last_checkpoint_step"))
+        last_step = (None if last_checkpoint_step is None
+                     else as_number(last_checkpoint_step, "last_checkpoint_step"))
         self._keep_hours = keep_checkpoint_every_n_hours
         self._name = checkpoint_name
         self._step_counter = step_counter
@@ -107,16 +108,15 @@ class CheckpointManager:
         if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
             raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
         self._scope = _multihost.scope(self._dir, "mngr", _registry.instance_number(self._dir))
-        self._seq = 0
         # Decisions shared by every process (process 0 decides; see _agree).
         self._agree = _agree.Agreement(self._scope + "/agree", self._timeout, self._dir)
         self._closed_together = False
         self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
 
-        self._lock = threading.Lock()  # guards pending
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
-        self._pending: dict[str, threading.Event] = {}
         self._stats = _stats.StatsRecorder()
+        self._queue = _queue.SaveQueue(self._scope, self._timeout, self._interval, last_step,
+                                       clock, self._checkpoint_path, self._stats)
         self._closed_why = "it was closed"
         with _registry.opening:
             if not read_only:  # a reader leaves a writer in this process alone
@@ -134,12 +134,13 @@ class CheckpointManager:
                     _state_file.sweep_temporaries(self._root)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
-                self._pipeline = _pipeline.Pipeline(self._root, self._catalog,
-                                                    self._superseded, self._stats, self._finish)
                 # The writer thread releases the lock as it stops: even a close()
                 # interrupted by Ctrl-C cannot leave this process holding it.
                 self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending,
                                       self._dir_lock.release if self._dir_lock else None)
+                self._queue.start(self._catalog, self._writer, _pipeline.Pipeline(
+                    self._root, self._catalog, self._superseded, self._stats,
+                    self._queue.finish))
             except BaseException:
                 if self._dir_lock is not None:
                     self._dir_lock.release()
@@ -177,7 +178,7 @@ class CheckpointManager:
             found = mine[0] if mine else _agree.decode_found(self._root, shared)
         else:
             found = here()
-        self._max_number, self._named = found.max_number, found.named
+        self._queue.max_number, self._named = found.max_number, found.named
         self._catalog = _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
@@ -221,60 +222,11 @@ class CheckpointManager:
     def _save_sequence(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
                        checkpoint_number: Any, check_interval: bool, called: float,
                        again: bool = False) -> str | None:
-        """Every save's rules, in order, under ``_save_lock``: the interval
-        (``step_of`` is read only with one), the number (None: the next one),
-        the clock, the snapshot (``take``), then the queueing."""
+        """Every save's rules and queueing (``_queue``), under ``_save_lock``."""
         with self._save_lock:
             if again:
                 self._check_open()  # again: close() may have won the lock
-            step = None
-            if self._interval is not None:
-                step = step_of()
-                if _policy.skips(self._last_step, step, self._interval, check_interval):
-                    return None
-            number = (self._max_number + 1 if checkpoint_number is None
-                      else as_number(checkpoint_number))
-            timestamp = _policy.clock_reading(self._clock)
-            self._catalog.warn_if_clock_went_back(timestamp)
-            snapshot = take()
-            return self._enqueue(snapshot, number, step, timestamp, called)
-
-    def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
-                 timestamp: float, called: float) -> str:
-        """Under ``_save_lock``: numbering, coordination and stats; queues the write.
-
-        The step and number count as saved only once the write is queued: an
-        interrupt (Ctrl-C) while ``submit`` waits for a slot leaves them as they
-        were, so that saving the same step again is not skipped.
-        """
-        path = self._checkpoint_path(number)
-        seq = self._seq + 1
-        coord = _multihost.SaveCoordinator(self._scope, seq, path, self._timeout,
-                                           hold_commit=True)
-        done = threading.Event()
-        with self._lock:
-            self._pending[path] = done
-        stats = _stats.SaveStats(path, snapshot.nbytes, started=time.time())
-        queued = time.perf_counter()
-        try:
-            self._writer.submit(
-                lambda: self._pipeline.run(snapshot, path, timestamp, coord, done, stats, queued))
-        except BaseException:
-            self._finish(path, done)
-            raise
-        self._seq = seq
-        if step is not None:
-            self._last_step = step
-        self._max_number = max(self._max_number, number)
-        stats.blocked_s = time.perf_counter() - called
-        self._stats.started(stats)
-        return path
-
-    def _finish(self, path: str, done: threading.Event) -> None:
-        with self._lock:
-            if self._pending.get(path) is done:
-                del self._pending[path]
-        done.set()
+            return self._queue.save(take, step_of, checkpoint_number, check_interval, called)
 
     def _raise_error(self) -> None:
         error = self._writer.take_error() if hasattr(self, "_writer") else None
@@ -395,7 +347,7 @@ class CheckpointManager:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_closed", True) is False and getattr(self, "_pending", None):
+        if getattr(self, "_closed", True) is False and self._queue.pending:
             warnings.warn(f"CheckpointManager for {self._dir} was not closed with saves pending",
                           ResourceWarning, stacklevel=1)
 
@@ -510,8 +462,7 @@ class CheckpointManager:
     def _restore_here(self, path: str, target: Any, *, partial: bool = False,
                       progress: bool = False) -> Any:
         """This process's part of a restore, once its pending save of ``path`` is done."""
-        with self._lock:
-            done = self._pending.get(path)
+        done = self._queue.done_event(path)
         if done is not None:
             _faults.point("manager.restore_waits")
             done.wait()
@@ -520,7 +471,8 @@ class CheckpointManager:
     def _read_step(self, path: str, result: Any) -> None:
         if self._interval is not None:
             try:
-                self._last_step = as_number(self._step_counter(result), "step_counter(state)")
+                self._queue.last_step = as_number(self._step_counter(result),
+                                                  "step_counter(state)")
             except Exception as e:
                 log.warning("step_counter could not read the restored state of %s: %r", path, e)
 
@@ -620,8 +572,7 @@ class CheckpointManager:
     @property
     def pending(self) -> list[str]:
         """Paths of saves queued or being written, oldest first. Never blocks."""
-        with self._lock:
-            return list(self._pending)
+        return self._queue.pending_paths()
 
     @property
     def last_save_stats(self) -> _stats.SaveStats | None:
