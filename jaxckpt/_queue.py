@@ -9,6 +9,7 @@ written are this module's ``pending``.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -16,16 +17,20 @@ from typing import Any, Callable
 from . import _catalog, _multihost, _pipeline, _policy, _snapshot, _stats
 from ._writer import Writer
 
+log = logging.getLogger("jaxckpt")
+
 
 class SaveQueue:
     """The numbering, interval state and pending saves of one manager."""
 
     def __init__(self, scope: str, timeout: float, interval: int | None,
-                 last_step: int | None, clock: Callable[[], Any], path_of: Callable[[int], str],
+                 last_step: int | None, step_counter: Callable[[Any], Any] | None,
+                 clock: Callable[[], Any], path_of: Callable[[int], str],
                  stats: _stats.StatsRecorder):
         self._scope = scope
         self._timeout = timeout
         self._interval = interval
+        self._step_counter = step_counter
         self._clock = clock
         self._path_of = path_of
         self._stats = stats
@@ -107,3 +112,12 @@ class SaveQueue:
         """Set once the pending save of ``path`` finished; None if there is none."""
         with self.lock:
             return self.pending.get(path)
+
+    def restored(self, path: str, state: Any) -> None:
+        """After a restore of ``path``: the interval counts from its step."""
+        if self._interval is not None:
+            try:
+                self.last_step = _policy.as_number(self._step_counter(state),
+                                                   "step_counter(state)")
+            except Exception as e:
+                log.warning("step_counter could not read the restored state of %s: %r", path, e)

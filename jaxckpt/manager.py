@@ -7,7 +7,6 @@ replace the state file, and only then delete what the retention rules drop.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,15 +16,14 @@ import warnings
 from typing import Any, Callable
 
 
-from . import (_agree, _api, _catalog, _commit, _deletions, _faults, _location, _lock,
+from . import (_agree, _catalog, _commit, _deletions, _faults, _location, _lock,
                _multihost, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _page_cache, _pipeline, _policy, _queue, _recovery
-from . import _registry
+from . import _display, _in_jit, _inspect, _managed_restore, _page_cache, _pipeline, _policy
+from . import _queue, _recovery, _registry
 from . import _stats, _storage
 from ._policy import as_number
 from ._writer import Writer
-from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
-                     CorruptCheckpointError)
+from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
 
 log = logging.getLogger("jaxckpt")
 
@@ -116,7 +114,7 @@ class CheckpointManager:
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._stats = _stats.StatsRecorder()
         self._queue = _queue.SaveQueue(self._scope, self._timeout, self._interval, last_step,
-                                       clock, self._checkpoint_path, self._stats)
+                                       step_counter, clock, self._checkpoint_path, self._stats)
         self._closed_why = "it was closed"
         with _registry.opening:
             if not read_only:  # a reader leaves a writer in this process alone
@@ -146,12 +144,15 @@ class CheckpointManager:
                     self._dir_lock.release()
                 raise
             self._closed = False
+            self._restorer = _managed_restore.ManagedRestore(
+                self._root, self._agree, self._queue.done_event, self._writer.wait,
+                self._newest_first, self._queue.restored)
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
                 close=self.close, close_because=self._close, closed_why=self._closed_reason,
                 writer_stopped=self._writer_stopped, check_open=self._check_open,
                 report=self._writer.report, save_host_snapshot=self._save_host_snapshot,
-                restore_newest_sound=self._restore_newest_sound, path_for=self._path_for)
+                restore_newest_sound=self._restorer.newest_sound, path_for=self._path_for)
             if not read_only:
                 _registry.register(self._handle, self._agree.multi)
 
@@ -439,42 +440,12 @@ class CheckpointManager:
         if checkpoint is None:
             _faults.point("manager.restore_waits")
             self._writer.wait()
-            path = self._agreed(self.latest_checkpoint)
+            path = self._restorer.agreed(self.latest_checkpoint)
             if path is None:
                 raise CheckpointNotFoundError(f"no committed checkpoint in {self._dir}")
         else:
             path = self._path_for(checkpoint)
-        # Every process restores, and all raise if it failed on any of them.
-        result = self._agree.together(f"restore {_agree.name(path)}", lambda: self._restore_here(
-            path, target, partial=partial, progress=progress))
-        self._read_step(path, result)
-        return result
-
-    def _agreed(self, path: str | None) -> str | None:
-        """Process 0's ``path`` (the latest checkpoint), on every process."""
-        if not self._agree.multi:
-            return path
-        rel = self._agree.share(
-            "ask which checkpoint to restore",
-            lambda: "" if path is None else _state_file.relative(self._root, path))
-        return _state_file.resolve(self._root, rel) if rel else None
-
-    def _restore_here(self, path: str, target: Any, *, partial: bool = False,
-                      progress: bool = False) -> Any:
-        """This process's part of a restore, once its pending save of ``path`` is done."""
-        done = self._queue.done_event(path)
-        if done is not None:
-            _faults.point("manager.restore_waits")
-            done.wait()
-        return _api.restore_here(path, target, partial=partial, progress=progress)
-
-    def _read_step(self, path: str, result: Any) -> None:
-        if self._interval is not None:
-            try:
-                self._queue.last_step = as_number(self._step_counter(result),
-                                                  "step_counter(state)")
-            except Exception as e:
-                log.warning("step_counter could not read the restored state of %s: %r", path, e)
+        return self._restorer.restore(path, target, partial=partial, progress=progress)
 
     def restore_or_initialize(self, target: Any = None) -> Any:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
@@ -492,62 +463,22 @@ class CheckpointManager:
         _in_jit.drain(self._handle)
         self._writer.wait()
         # In a multi-process program whether there is one is process 0's call
-        # too (a reader's own view may lag or lead): _restore_newest_sound asks.
+        # too (a reader's own view may lag or lead): newest_sound asks.
         if self._agree.multi or self.latest_checkpoint is not None:
             if target is None and self._init_fn is not None:
                 import jax
 
                 target = jax.eval_shape(self._init_fn)
-            found = self._restore_newest_sound(target)
+            found = self._restorer.newest_sound(target)
             if found is not None:
                 return found[1]
         if self._init_fn is not None:
             return self._init_fn()
         return None
 
-    def _restore_newest_sound(self, target: Any, restore: Callable[[str], Any] | None = None
-                              ) -> tuple[str, Any] | None:
-        """(path, state) of the newest checkpoint that restores, after every
-        pending save; None if there is no committed checkpoint. ``restore``:
-        how to read one (default: ``self.restore(path, target)``).
-
-        A damaged or vanished checkpoint is skipped with a WARNING naming it.
-
-        Raises:
-            CorruptCheckpointError: every committed checkpoint is damaged.
-        """
-        self._writer.wait()
-        damaged = []
-
-        def here() -> list[str]:
-            self._refresh()  # a reader follows the writer's state file
-            return self._catalog.newest_first()
-
-        if self._agree.multi:  # process 0's order: every process falls back alike
-            rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
-            candidates = [_state_file.resolve(self._root, p) for p in json.loads(
-                self._agree.share("ask which checkpoints to restore",
-                                  lambda: json.dumps([rel(p) for p in here()])))]
-        else:
-            candidates = here()
-        for path in candidates:
-            try:
-                if restore is not None:
-                    return path, self._agree.together(f"restore {_agree.name(path)}",
-                                                      lambda: restore(path))
-                result = self._agree.together(f"restore {_agree.name(path)}",
-                                              lambda: self._restore_here(path, target))
-                self._read_step(path, result)
-                return path, result
-            except (CorruptCheckpointError, CheckpointNotFoundError) as e:
-                log.warning("checkpoint %s cannot be restored, falling back to an older one: %s",
-                            path, e)
-                damaged.append(f"{path}: {e}")
-        if damaged:
-            raise CorruptCheckpointError(
-                f"no checkpoint in {self._dir} can be restored; every one is damaged "
-                "or gone:\n  " + "\n  ".join(damaged))
-        return None
+    def _newest_first(self) -> list[str]:
+        self._refresh()  # a reader follows the writer's state file
+        return self._catalog.newest_first()
 
     @property
     def directory(self) -> str:
