@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import threading
 import time
 import warnings
 from typing import Any, Callable
 
 
-from . import (_agree, _catalog, _commit, _deletions, _faults, _location, _lock,
-               _multihost, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _managed_restore, _page_cache, _pipeline, _policy
-from . import _queue, _recovery, _registry
-from . import _stats, _storage
+from . import (_agree, _catalog, _display, _faults, _in_jit, _inspect, _location, _lock,
+               _managed_restore, _multihost, _ownership, _page_cache, _pipeline, _policy,
+               _queue, _registry, _snapshot, _stats, _storage)
 from ._policy import as_number
 from ._writer import Writer
 from .errors import CheckpointError, CheckpointNotFoundError, CheckpointWriteError
@@ -109,7 +106,7 @@ class CheckpointManager:
         # Decisions shared by every process (process 0 decides; see _agree).
         self._agree = _agree.Agreement(self._scope + "/agree", self._timeout, self._dir)
         self._closed_together = False
-        self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
+        self._number_of = _ownership.number_parser(checkpoint_name)
 
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._stats = _stats.StatsRecorder()
@@ -127,9 +124,7 @@ class CheckpointManager:
                 # Process 0 alone cleans up (and commits, and deletes); a reader never.
                 self._recover(opening=True)
                 if self._primary and not read_only:
-                    if self._named is not None:
-                        _deletions.sweep(self._root, self._name, self._named)
-                    _state_file.sweep_temporaries(self._root)
+                    _ownership.tidy(self._root, self._name, self._named)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
                 # The writer thread releases the lock as it stops: even a close()
@@ -159,34 +154,15 @@ class CheckpointManager:
     # ------------------------------------------------------------ recovery
 
     def _recover(self, opening: bool = False) -> None:
-        def here() -> _recovery.Found:
-            if opening and self._primary and not self._read_only:
-                # Leftovers first: a crash inside a replace may have left checkpoint
-                # N under a leftover's name only, which the sweep puts back.
-                _commit.sweep_leftovers(self._root, self._name)
-            return _recovery.recover(self._root, self._number_of, self._checkpoint_path,
-                                     _policy.clock_reading(self._clock))
-
-        if opening and self._agree.multi and not self._read_only:
-            # Process 0 alone reads the directory; the others take its view.
-            mine: list[_recovery.Found] = []
-
-            def decide() -> str:
-                mine.append(here())
-                return _agree.encode_found(self._root, mine[0])
-
-            shared = self._agree.share("open its manager", decide)
-            found = mine[0] if mine else _agree.decode_found(self._root, shared)
-        else:
-            found = here()
+        writer = opening and not self._read_only
+        found = _ownership.recover(
+            self._root, self._name, self._agree, self._number_of, self._checkpoint_path,
+            lambda: _policy.clock_reading(self._clock), sweep=writer and self._primary,
+            share=writer and self._agree.multi)
         self._queue.max_number, self._named = found.max_number, found.named
         self._catalog = _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
-
-    def _number_of(self, path: str) -> int | None:
-        m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
-        return int(m.group(1)) if m else None
 
     # ------------------------------------------------------------ saving
 
@@ -303,25 +279,7 @@ class CheckpointManager:
         if self._closed_together or not self._agree.multi or self._writer.pid != os.getpid():
             return
         self._closed_together = True
-        from jax._src import distributed
-
-        if distributed.global_state.client is None:  # shut down already: nothing to wait on
-            return
-        try:
-            self._agree.exchange("close its manager", "", self._forget_keys)
-        except Exception as e:
-            if not quiet:
-                raise
-            log.warning("%s: closing together failed: %r", self._dir, e)
-
-    def _forget_keys(self, _: list[str]) -> str:
-        """Process 0, once every process closed: nobody reads this manager's
-        keys again, so they go (the close decision itself is written after)."""
-        try:
-            _multihost._client().key_value_delete(self._scope)
-        except Exception:  # stale keys only cost memory in the coordinator
-            pass
-        return ""
+        _ownership.close_together(self._agree, self._scope, self._dir, quiet)
 
     def _close(self, why: str) -> None:
         if self._writer.pid != os.getpid():
