@@ -106,6 +106,40 @@ def check_manager_options(
                          f"got {coordination_timeout_s!r}")
 
 
+@dataclasses.dataclass(frozen=True)
+class ManagerOptions:
+    """A CheckpointManager's checked arguments that it keeps in normal form."""
+
+    max_to_keep: int | None
+    interval: int | None
+    last_step: int | None
+
+
+def manager_options(*, read_only: Any, max_to_keep: Any, checkpoint_interval: Any,
+                    max_pending: Any, keep_checkpoint_every_n_hours: Any, checkpoint_name: Any,
+                    step_counter: Any, init_fn: Any, clock: Any, coordination_timeout_s: Any,
+                    last_checkpoint_step: Any) -> ManagerOptions:
+    """Checks every CheckpointManager argument, in order; raises naming the first bad one.
+
+    Raises:
+        TypeError: ``read_only`` is not a bool.
+        ValueError: any other bad argument.
+    """
+    if not isinstance(read_only, bool):
+        raise TypeError(f"read_only must be a bool, got {read_only!r}")
+    keep = positive_int("max_to_keep", max_to_keep)
+    interval = positive_int("checkpoint_interval", checkpoint_interval)
+    check_manager_options(
+        max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
+        checkpoint_name=checkpoint_name, checkpoint_interval=interval,
+        step_counter=step_counter,
+        callables={"step_counter": step_counter, "init_fn": init_fn, "clock": clock},
+        coordination_timeout_s=coordination_timeout_s)
+    last_step = (None if last_checkpoint_step is None
+                 else as_number(last_checkpoint_step, "last_checkpoint_step"))
+    return ManagerOptions(keep, interval, last_step)
+
+
 def clock_reading(clock: Callable[[], Any]) -> float:
     """One reading of a manager's ``clock`` as a finite float; ValueError otherwise.
 

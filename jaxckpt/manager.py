@@ -78,19 +78,15 @@ class CheckpointManager:
         coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
         read_only: bool = False,
     ):
-        if not isinstance(read_only, bool):
-            raise TypeError(f"read_only must be a bool, got {read_only!r}")
-        self._read_only = read_only
-        self._max_to_keep = _policy.positive_int("max_to_keep", max_to_keep)
-        self._interval = _policy.positive_int("checkpoint_interval", checkpoint_interval)
-        _policy.check_manager_options(
+        options = _policy.manager_options(
+            read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
-            checkpoint_name=checkpoint_name, checkpoint_interval=self._interval,
-            step_counter=step_counter,
-            callables={"step_counter": step_counter, "init_fn": init_fn, "clock": clock},
-            coordination_timeout_s=coordination_timeout_s)
-        last_step = (None if last_checkpoint_step is None
-                     else as_number(last_checkpoint_step, "last_checkpoint_step"))
+            checkpoint_name=checkpoint_name, step_counter=step_counter, init_fn=init_fn,
+            clock=clock, coordination_timeout_s=coordination_timeout_s,
+            last_checkpoint_step=last_checkpoint_step)
+        self._read_only = read_only
+        self._max_to_keep, self._interval = options.max_to_keep, options.interval
+        last_step = options.last_step
         self._keep_hours = keep_checkpoint_every_n_hours
         self._name = checkpoint_name
         self._step_counter = step_counter
