@@ -1,8 +1,17 @@
-"""CheckpointManager: numbering, intervals, the writer, restores.
+"""CheckpointManager: the public class, its lifecycle and the wiring.
 
-``save`` takes a host snapshot on the caller's thread and hands the rest to
-one background writer: write and fsync, commit, then publish (``_catalog``):
-replace the state file, and only then delete what the retention rules drop.
+Each job lives in the module named for it; this one connects them:
+
+- ``_policy``: argument checks, the interval rule, retention (pure);
+- ``_ownership``: recovery and tidying on open, closing together;
+- ``_queue``: numbering and queueing, the one save sequence of ``save`` and
+  ``save_in_jit``'s host callback (``_snapshot`` makes the snapshot);
+- ``_pipeline``: one save on the writer thread (``_writer``), start to end:
+  write and fsync, commit, then publish (replace the state file, and only
+  then delete what the retention rules drop);
+- ``_managed_restore``: restores after a pending save, agreed, with fallback;
+- ``_registry.Handle``: the callables handed to ``_registry``, ``_in_jit``
+  and ``tf_compat``, so that none of them reads this class's private state.
 """
 
 from __future__ import annotations
