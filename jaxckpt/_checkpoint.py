@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -633,10 +632,6 @@ def _stored_shape(leaf: dict) -> tuple[int, ...]:
 
 def leaf_paths(leaves: Iterable[dict]) -> list[tuple]:
     return [tuple((k, v) for k, v in leaf["path"]) for leaf in leaves]
-
-
-def now() -> float:
-    return time.time()
 
 
 def nbytes_of(leaf: dict) -> int:

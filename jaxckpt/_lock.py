@@ -45,10 +45,6 @@ class DirectoryLock:
             if fd is not None:
                 _close(fd)  # closing the last descriptor of the open file drops the flock
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     def __del__(self) -> None:
         self.release()
 

@@ -53,6 +53,11 @@ def _client():
     return client
 
 
+def client():
+    """jax.distributed's key-value client, for the modules that build on this one."""
+    return _client()
+
+
 class SaveCoordinator:
     """The signals of one save: agree on a token, report parts, announce the commit.
 

@@ -239,13 +239,8 @@ def prepare(directory: str | Dir, state: CheckpointState) -> Replacement:
     return Replacement(_location.locate(directory), render(state).encode("utf-8"))
 
 
-def write(directory: str | Dir, state: CheckpointState) -> None:
-    """Atomically replaces ``<directory>/checkpoint`` (see the module docstring)."""
-    prepare(directory, state).install()
-
-
 def sweep_temporaries(directory: str | Dir) -> list[str]:
-    """Removes ``checkpoint.tmp-*`` files left by a crash during a local ``write``."""
+    """Removes ``checkpoint.tmp-*`` files left by a crash during a local replacement."""
     where = _location.locate(directory)
     if not where.is_local:
         return []

@@ -59,8 +59,8 @@ def test_garbage_is_corrupt_and_names_the_file(tmp_path, text):
 
 
 def test_write_replaces_atomically_and_leaves_no_temporary(tmp_path):
-    _state_file.write(str(tmp_path), CheckpointState("ckpt-1", ["ckpt-1"], [1.0], 0.0))
-    _state_file.write(str(tmp_path), CheckpointState("ckpt-2", ["ckpt-2"], [2.0], 0.0))
+    _state_file.prepare(str(tmp_path), CheckpointState("ckpt-1", ["ckpt-1"], [1.0], 0.0)).install()
+    _state_file.prepare(str(tmp_path), CheckpointState("ckpt-2", ["ckpt-2"], [2.0], 0.0)).install()
     assert os.listdir(tmp_path) == ["checkpoint"]
     assert _state_file.read(str(tmp_path)).model_checkpoint_path == "ckpt-2"
 
