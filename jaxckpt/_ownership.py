@@ -11,7 +11,6 @@ The lock itself is ``_lock``; the take-over in this process ``_registry``.
 from __future__ import annotations
 
 import logging
-import re
 from typing import Callable
 
 from . import _agree, _commit, _deletions, _location, _multihost, _recovery, _state_file

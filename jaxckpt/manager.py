@@ -29,7 +29,7 @@ from . import (_agree, _catalog, _display, _faults, _in_jit, _inspect, _location
                _queue, _registry, _snapshot, _stats, _storage)
 from ._policy import as_number
 from ._writer import Writer
-from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
+from .errors import (CheckpointNotFoundError, CheckpointWriteError,
                      ForkedManagerError, ManagerClosedError, ReadOnlyManagerError)
 
 log = logging.getLogger("jaxckpt")
