@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test torture demo bench clean
+.PHONY: venv test test-fast torture demo bench clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The quick loop: everything but the tests marked slow (child processes, fuzz rounds).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 # 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones,
 # 30 multi-process kill rounds (JAXCKPT_MP_CRASH_ROUNDS), the 64-process scale test,

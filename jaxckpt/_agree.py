@@ -26,8 +26,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import _multihost
-from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+from . import _multihost, _names
+from .errors import (CheckpointNotFoundError, CoordinationError, CoordinationTimeoutError,
+                     CorruptCheckpointError)
 
 _CHUNK = 256 << 10  # characters per key, well under the coordination service's limit
 _FAIL = "!"
@@ -65,9 +66,9 @@ class Agreement:
         process's input (its own first) and every process returns the result.
 
         Raises:
-            TimeoutError: a process did not send its input in time (named), or
-                process 0 did not decide in time.
-            CheckpointError: ``decide`` failed on process 0 (its error, quoted).
+            CoordinationTimeoutError: a process did not send its input in time
+                (named), or process 0 did not decide in time.
+            CoordinationError: ``decide`` failed on process 0 (its error, quoted).
         """
         if not self.multi:
             return decide([mine])
@@ -109,7 +110,7 @@ class Agreement:
                 late.append(i)
         if late:
             who = ", ".join(str(i) for i in late)
-            raise TimeoutError(
+            raise CoordinationTimeoutError(
                 f"{self.what}: process{'es' if len(late) > 1 else ''} {who} of {self.count} "
                 f"did not {phase} within {self.timeout_s:g} s (failed, died, late, or made "
                 "different jaxckpt calls); every process of the program must make the same ones")
@@ -119,8 +120,8 @@ class Agreement:
         try:
             return _get(client, key, timeout_s)
         except TimeoutError as e:
-            raise TimeoutError(f"{self.what}: {late} within {timeout_s:g} s (waiting in "
-                               f"process {self.index} of {self.count})") from e
+            raise CoordinationTimeoutError(f"{self.what}: {late} within {timeout_s:g} s (waiting "
+                                           f"in process {self.index} of {self.count})") from e
 
     # ------------------------------------------------------------ uses
 
@@ -151,7 +152,7 @@ class Agreement:
         if error is not None and (verdict["kind"] == "fail") == (not _is_damage(error)):
             raise error
         cls = {"damage": CorruptCheckpointError, "missing": CheckpointNotFoundError}.get(
-            verdict["kind"], CheckpointError)
+            verdict["kind"], CoordinationError)
         raise cls(f"{self.what}: {phase} failed on another process: {verdict['why']}") from error
 
 
@@ -181,10 +182,11 @@ def _failure(text: str) -> Exception:
         kind, why = f["kind"], f["why"]
     except (ValueError, KeyError, TypeError):
         kind, why = "fail", text
-    if why.startswith("TimeoutError: "):
-        return TimeoutError(f"process 0 reports: {why[len('TimeoutError: '):]}")
+    name, _, rest = why.partition(": ")
+    if name in ("TimeoutError", "CoordinationTimeoutError"):
+        return CoordinationTimeoutError(f"process 0 reports: {rest}")
     cls = {"damage": CorruptCheckpointError, "missing": CheckpointNotFoundError}.get(
-        kind, CheckpointError)
+        kind, CoordinationError)
     return cls(f"process 0 failed: {why}")
 
 
@@ -212,8 +214,8 @@ def _blocking_get(client: Any, key: str, timeout_s: float) -> str:
         return client.blocking_key_value_get(key, max(1, int(timeout_s * 1000)))
     except Exception as e:  # jax raises JaxRuntimeError(DEADLINE_EXCEEDED) and others
         if "DEADLINE_EXCEEDED" in str(e) or "timed out" in str(e):
-            raise TimeoutError(str(e)) from e
-        raise CheckpointError(f"jax.distributed's key-value store failed reading {key}: "
+            raise CoordinationTimeoutError(str(e)) from e
+        raise CoordinationError(f"jax.distributed's key-value store failed reading {key}: "
                               f"{e}") from e
 
 
@@ -291,4 +293,4 @@ def decode_kept(root: Any, text: str) -> tuple[Any, list[str]]:
 
 def name(path: str) -> str:
     """A checkpoint's last path component, for messages."""
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return _names.basename(path)

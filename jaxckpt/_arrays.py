@@ -20,17 +20,9 @@ import tensorstore as ts
 from . import _location
 
 INNER_BYTES = 4 << 20
-# Small leaves share chunks; a damaged chunk implicates every leaf in it.
-PACKED_INNER_BYTES = 256 << 10
-PACK_ALIGN = 64
-# The packed array is split into shard files of this size: tensorstore writes
-# them concurrently (256 MiB as one file: ~1.5 s here; as 4 MiB files: ~0.3 s),
-# and the writer stages at most PACKED_WINDOW of them at a time, so a save
-# never holds a second copy of all the small leaves.
-PACKED_SHARD_BYTES = 4 << 20
+# The packed array's shard files staged at once (the packing constants are
+# in _format, beside the layout they define).
 PACKED_WINDOW = 4
-# A packed array this small is stored in the manifest, not in a file of its own.
-INLINE_BYTES = 64 << 10
 
 _CRC = [{"name": "bytes"}, {"name": "crc32c"}]
 _INDEX_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]

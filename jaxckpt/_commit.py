@@ -37,11 +37,9 @@ import errno
 import logging
 import math
 import os
-import re
 import shutil
 import stat
 import time
-import uuid
 from dataclasses import dataclass
 
 from . import _durable, _faults, _format, _location, _names
@@ -50,7 +48,6 @@ from .errors import CheckpointError
 
 log = logging.getLogger("jaxckpt")
 
-DATA_PREFIX = "d-"
 # Object stores: a data prefix without a manifest (or not named by its
 # manifest) is swept only once it is this old. A save in flight in another
 # process (a trainer, seen by an evaluator's manager) is indistinguishable
@@ -93,21 +90,16 @@ def _rename2(src: str, dst: str, flags: int) -> bool:
     raise OSError(err, os.strerror(err), src, None, dst)
 
 
-def new_token() -> str:
-    """A fresh staging token: lowercase hex, 8 digits of the Unix time in seconds
-    (so that a sweep can tell its age) and 12 random ones."""
-    return f"{int(time.time()) & 0xFFFFFFFF:08x}{uuid.uuid4().hex[:12]}"
-
-
-_TIMED_TOKEN = re.compile(r"^[0-9a-f]{20}$")
+new_token = _names.new_token
 
 
 def token_age_s(token: str, now: float) -> float:
     """Seconds since ``token`` was made; infinite for a token without a time
     (made before tokens carried one) or with a time implausibly far ahead."""
-    if not _TIMED_TOKEN.match(token):
+    made = _names.token_time(token)
+    if made is None:
         return math.inf
-    age = now - int(token[:8], 16)
+    age = now - made
     return math.inf if age < -LEASE_S else age
 
 
@@ -162,7 +154,7 @@ class LocalCommit:
             return False
 
     def stage(self, final: Dir, token: str, *, create: bool) -> Staging:
-        key = f"{DATA_PREFIX}{token}"
+        key = _names.data(token)
         tmp = final.parent().join(_names.tmp(final.name, token))
         if create:
             # Not makedirs: a vanished directory is an error, not recreated. The
@@ -199,7 +191,7 @@ class ObjectStoreCommit:
         return data is not None and data[: len(_format.MAGIC)] == _format.MAGIC
 
     def stage(self, final: Dir, token: str, *, create: bool) -> Staging:
-        key = f"{DATA_PREFIX}{token}"
+        key = _names.data(token)
         return Staging(final, final.join(key), key, final.join(key))
 
     def seal_part(self, staging: Staging) -> None:
@@ -242,8 +234,8 @@ def _check_staged_data(staging: Staging, manifest: bytes) -> None:
     older jaxckpt, a lifecycle rule) would be a committed checkpoint that
     cannot be read; better no commit at all."""
     record = _format.unpack_manifest(manifest, str(staging.final))
-    want = {f"{_format.ARRAYS}/{leaf['where'][1]}" for leaf in record.get("leaves", [])
-            if leaf.get("where", [None])[0] == "array"}
+    want = {f"{_format.ARRAYS}/{_format.array_name(leaf)}" for leaf in record.get("leaves", [])
+            if _format.where_kind(leaf) == _format.WHERE_ARRAY}
     if record.get("packed_nbytes") and "packed_inline" not in record:
         want.add(_format.PACKED)
     if not want:
@@ -283,9 +275,10 @@ def _drop_unnamed_data(final: KvDir, keep: str | None, *, also: str | None = Non
     now = time.time() if now is None else now
     dropped = []
     for name in final.listdir():
-        if not name.startswith(DATA_PREFIX) or name == keep:
+        token = _names.data_token(name)
+        if token is None or name == keep:
             continue
-        if name == also or token_age_s(name[len(DATA_PREFIX):], now) > LEASE_S:
+        if name == also or token_age_s(token, now) > LEASE_S:
             final.join(name).delete_all()
             dropped.append(name)
     return dropped
@@ -320,7 +313,7 @@ def publish(tmp: str, final: str, *, replace: bool) -> None:
             log.warning("renameat2(RENAME_EXCHANGE) unsupported in %s; replacing checkpoints "
                         "in two renames", parent)
         found = _names.parse(os.path.basename(tmp))
-        token = found.token if found and found.kind == _names.TMP else uuid.uuid4().hex[:12]
+        token = found.token if found and found.kind == _names.TMP else _names.new_id()
         aside = os.path.join(parent, _names.old(name, token))
         os.rename(final, aside)
         _faults.point("commit.aside")
@@ -464,11 +457,10 @@ def _intact(path: str) -> bool:
 def _sweep_kv(directory: KvDir, checkpoint_name: str) -> list[str]:
     """Object stores: data prefixes without a manifest, or that no manifest
     names, once they are older than ``LEASE_S``."""
-    pattern = re.compile(rf"^{re.escape(checkpoint_name)}-\d+$")
     removed = []
     now = time.time()
     for name in directory.listdir():
-        if not pattern.match(name):
+        if _names.number_of(name, checkpoint_name) is None:
             continue
         ckpt = directory.join(name)
         raw = ckpt.read(_format.MANIFEST)

@@ -29,7 +29,7 @@ _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
 def _marker_name(path: str) -> str:
-    return _names.deleting(path.rstrip("/").rsplit("/", 1)[-1])
+    return _names.deleting(_names.basename(path))
 
 
 def _is_marker(path: str) -> bool:

@@ -48,8 +48,9 @@ def _leaf_info(leaf: dict) -> LeafInfo:
     if kind == "py":
         value = _format.decode_py(leaf["value"])
         return LeafInfo(path, kind, None, type(value).__name__, 0, "manifest", value)
-    where = leaf["where"]
-    stored = f"array {_format.ARRAYS}/{where[1]}" if where[0] == "array" else where[0]
+    kind_of_where = _format.where_kind(leaf)
+    stored = (f"array {_format.ARRAYS}/{_format.array_name(leaf)}"
+              if kind_of_where == _format.WHERE_ARRAY else kind_of_where)
     nbytes = _reader.nbytes_of(leaf)
     if kind == "key":
         return LeafInfo(path, kind, tuple(leaf["key_shape"]), f"key<{leaf['impl']}>",

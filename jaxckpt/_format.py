@@ -1,5 +1,8 @@
 """The on-disk layout of one checkpoint, written down in one place.
 
+``FORMAT.md`` at the top of the repository is the full specification (names:
+``_names``); ``tests/test_format_bytes.py`` pins the bytes a save writes.
+
 A checkpoint is a directory (or object prefix) holding:
 
     _CHECKPOINT     the manifest; its presence is the commit record
@@ -60,7 +63,7 @@ import ml_dtypes
 import msgpack
 import numpy as np
 
-from . import _manifest_check
+from . import _manifest_check, _names
 from .errors import CorruptCheckpointError
 
 MAGIC = b"JAXCKPT\x00"
@@ -68,11 +71,89 @@ VERSION = 3
 # Version 1 stored the packed array as one file (no "packed_shard"); versions 1
 # and 2 keep local arrays beside the manifest (no "data") and have no digests.
 READABLE_VERSIONS = (1, 2, 3)
-MANIFEST = "_CHECKPOINT"
-PACKED = "packed"
-ARRAYS = "a"
+MANIFEST = _names.MANIFEST
+PACKED = _names.PACKED
+ARRAYS = _names.ARRAYS
+
+# ---------------------------------------------------------------- packing
 # Leaves smaller than this share the packed array; larger ones get their own.
 LARGE_BYTES = 2 << 20
+# Each packed leaf starts at a multiple of this (readers check it).
+PACK_ALIGN = 64
+# Small leaves share chunks; a damaged chunk implicates every leaf in it.
+PACKED_INNER_BYTES = 256 << 10
+# The packed array is split into shard files of this size: tensorstore writes
+# them concurrently (256 MiB as one file: ~1.5 s here; as 4 MiB files: ~0.3 s),
+# and the writer stages at most _storage.PACKED_WINDOW of them at a time, so a
+# save never holds a second copy of all the small leaves.
+PACKED_SHARD_BYTES = 4 << 20
+# A packed array this small is stored in the manifest, not in a file of its own.
+INLINE_BYTES = 64 << 10
+
+
+def packed_after(offset: int, nbytes: int) -> int:
+    """Where the next packed leaf starts after one of ``nbytes`` at ``offset``."""
+    return offset + -(-nbytes // PACK_ALIGN) * PACK_ALIGN
+
+
+def packed_geometry(end: int) -> tuple[int, int, int]:
+    """(``packed_nbytes``, ``packed_shard``, ``packed_chunk``) of a packed array
+    whose leaves end at ``end`` (all 0 when no leaf is packed): whole inner
+    chunks of at most ``PACKED_INNER_BYTES``, shard files of at most
+    ``PACKED_SHARD_BYTES``."""
+    if not end:
+        return 0, 0, 0
+    inner = min(PACKED_INNER_BYTES, end)
+    total = -(-end // inner) * inner
+    return total, min(total, PACKED_SHARD_BYTES), inner
+
+
+# ---------------------------------------------------------------- leaf records
+# A leaf record's "where" is a list whose first item is its kind; these build
+# and read it, so that no other module indexes it by position.
+WHERE_EMPTY, WHERE_PACKED, WHERE_ARRAY = "empty", "packed", "array"
+
+
+def where_empty() -> list:
+    return [WHERE_EMPTY]
+
+
+def where_packed(offset: int, nbytes: int) -> list:
+    return [WHERE_PACKED, offset, nbytes]
+
+
+def where_array(name: str, chunk: list[int], inner: list[int]) -> list:
+    return [WHERE_ARRAY, name, chunk, inner]
+
+
+def where_kind(rec: dict) -> str | None:
+    """``"empty"``, ``"packed"`` or ``"array"``; None for a Python leaf (no bytes)."""
+    where = rec.get("where")
+    return where[0] if where else None
+
+
+def packed_span(rec: dict) -> tuple[int, int]:
+    """(offset, nbytes) of a packed leaf in the packed array."""
+    _, offset, nbytes = rec["where"]
+    return offset, nbytes
+
+
+def packed_slice(rec: dict) -> slice:
+    """A packed leaf's bytes in the packed array, as a slice."""
+    _, offset, nbytes = rec["where"]
+    return slice(offset, offset + nbytes)
+
+
+def array_name(rec: dict) -> str:
+    """A large leaf's array name: its directory is ``a/<name>``."""
+    return rec["where"][1]
+
+
+def array_chunks(rec: dict) -> tuple[list[int], list[int]]:
+    """A large leaf's (chunk, inner chunk) shapes over its stored shape
+    ``(*shape, itemsize)``: one shard file per chunk, checksummed inner chunks."""
+    _, _, chunk, inner = rec["where"]
+    return chunk, inner
 
 
 def dtype_name(dtype: Any) -> str:

@@ -55,7 +55,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from . import _format, _snapshot, _tree
+from . import _snapshot, _tree
 from .errors import CheckpointError
 
 log = logging.getLogger("jaxckpt")
@@ -88,29 +88,19 @@ def _plan(state: Any) -> tuple[list[_Slot], list[jax.Array]]:
     for entry in entries:
         _tree.check_path(entry)
         leaf = entry.leaf
-        record: dict[str, Any] = {"path": [list(t) for t in entry.path]}
         if _is_array(leaf):
-            leaf = _snapshot.jax_kind(record, leaf)
-            dtype = np.dtype(leaf.dtype)
-            if dtype == jax.dtypes.float0:
+            # A PRNG key stores its key data (uint32), never float0.
+            if not _tree.is_prng_key(leaf) and np.dtype(leaf.dtype) == jax.dtypes.float0:
                 raise TypeError(f"leaf at key path {entry.path_str} has dtype float0 (a "
                                 "gradient of an integer), which cannot be checkpointed")
-            record["dtype"] = _format.dtype_name(dtype)
-            record["shape"] = list(leaf.shape)
-            slots.append(_Slot(record, None))
-            operands.append(leaf)
-            continue
-        _tree.check_leaf(entry)
-        if isinstance(leaf, (np.ndarray, np.generic)):
-            record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
-            data = np.array(leaf, copy=True, order="C")
-            record["dtype"] = _format.dtype_name(data.dtype)
-            record["shape"] = list(data.shape)
-            slots.append(_Slot(record, data))
         else:
-            record["kind"] = "py"
-            record["value"] = _format.encode_py(leaf)
+            _tree.check_leaf(entry)
+        record, data = _snapshot.leaf_record([list(t) for t in entry.path], leaf)
+        if _is_array(leaf):
             slots.append(_Slot(record, None))
+            operands.append(data)
+        else:
+            slots.append(_Slot(record, data))
     return slots, operands
 
 
@@ -166,7 +156,7 @@ def _parts(arrays: list[jax.Array], count: int) -> list[_Part]:
     for x in arrays:
         shape, dtype = tuple(x.shape), np.dtype(x.dtype)
         axis = None
-        if not _snapshot._small(shape, dtype):
+        if not _snapshot.small(shape, dtype):
             axis = next((a for a, n in enumerate(shape) if n >= count and n % count == 0), None)
         out.append(_Part(shape, dtype, axis))
     return out
@@ -235,7 +225,7 @@ def _process_snapshot(slots: list[_Slot], parts: list[_Part], arrays: tuple,
             dtype = static.dtype if static is not None else part.dtype
             shape = static.shape if static is not None else part.shape
             leaves.append(_snapshot.ArrayLeaf(record, dtype, shape, [], shape,
-                                              packed=_snapshot._small(shape, dtype)))
+                                              packed=_snapshot.small(shape, dtype)))
     return _snapshot.Snapshot(records, leaves, metadata)
 
 
@@ -264,19 +254,20 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
          metadata: dict | None) -> None:
     """Stages a save of ``state`` into the computation being traced.
 
-    See ``CheckpointManager.save_in_jit``. Everything that can be checked
-    without the values is checked here, at trace time.
+    See ``CheckpointManager.save_in_jit``; ``mngr`` is the manager's
+    ``_registry.Handle``. Everything that can be checked without the values
+    is checked here, at trace time.
     """
-    mngr._check_open()
+    mngr.check_open()
     if not isinstance(check_interval, bool):
         raise TypeError(f"check_interval must be a Python bool, got {check_interval!r}")
     metadata = _snapshot.check_metadata(metadata)
     if step is None:
-        if mngr._step_counter is None:
+        if mngr.step_counter is None:
             raise ValueError(
                 f"save_in_jit for {mngr.directory} needs the step: pass step=..., or "
                 "give the CheckpointManager a step_counter (state -> int)")
-        step = mngr._step_counter(state)
+        step = mngr.step_counter(state)
         what = "step_counter(state)"
     else:
         what = "step"
@@ -284,7 +275,6 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     number = None if checkpoint_number is None else _traced_int(checkpoint_number,
                                                                  "checkpoint_number")
     slots, arrays = _plan(state)
-    ref = weakref.ref(mngr)
     directory = mngr.directory
 
     count = jax.process_count()
@@ -303,25 +293,23 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
                                                           "checkpoint_number")
             host = rest if number is None else rest[1:]
             log.debug("save_in_jit callback: step %d, checkpoint %d, %s", at, n, directory)
-            live = ref()
-            if live is None:
+            if mngr.manager is None:  # the handle holds it weakly
                 log.error("save_in_jit: the CheckpointManager for %s was garbage-collected; "
                           "step %s was not saved", directory, at)
                 return
-            live._save_host_snapshot(lambda: snapshot(host), at, n, check_interval)
+            mngr.save_host_snapshot(lambda: snapshot(host), at, n, check_interval)
         except Exception as e:  # raising here would abort the user's computation
             error = CheckpointError(f"save_in_jit of step {at} in {directory} failed in its "
                                     f"host callback: {e}")
             error.__cause__ = e
             log.error("%s", error)
-            live = ref()
-            if live is not None:
-                live._writer.report(error)
+            if mngr.manager is not None:
+                mngr.report(error)
 
     # A checkpoint has no gradient: this lets save_in_jit sit inside jax.grad.
     operands = [jax.lax.stop_gradient(x)
                 for x in [step] + ([number] if number is not None else []) + arrays]
-    interval = mngr.checkpoint_interval
+    interval = mngr.interval
 
     def send(ops: list) -> None:
         if parts is None:

@@ -8,12 +8,10 @@ agreement), so that the manager's recovery and the listing can use it.
 from __future__ import annotations
 
 import logging
-import re
 
-from . import _commit, _faults, _location, _state_file
+from . import _commit, _faults, _location, _names, _state_file
 
 log = logging.getLogger("jaxckpt")
-_NUMBERED = re.compile(r"^[^.].*-\d+$")
 
 # How often latest_checkpoint re-reads a state file that changed under it.
 _READ_TRIES = 8
@@ -53,7 +51,8 @@ def _warn_if_unrecorded(root: _location.Dir) -> None:
     if not root.is_local:  # a listing of an object store costs a request: not on every call
         return
     committed = sorted(n for n in root.listdir()
-                       if _NUMBERED.match(n) and _commit.is_committed(root.join(n)))
+                       if not n.startswith(".") and _names.split_numbered(n)
+                       and _commit.is_committed(root.join(n)))
     if committed:
         log.warning("%s has no state file but holds committed checkpoints %s; "
                     "jaxckpt.latest_checkpoint reads only the state file (a CheckpointManager "

@@ -23,7 +23,6 @@ import dataclasses
 import errno
 import html
 import os
-import re
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import _commit, _display, _format, _latest, _location, _names, _reader, _state_file
@@ -32,7 +31,7 @@ from ._location import Dir
 LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"
 UNCOMMITTED, PENDING, MISSING = "uncommitted", "pending", "missing"
 
-_NUMBERED = re.compile(r"^(?P<name>.+)-(?P<number>\d+)$")
+_NUMBERED = _names.NUMBERED
 _LEFTOVER_NOTES = {
     _names.TMP: "save in progress or interrupted",
     _names.TRASH: "deletion in progress or interrupted",
@@ -152,7 +151,7 @@ class CheckpointList(Sequence[CheckpointEntry]):
 
 
 def _basename(path: str) -> str:
-    return path.rstrip("/").rsplit("/", 1)[-1]
+    return _names.basename(path)
 
 
 def list_checkpoints(

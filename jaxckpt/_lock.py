@@ -20,7 +20,7 @@ import os
 import threading
 import weakref
 
-from .errors import CheckpointError
+from .errors import DirectoryLockedError
 
 log = logging.getLogger("jaxckpt")
 
@@ -44,10 +44,6 @@ class DirectoryLock:
             fd, self._fd = self._fd, None
             if fd is not None:
                 _close(fd)  # closing the last descriptor of the open file drops the flock
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
 
     def __del__(self) -> None:
         self.release()
@@ -112,7 +108,7 @@ def acquire(directory: str) -> DirectoryLock | None:
     """Takes the directory's writer lock; None where no lock applies.
 
     Raises:
-        CheckpointError: another process holds it, naming that process.
+        DirectoryLockedError: another process holds it, naming that process.
     """
     if not is_local(directory) or not _is_process_zero():
         return None
@@ -122,7 +118,7 @@ def acquire(directory: str) -> DirectoryLock | None:
     except BlockingIOError:
         holder = _holder(fd)
         os.close(fd)
-        raise CheckpointError(
+        raise DirectoryLockedError(
             f"{directory} is being written by another process{holder}: a CheckpointManager "
             "there holds the directory's lock. Two writers would number over and delete each "
             "other's checkpoints. Close that manager or stop that process (its lock goes "

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+# _format imports this module first, so its names are read at call time only.
+from . import _format, _names
 from .errors import CorruptCheckpointError
 
 # Read at most this much of a _CHECKPOINT (a save of 2000 leaves writes ~150 KiB,
@@ -52,11 +54,8 @@ MAX_NESTING = 100
 MAX_BIGINT_DIGITS = 4300
 MAX_INT = 1 << 62
 
-PACK_ALIGN = 64  # as _storage.PACK_ALIGN (that module imports tensorstore)
 KINDS = frozenset({"array", "jax", "scalar", "key", "py"})
 _TOKEN_KINDS = frozenset({"k", "a", "i", "f"})
-_DATA = re.compile(r"d-[0-9a-f]{1,64}")
-_ARRAY_NAME = re.compile(r"[0-9]{1,12}")
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _BIGINT = re.compile(r"-?[0-9]{1,%d}" % MAX_BIGINT_DIGITS)
 
@@ -86,8 +85,6 @@ def _itemsize(name: Any) -> int | None:
     found = _itemsizes.get(name)
     if found is not None:
         return found
-    from . import _format
-
     try:
         dtype = _format.dtype_from_name(name)
     except Exception:  # NumPy raises TypeError, ValueError and others for bad names
@@ -164,7 +161,7 @@ def _check_where(leaf: dict, shape: list, itemsize: int, nbytes: int, state: dic
     if type(where) is not list or not where:
         raise _Bad("where", "a list")
     tag = where[0]
-    if tag == "empty":
+    if tag == _format.WHERE_EMPTY:
         if len(where) != 1 or nbytes:
             raise _Bad("where", f'["empty"] only for a zero-size shape (shape is '
                        f"{shape})", where)
@@ -172,24 +169,24 @@ def _check_where(leaf: dict, shape: list, itemsize: int, nbytes: int, state: dic
     if not nbytes:
         raise _Bad("where", '["packed", ...] or ["array", ...] only for a non-empty shape',
                    where)
-    if tag == "packed":
+    if tag == _format.WHERE_PACKED:
         if len(where) != 3 or not _nonneg(where[1]) or not _is_int(where[2]):
             raise _Bad("where", '["packed", offset, nbytes]', where)
-        off, size = where[1], where[2]
+        _, off, size = where
         if size != nbytes:
             raise _Bad("where", f"{nbytes} packed bytes (shape {shape}, itemsize "
                        f"{itemsize})", size)
-        if off % PACK_ALIGN or off < state["packed_end"]:
-            raise _Bad("where", f"an offset that is a multiple of {PACK_ALIGN} "
+        if off % _format.PACK_ALIGN or off < state["packed_end"]:
+            raise _Bad("where", f"an offset that is a multiple of {_format.PACK_ALIGN} "
                        "past the previous packed leaf", off)
         state["packed_end"] = off + size
         return
-    if tag == "array":
+    if tag == _format.WHERE_ARRAY:
         if len(where) != 4:
             raise _Bad("where", '["array", name, chunk, inner]', where)
-        name, outer, inner = where[1], where[2], where[3]
+        _, name, outer, inner = where
         # Joined onto the checkpoint path: a plain decimal name, never a path.
-        if type(name) is not str or _ARRAY_NAME.fullmatch(name) is None:
+        if type(name) is not str or not _names.is_array(name):
             raise _Bad("where", "an array name of decimal digits", name)
         if name in state["names"]:
             raise _Bad("where", "an array name no other leaf uses", name)
@@ -310,7 +307,7 @@ def _check_top(manifest: dict, state: dict) -> None:
     if "data" in manifest:
         data = manifest["data"]
         # Joined onto the checkpoint path: never a path of its own.
-        if type(data) is not str or _DATA.fullmatch(data) is None:
+        if type(data) is not str or not _names.is_data(data):
             raise _Bad("data", 'a data prefix "d-<hex>"', data)
     for name in ("packed_nbytes", "packed_chunk"):
         if not _nonneg(manifest.get(name)):
@@ -335,14 +332,14 @@ def _check_packed(manifest: dict, end: int) -> None:
             or shard % chunk:
         raise _Bad("packed_chunk", f"a chunk size of at most {MAX_PACKED_CHUNK} that divides "
                    f"packed_shard ({shard}) and packed_nbytes ({total})", chunk)
-    if not end <= total < end + PACK_ALIGN + chunk:
+    if not end <= total < end + _format.PACK_ALIGN + chunk:
         raise _Bad("packed_nbytes", f"the packed leaves' {end} bytes, rounded up to a chunk",
                    total)
 
 
 def check(manifest: Any, where: str) -> None:
     """Raises ``CorruptCheckpointError`` naming ``where`` and the field at fault."""
-    from . import _format, _tree
+    from . import _tree
 
     state: dict = {"packed_end": 0, "names": set()}
     field = _format.MANIFEST

@@ -21,7 +21,7 @@ from typing import Callable
 
 import jax
 
-from .errors import CheckpointError
+from .errors import CoordinationError, CoordinationTimeoutError
 
 DEFAULT_TIMEOUT_S = 300.0
 _OK = "ok"
@@ -47,10 +47,15 @@ def _client():
 
     client = distributed.global_state.client
     if client is None:
-        raise CheckpointError(
+        raise CoordinationError(
             f"this program has {process_count()} processes but jax.distributed's client is "
             "not available; call jax.distributed.initialize() before saving")
     return client
+
+
+def client():
+    """jax.distributed's key-value client, for the modules that build on this one."""
+    return _client()
 
 
 class SaveCoordinator:
@@ -84,10 +89,10 @@ class SaveCoordinator:
                                                     int(timeout_s * 1000))
         except Exception as e:  # jax raises JaxRuntimeError(DEADLINE_EXCEEDED) and others
             if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e):
-                raise CheckpointError(
+                raise CoordinationError(
                     f"{self.what}: process {self.index} could not hear from {who} "
                     f"({waiting_for}): {e}") from e
-            raise TimeoutError(
+            raise CoordinationTimeoutError(
                 f"{self.what}: {who} did not {waiting_for} within {timeout_s:g} s "
                 f"(waiting in process {self.index} of {self.count}); it failed, died or is "
                 "late. The checkpoint is not committed; earlier ones are intact.") from e
@@ -109,7 +114,7 @@ class SaveCoordinator:
             return token
         token = self._get("token", self.timeout_s, "process 0", "start the save")
         if token.startswith("!"):
-            raise CheckpointError(f"{self.what}: process 0 could not start the save: {token[1:]}")
+            raise CoordinationError(f"{self.what}: process 0 could not start the save: {token[1:]}")
         return token
 
     def part_done(self, error: BaseException | None, payload: str = "") -> None:
@@ -130,8 +135,8 @@ class SaveCoordinator:
         with the payload each sent (process 1 first).
 
         Raises:
-            TimeoutError: naming the processes that did not report in time.
-            CheckpointError: naming the processes whose part failed.
+            CoordinationTimeoutError: naming the processes that did not report in time.
+            CoordinationError: naming the processes whose part failed.
         """
         if not self.multi:
             return []
@@ -162,11 +167,11 @@ class SaveCoordinator:
                 except Exception:  # stale keys only cost memory in the coordinator
                     pass
         if failed:
-            raise CheckpointError(f"{self.what}: not committed; writing failed in "
+            raise CoordinationError(f"{self.what}: not committed; writing failed in "
                                   + "; ".join(failed))
         if late:
             names = ", ".join(str(i) for i in late)
-            raise TimeoutError(
+            raise CoordinationTimeoutError(
                 f"{self.what}: not committed; process(es) {names} of {self.count} did not "
                 f"report their part durable within {self.timeout_s:g} s (failed, died or "
                 "late). Earlier checkpoints are intact.")
@@ -204,10 +209,10 @@ class SaveCoordinator:
         try:
             value = _agree._get(_client(), f"{self._prefix}/commit", wait)
         except TimeoutError as e:
-            raise TimeoutError(
+            raise CoordinationTimeoutError(
                 f"{self.what}: process 0 of {self.count} did not commit and publish it within "
                 f"{wait:g} s (waiting in process {self.index}); it failed, died or is late") from e
         word, _, decision = value.partition(" ")
         if word != _OK:
-            raise CheckpointError(f"{self.what}: process 0 did not commit it: {value}")
+            raise CoordinationError(f"{self.what}: process 0 did not commit it: {value}")
         self.decision = decision

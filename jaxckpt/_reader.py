@@ -7,12 +7,11 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from . import _arrays, _digest, _format, _location, _manifest_check, _tree
+from . import _arrays, _digest, _format, _location, _manifest_check, _names, _tree
 from ._location import Dir
 from .errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 
@@ -84,7 +83,7 @@ def _child(root: Dir, *names: str) -> Dir:
 
 def _state_file_present(where: Dir) -> bool:
     try:
-        return where.read("checkpoint", 1, head=True) is not None
+        return where.read(_names.STATE_FILE, 1, head=True) is not None
     except (OSError, ValueError):  # something is there, if not a file we wrote
         return True
 
@@ -149,12 +148,14 @@ class Reader:
             "manifest's digest: swapped or copied from another save. Restore an earlier "
             "checkpoint.")
 
-    def _open(self, where: list, shape: list[int]) -> Any:
-        if where[0] != "array":
+    def _open(self, leaf: dict | None, shape: list[int]) -> Any:
+        """Opens a large leaf's array, or (``leaf`` None) the packed array."""
+        if leaf is None:
             self._check_stored_size(None)
-        if where[0] == "array":
-            spec = _arrays.array_spec(_child(self.data, _format.ARRAYS, where[1]).kvstore(),
-                                       shape, where[2], where[3], create=False)
+        if leaf is not None:
+            spec = _arrays.array_spec(_child(self.data, _format.ARRAYS,
+                                             _format.array_name(leaf)).kvstore(),
+                                      shape, *_format.array_chunks(leaf), create=False)
         else:
             total = self.manifest["packed_nbytes"]
             shard = self.manifest.get("packed_shard", total)  # one file before 0.2
@@ -171,7 +172,7 @@ class Reader:
             declared, names = self.manifest["packed_nbytes"], (_format.PACKED,)
             what = f"the packed array ({_format.PACKED})"
         else:
-            declared, names = nbytes_of(leaf), (_format.ARRAYS, leaf["where"][1])
+            declared, names = nbytes_of(leaf), (_format.ARRAYS, _format.array_name(leaf))
             what = f"leaf {_tree.path_str(leaf['path'])}"
         if not self.where.is_local or declared < _BIG_READ_BYTES:
             return
@@ -203,19 +204,20 @@ class Reader:
 
         All reads are issued before any is awaited.
         """
-        packed_needed = [leaf for leaf, _ in requests if leaf["where"][0] == "packed"]
+        packed_needed = [leaf for leaf, _ in requests
+                         if _format.where_kind(leaf) == _format.WHERE_PACKED]
         futures: list[list[Any]] = []
         opened = {}
         for leaf, _ in requests:
-            if leaf["where"][0] == "array":
+            if _format.where_kind(leaf) == _format.WHERE_ARRAY:
                 shape = list(_stored_shape(leaf)) + [_stored_dtype(leaf).itemsize]
                 self._check_stored_size(leaf)
-                opened[id(leaf)] = self._open(leaf["where"], shape)
+                opened[id(leaf)] = self._open(leaf, shape)
         # The packed array's reads start first and run alongside the others.
         packed_bytes = self._read_packed(packed_needed) if packed_needed else None
         for leaf, indices in requests:
-            kind = leaf["where"][0]
-            if kind == "array":
+            kind = _format.where_kind(leaf)
+            if kind == _format.WHERE_ARRAY:
                 try:
                     store = opened[id(leaf)].result()
                 except Exception as e:
@@ -231,12 +233,11 @@ class Reader:
         out = []
         for (leaf, indices), futs in zip(requests, futures):
             dtype, shape = _stored_dtype(leaf), _stored_shape(leaf)
-            kind = leaf["where"][0]
-            if kind == "empty":
+            kind = _format.where_kind(leaf)
+            if kind == _format.WHERE_EMPTY:
                 full = np.zeros(shape, dtype)
                 out.append([full[idx] if idx else full for idx in indices])
-            elif kind == "packed":
-                _, off, nbytes = leaf["where"]
+            elif kind == _format.WHERE_PACKED:
                 full = packed_bytes[id(leaf)]
                 self.check(leaf, (), full)
                 out.append([full[idx] if idx else full for idx in indices])
@@ -264,22 +265,20 @@ class Reader:
             buf[:] = np.frombuffer(inline, np.uint8)
             return _PackedRead(self, None, leaves, whole=lambda: buf)
         try:
-            store = self._open(["packed"], [total]).result()
+            store = self._open(None, [total]).result()
         except Exception as e:
             raise self.damaged(leaves[0], e) from e
-        wanted = sum(leaf["where"][2] for leaf in leaves)
+        wanted = sum(_format.packed_span(leaf)[1] for leaf in leaves)
         if wanted * 2 >= total:
             return _PackedRead(self, store, leaves, whole=_arrays.read(store, ()).result)
-        futs = {id(leaf): _arrays.read(store, (slice(leaf["where"][1],
-                                                      leaf["where"][1] + leaf["where"][2]),))
+        futs = {id(leaf): _arrays.read(store, (_format.packed_slice(leaf),))
                 for leaf in leaves}
         return _PackedRead(self, store, leaves, pieces=futs)
 
     def _damaged_packed(self, store: Any, leaves: list[dict]) -> list[str]:
         """Messages for each packed leaf whose bytes fail their chunk checksum
         or digest."""
-        futs = [(leaf, _arrays.read(store, (slice(leaf["where"][1],
-                                                   leaf["where"][1] + leaf["where"][2]),)))
+        futs = [(leaf, _arrays.read(store, (_format.packed_slice(leaf),)))
                 for leaf in leaves]
         problems = []
         for leaf, fut in futs:
@@ -315,19 +314,18 @@ class Reader:
         """
         problems = []
         arrays = [leaf for leaf in self.leaves if leaf["kind"] != "py"]
-        packed = [leaf for leaf in arrays if leaf["where"][0] == "packed"]
+        packed = [leaf for leaf in arrays if _format.where_kind(leaf) == _format.WHERE_PACKED]
         if packed and "packed_inline" in self.manifest:  # checked with the manifest
             inline = np.frombuffer(self.manifest["packed_inline"], np.uint8)
             for leaf in packed:
-                _, off, nbytes = leaf["where"]
-                problems += self._packed_mismatch(leaf, inline[off : off + nbytes])
+                problems += self._packed_mismatch(leaf, inline[_format.packed_slice(leaf)])
                 if on_leaf:
                     on_leaf(leaf)
         elif packed:
             total = self.manifest["packed_nbytes"]
             store, first = None, None  # store stays None only if the open failed
             try:
-                store = self._open(["packed"], [total]).result()
+                store = self._open(None, [total]).result()
                 whole = _arrays.read(store, ()).result()
             except Exception as e:
                 first = e
@@ -337,13 +335,12 @@ class Reader:
                 problems += self._damaged_packed(store, packed)
             else:
                 for leaf in packed:
-                    _, off, nbytes = leaf["where"]
-                    problems += self._packed_mismatch(leaf, whole[off : off + nbytes])
+                    problems += self._packed_mismatch(leaf, whole[_format.packed_slice(leaf)])
             if on_leaf:
                 for leaf in packed:
                     on_leaf(leaf)
         for leaf in arrays:
-            if leaf["where"][0] != "array":
+            if _format.where_kind(leaf) != _format.WHERE_ARRAY:
                 continue
             pieces = [tuple(slice(a, b) for a, b in index) for index, _ in leaf.get("xxh3", ())]
             try:
@@ -382,8 +379,7 @@ class _PackedRead:
             else:
                 if self._buf is None:
                     self._buf = self._whole()
-                _, off, nbytes = leaf["where"]
-                data = self._buf[off : off + nbytes]
+                data = self._buf[_format.packed_slice(leaf)]
         except Exception as e:
             # Name exactly the damaged leaves: re-read them one by one.
             self._reader.raise_first_damaged(self._store, self._leaves)
@@ -401,10 +397,6 @@ def _stored_shape(leaf: dict) -> tuple[int, ...]:
 
 def leaf_paths(leaves: Iterable[dict]) -> list[tuple]:
     return [tuple((k, v) for k, v in leaf["path"]) for leaf in leaves]
-
-
-def now() -> float:
-    return time.time()
 
 
 def nbytes_of(leaf: dict) -> int:

@@ -14,16 +14,50 @@ import os
 import threading
 import warnings
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from . import _lock
 from .errors import CheckpointWriteError
 
 log = logging.getLogger("jaxckpt")
 
-def live() -> list:
-    _MANAGERS[:] = [ref for ref in _MANAGERS if ref() is not None]
-    return [m for m in (ref() for ref in _MANAGERS) if m is not None]
+
+class Handle:
+    """What the modules beneath a CheckpointManager may ask of it.
+
+    The manager makes one and hands it to the registry, ``save_in_jit`` and
+    ``tf_compat``, so that none of them reads the manager's private state.
+    It holds the manager's callables weakly: neither the registry nor a
+    cached compiled ``save_in_jit`` keeps a manager alive.
+    """
+
+    def __init__(self, mngr: Any, directory: str, pid: int, step_counter: Any,
+                 interval: int | None, **calls: Callable[..., Any]):
+        self.directory = directory
+        self.pid = pid  # the process whose writer thread this manager has
+        self.step_counter = step_counter
+        self.interval = interval
+        self._mngr = weakref.ref(mngr)
+        self._calls = {name: weakref.WeakMethod(fn) for name, fn in calls.items()}
+
+    @property
+    def manager(self) -> Any:
+        """The manager, or None once it was garbage-collected."""
+        return self._mngr()
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        try:
+            fn = self.__dict__["_calls"][name]()
+        except KeyError:
+            raise AttributeError(name) from None
+        if fn is None:
+            raise ReferenceError(f"the CheckpointManager for {self.directory} is gone")
+        return fn
+
+
+def live() -> list[Handle]:
+    _MANAGERS[:] = [h for h in _MANAGERS if h.manager is not None]
+    return [h for h in _MANAGERS if h.manager is not None]
 
 
 _MANAGERS: list = []
@@ -45,19 +79,20 @@ def take_over(directory: str) -> None:
     parent's: it is left alone (the parent's lock then refuses the new one).
     """
     for other in live():
-        if other._writer.pid != os.getpid() or not _lock.same_directory(other._dir, directory):
+        if other.pid != os.getpid() or not _lock.same_directory(other.directory, directory):
             continue
-        if other._closed:
-            if not other._writer.stopped:
+        closed_why = other.closed_why()
+        if closed_why is not None:
+            if not other.writer_stopped():
                 try:
-                    other._close(other._closed_why)
+                    other.close_because(closed_why)
                 except CheckpointWriteError as e:
                     log.warning("the closed CheckpointManager for %s had a failed background "
                                 "save: %r", directory, e.__cause__)
             continue
         problem = ""
         try:
-            other._close("a newer CheckpointManager on the same directory took over")
+            other.close_because("a newer CheckpointManager on the same directory took over")
         except CheckpointWriteError as e:
             problem = f"; its last background save had failed: {e.__cause__!r}"
         warnings.warn(
@@ -69,15 +104,15 @@ def take_over(directory: str) -> None:
 def _flush_at_exit() -> None:
     for mngr in live():
         try:
-            mngr.close()
+            mngr.close()  # the public close(): waits, then closes together
         except Exception as e:  # exit must go on; the error was logged by the writer
             log.error("jaxckpt: pending save in %s failed at exit: %r", mngr.directory, e)
 
 
-def register(mngr: Any) -> None:
-    """Tracks ``mngr`` (weakly) for take-over and the exit flush."""
-    _MANAGERS.append(weakref.ref(mngr))
-    if mngr._agree.multi:
+def register(handle: Handle, multi: bool) -> None:
+    """Tracks a manager (weakly, through its ``handle``) for take-over and the exit flush."""
+    _MANAGERS.append(handle)
+    if multi:
         _flush_before_jax_shutdown()
 
 

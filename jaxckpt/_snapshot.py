@@ -84,15 +84,7 @@ _ARRAY_TYPES: set[type] = set()  # concrete jax.Array classes seen
 _DTYPE_NAMES: dict[np.dtype, str] = {}
 
 
-def _describe(record: dict, arr: ArrayLeaf) -> None:
-    name = _DTYPE_NAMES.get(arr.dtype)
-    if name is None:
-        name = _DTYPE_NAMES[arr.dtype] = _format.dtype_name(arr.dtype)
-    record["dtype"] = name
-    record["shape"] = list(arr.shape)
-
-
-def _small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
+def small(shape: tuple[int, ...], dtype: np.dtype) -> bool:
     return math.prod(shape) * dtype.itemsize < _format.LARGE_BYTES
 
 
@@ -108,11 +100,40 @@ def jax_kind(record: dict, leaf: Any) -> Any:
     return leaf
 
 
+def leaf_record(stored: list, leaf: Any, copy: bool = True) -> tuple[dict, Any]:
+    """The manifest record of one checked leaf and the array to store.
+
+    The record holds ``path`` (``stored``: the key path as stored tokens),
+    ``kind`` and either ``dtype`` and ``shape`` (plus ``impl`` and
+    ``key_shape`` for PRNG keys) or a Python leaf's ``value``. The array is a
+    ``jax.Array``'s data (key data for PRNG keys; tracers too), a C-ordered
+    copy of a NumPy leaf (the leaf itself unless ``copy``), or None.
+    """
+    record: dict[str, Any] = {"path": stored}
+    if isinstance(leaf, jax.Array):
+        data = jax_kind(record, leaf)
+        dtype = np.dtype(data.dtype)
+    elif isinstance(leaf, (np.ndarray, np.generic)):
+        record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
+        data = np.array(leaf, copy=True, order="C") if copy else leaf
+        dtype = np.dtype(leaf.dtype)
+    else:
+        record["kind"] = "py"
+        record["value"] = _format.encode_py(leaf)
+        return record, None
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = _format.dtype_name(dtype)
+    record["dtype"] = name
+    record["shape"] = list(data.shape)
+    return record, data
+
+
 def host_array(record: dict, data: np.ndarray) -> ArrayLeaf:
     """An array leaf of host data that this process writes whole."""
     shape = tuple(data.shape)
     return ArrayLeaf(record, data.dtype, shape, [Shard(tuple((0, n) for n in shape), data)],
-                     shape, packed=_small(shape, data.dtype))
+                     shape, packed=small(shape, data.dtype))
 
 
 def check_metadata(metadata: Any) -> dict | None:
@@ -242,7 +263,7 @@ def _plain(shape: tuple[int, ...], dtype: np.dtype, sharding: Any) -> _Plain:
             _PLAIN.clear()
         found = _PLAIN[key] = _Plain(
             tuple(shape), np.dtype(dtype), _format.dtype_name(np.dtype(dtype)),
-            tuple((0, n) for n in shape), _small(tuple(shape), np.dtype(dtype)),
+            tuple((0, n) for n in shape), small(tuple(shape), np.dtype(dtype)),
             next(iter(sharding.device_set)).platform == "cpu")
     return found
 
@@ -312,19 +333,22 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                     leaf.copy_to_host_async()
                     pending.append((arr, [(plain.index, leaf)]))
                 continue
-        record: dict[str, Any] = {"path": stored}
+        # Key data for PRNG keys (with its own sharding); a copy of NumPy data.
+        record, data = leaf_record(stored, leaf, copy=primary)
         records.append(record)
+        if data is None:  # a Python leaf: stored in the manifest
+            continue
         if isinstance(leaf, jax.Array):
-            leaf = jax_kind(record, leaf)  # key data for PRNG keys: its own sharding
+            leaf = data
             sharding = leaf.sharding
             shape = tuple(leaf.shape)
             dtype = np.dtype(leaf.dtype)
             shard_shape = tuple(sharding.shard_shape(shape))
             arr = ArrayLeaf(record, dtype, shape, [], shard_shape)
             if leaf.is_fully_addressable:
-                arr.packed = _small(shape, dtype)
+                arr.packed = small(shape, dtype)
                 mine = primary
-            elif _small(shape, dtype) and _primary_holds_all(leaf.sharding, shape):
+            elif small(shape, dtype) and _primary_holds_all(leaf.sharding, shape):
                 arr.packed = True
                 mine = primary
             else:
@@ -336,20 +360,11 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 if next(iter(data.devices())).platform != "cpu":
                     data.copy_to_host_async()
             pending.append((arr, pieces))
-        elif isinstance(leaf, (np.ndarray, np.generic)):
-            record["kind"] = "array" if isinstance(leaf, np.ndarray) else "scalar"
+        else:  # NumPy
             shape = tuple(np.shape(leaf))
-            shards = []
-            if primary:
-                data = np.array(leaf, copy=True, order="C")
-                shards = [Shard(tuple((0, n) for n in shape), data)]
+            shards = [Shard(tuple((0, n) for n in shape), data)] if primary else []
             arr = ArrayLeaf(record, np.dtype(leaf.dtype), shape, shards, shape,
-                            packed=_small(shape, np.dtype(leaf.dtype)))
-        else:
-            record["kind"] = "py"
-            record["value"] = _format.encode_py(leaf)
-            continue
-        _describe(record, arr)
+                            packed=small(shape, np.dtype(leaf.dtype)))
         arrays.append(arr)
 
     # All transfers were started above; now wait for each.

@@ -11,13 +11,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import uuid
 
-from . import _faults, _location, _storage
+from . import _faults, _location, _names, _storage
 from ._location import Dir
 from .errors import CorruptCheckpointError
 
-FILENAME = "checkpoint"
+FILENAME = _names.STATE_FILE
 # TensorFlow's file names each checkpoint in two lines; 16 MiB holds over
 # 100,000 of them. A larger file (or /dev/zero linked in its place) is refused.
 MAX_BYTES = 16 << 20
@@ -203,8 +202,7 @@ class Replacement:
         self._where, self._data = where, data
         self._tmp: str | None = None
         if where.is_local:
-            final = os.path.join(where.path, FILENAME)
-            self._tmp = f"{final}.tmp-{uuid.uuid4().hex[:12]}"
+            self._tmp = os.path.join(where.path, _names.state_file_tmp())
             try:
                 _storage.write_file_durably(self._tmp, data)
             except BaseException:
@@ -241,20 +239,14 @@ def prepare(directory: str | Dir, state: CheckpointState) -> Replacement:
     return Replacement(_location.locate(directory), render(state).encode("utf-8"))
 
 
-def write(directory: str | Dir, state: CheckpointState) -> None:
-    """Atomically replaces ``<directory>/checkpoint`` (see the module docstring)."""
-    prepare(directory, state).install()
-
-
 def sweep_temporaries(directory: str | Dir) -> list[str]:
-    """Removes ``checkpoint.tmp-*`` files left by a crash during a local ``write``."""
+    """Removes ``checkpoint.tmp-*`` files left by a crash during a local replacement."""
     where = _location.locate(directory)
     if not where.is_local:
         return []
-    pattern = re.compile(rf"^{re.escape(FILENAME)}\.tmp-[0-9a-f]+$")
     removed = []
     for name in where.listdir():
-        if pattern.match(name):
+        if _names.is_state_file_tmp(name):
             try:
                 os.unlink(os.path.join(where.path, name))
                 removed.append(name)

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from . import _arrays, _commit, _digest, _faults, _format, _multihost, _snapshot
+from . import _arrays, _commit, _digest, _faults, _format, _multihost, _names, _snapshot
 from ._location import Dir
+
 
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
     """Assigns each array leaf its place; returns the packed array's
@@ -26,20 +27,16 @@ def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
     n_large = 0
     for arr in snapshot.arrays:
         if arr.nbytes == 0:
-            arr.record["where"] = ["empty"]
+            arr.record["where"] = _format.where_empty()
         elif arr.packed:
-            arr.record["where"] = ["packed", offset, arr.nbytes]
-            offset += -(-arr.nbytes // _arrays.PACK_ALIGN) * _arrays.PACK_ALIGN
+            arr.record["where"] = _format.where_packed(offset, arr.nbytes)
+            offset = _format.packed_after(offset, arr.nbytes)
         else:
             outer, inner = _arrays.chunking(list(arr.shard_shape) + [arr.dtype.itemsize],
-                                             exact=arr.exact)
-            arr.record["where"] = ["array", str(n_large), outer, inner]
+                                            exact=arr.exact)
+            arr.record["where"] = _format.where_array(_names.array(n_large), outer, inner)
             n_large += 1
-    if not offset:
-        return 0, 0, 0
-    inner = min(_arrays.PACKED_INNER_BYTES, offset)
-    total = -(-offset // inner) * inner
-    return total, min(total, _arrays.PACKED_SHARD_BYTES), inner
+    return _format.packed_geometry(offset)
 
 
 def _packed_bytes(arr: _snapshot.ArrayLeaf) -> np.ndarray:
@@ -147,7 +144,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     """
     total, shard, inner = packed
     inline = None
-    if total and primary and total <= _arrays.INLINE_BYTES:
+    if total and primary and total <= _format.INLINE_BYTES:
         # A file of its own would cost 3 directories, 3 fsyncs and a rename
         # (over a third of a small save); the manifest's checksum covers them.
         buf = np.empty(total, np.uint8)
@@ -157,11 +154,12 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         _hash_placed(snapshot, placed, digests)
     opened = []
     for pos, arr in enumerate(snapshot.arrays):
-        where = arr.record["where"]
-        if where[0] == "array" and arr.shards:
-            spec = _arrays.array_spec(root.join(_format.ARRAYS, where[1]).kvstore(),
-                                       list(arr.shape) + [arr.dtype.itemsize],
-                                       where[2], where[3], create=True)
+        rec = arr.record
+        if _format.where_kind(rec) == _format.WHERE_ARRAY and arr.shards:
+            name = _format.array_name(rec)
+            spec = _arrays.array_spec(root.join(_format.ARRAYS, name).kvstore(),
+                                      list(arr.shape) + [arr.dtype.itemsize],
+                                      *_format.array_chunks(rec), create=True)
             opened.append((pos, arr, _arrays.open_array(spec)))
     packed_future = None
     if total and primary:
@@ -197,9 +195,9 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
 def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray, int]]:
     """(offset, flat bytes, position in ``snapshot.arrays``) of the packed
     leaves this process holds, by offset."""
-    return [(arr.record["where"][1], _packed_bytes(arr), pos)
+    return [(_format.packed_span(arr.record)[0], _packed_bytes(arr), pos)
             for pos, arr in enumerate(snapshot.arrays)
-            if arr.record["where"][0] == "packed" and arr.shards]
+            if _format.where_kind(arr.record) == _format.WHERE_PACKED and arr.shards]
 
 
 def _hash_placed(snapshot: _snapshot.Snapshot, placed: list[tuple[int, np.ndarray, int]],

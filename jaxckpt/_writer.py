@@ -139,10 +139,6 @@ class Writer:
                                f"forked process {os.getpid()}")
 
     @property
-    def closed(self) -> bool:
-        return self._closed
-
-    @property
     def stopped(self) -> bool:
         """Whether the thread has finished (after ``close``, every job done)."""
         return self._finished.is_set()

@@ -161,7 +161,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
     """(checkpoints to verify, problems found without reading, notes)."""
-    from . import _commit, _format, _inspect, _location
+    from . import _commit, _format, _inspect, _location, _names
 
     where = _location.locate(path)
     path = str(where)
@@ -172,7 +172,7 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
     if where.is_local and not os.path.isdir(path):
         raise UsageError(f"{path} is a file, not a checkpoint or a directory of checkpoints")
     data = (_format.PACKED, _format.ARRAYS)
-    if any(n in data or n.startswith(_commit.DATA_PREFIX) for n in where.subdirs()):
+    if any(n in data or _names.data_token(n) is not None for n in where.subdirs()):
         return [], [f"UNCOMMITTED {path}: checkpoint data without a commit record "
                     f"({_format.MANIFEST}); an interrupted save, or its record was deleted"], []
     listing = _inspect.list_checkpoints(path)

@@ -1,29 +1,36 @@
-"""CheckpointManager: numbering, intervals, the writer, restores.
+"""CheckpointManager: the public class, its lifecycle and the wiring.
 
-``save`` takes a host snapshot on the caller's thread and hands the rest to
-one background writer: write and fsync, commit, then publish (``_catalog``):
-replace the state file, and only then delete what the retention rules drop.
+Each job lives in the module named for it; this one connects them:
+
+- ``_policy``: argument checks, the interval rule, retention (pure);
+- ``_ownership``: recovery and tidying on open, closing together;
+- ``_queue``: numbering and queueing, the one save sequence of ``save`` and
+  ``save_in_jit``'s host callback (``_snapshot`` makes the snapshot);
+- ``_pipeline``: one save on the writer thread (``_writer``), start to end:
+  write and fsync, commit, then publish (replace the state file, and only
+  then delete what the retention rules drop);
+- ``_managed_restore``: restores after a pending save, agreed, with fallback;
+- ``_registry.Handle``: the callables handed to ``_registry``, ``_in_jit``
+  and ``tf_compat``, so that none of them reads this class's private state.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import threading
 import time
 import warnings
 from typing import Any, Callable
 
 
-from . import (_agree, _api, _catalog, _checkpoint, _commit, _deletions, _faults, _location, _lock,
-               _multihost, _snapshot, _state_file)
-from . import _display, _in_jit, _inspect, _options, _page_cache, _recovery, _registry, _stats, _storage
-from ._options import as_number
+from . import (_agree, _catalog, _display, _faults, _in_jit, _inspect, _location, _lock,
+               _managed_restore, _multihost, _names, _ownership, _page_cache, _pipeline, _policy,
+               _queue, _registry, _snapshot, _stats, _storage)
+from ._policy import as_number
 from ._writer import Writer
-from .errors import (CheckpointError, CheckpointNotFoundError, CheckpointWriteError,
-                     CorruptCheckpointError)
+from .errors import (CheckpointNotFoundError, CheckpointWriteError,
+                     ForkedManagerError, ManagerClosedError, ReadOnlyManagerError)
 
 log = logging.getLogger("jaxckpt")
 
@@ -48,7 +55,7 @@ class CheckpointManager:
             gives up on that save with an error naming the late process.
         read_only: for readers (an evaluator beside a trainer): never saves,
             sweeps, deletes, locks or writes anything; ``save`` raises
-            ``CheckpointError``. ``latest_checkpoint``, ``checkpoints`` and
+            ``ReadOnlyManagerError``. ``latest_checkpoint``, ``checkpoints`` and
             ``restore`` re-read the state file, so they follow the writer.
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
@@ -60,7 +67,7 @@ class CheckpointManager:
     takes over: the old one is flushed and closed, with a warning.
 
     Raises:
-        CheckpointError: another process's manager holds the directory.
+        DirectoryLockedError: another process's manager holds the directory.
         ValueError, TypeError, NotADirectoryError: a bad argument, before
             anything is written.
     """
@@ -81,19 +88,15 @@ class CheckpointManager:
         coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
         read_only: bool = False,
     ):
-        if not isinstance(read_only, bool):
-            raise TypeError(f"read_only must be a bool, got {read_only!r}")
-        self._read_only = read_only
-        self._max_to_keep = _options.positive_int("max_to_keep", max_to_keep)
-        self._interval = _options.positive_int("checkpoint_interval", checkpoint_interval)
-        _options.check_manager_options(
+        options = _policy.manager_options(
+            read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
-            checkpoint_name=checkpoint_name, checkpoint_interval=self._interval,
-            step_counter=step_counter,
-            callables={"step_counter": step_counter, "init_fn": init_fn, "clock": clock},
-            coordination_timeout_s=coordination_timeout_s)
-        self._last_step = (None if last_checkpoint_step is None
-                           else as_number(last_checkpoint_step, "last_checkpoint_step"))
+            checkpoint_name=checkpoint_name, step_counter=step_counter, init_fn=init_fn,
+            clock=clock, coordination_timeout_s=coordination_timeout_s,
+            last_checkpoint_step=last_checkpoint_step)
+        self._read_only = read_only
+        self._max_to_keep, self._interval = options.max_to_keep, options.interval
+        last_step = options.last_step
         self._keep_hours = keep_checkpoint_every_n_hours
         self._name = checkpoint_name
         self._step_counter = step_counter
@@ -106,16 +109,15 @@ class CheckpointManager:
         if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
             raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
         self._scope = _multihost.scope(self._dir, "mngr", _registry.instance_number(self._dir))
-        self._seq = 0
         # Decisions shared by every process (process 0 decides; see _agree).
         self._agree = _agree.Agreement(self._scope + "/agree", self._timeout, self._dir)
         self._closed_together = False
-        self._number_re = re.compile(rf"^{re.escape(checkpoint_name)}-(\d+)$")
+        self._number_of = _ownership.number_parser(checkpoint_name)
 
-        self._lock = threading.Lock()  # guards pending
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
-        self._pending: dict[str, threading.Event] = {}
         self._stats = _stats.StatsRecorder()
+        self._queue = _queue.SaveQueue(self._scope, self._timeout, self._interval, last_step,
+                                       step_counter, clock, self._checkpoint_path, self._stats)
         self._closed_why = "it was closed"
         with _registry.opening:
             if not read_only:  # a reader leaves a writer in this process alone
@@ -128,54 +130,45 @@ class CheckpointManager:
                 # Process 0 alone cleans up (and commits, and deletes); a reader never.
                 self._recover(opening=True)
                 if self._primary and not read_only:
-                    if self._named is not None:
-                        _deletions.sweep(self._root, self._name, self._named)
-                    _state_file.sweep_temporaries(self._root)
+                    _ownership.tidy(self._root, self._name, self._named)
                 self._superseded = _page_cache.Superseded(self._root.is_local,
                                                           self._catalog.checkpoints)
                 # The writer thread releases the lock as it stops: even a close()
                 # interrupted by Ctrl-C cannot leave this process holding it.
                 self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending,
                                       self._dir_lock.release if self._dir_lock else None)
+                self._queue.start(self._catalog, self._writer, _pipeline.Pipeline(
+                    self._root, self._catalog, self._superseded, self._stats,
+                    self._queue.finish))
             except BaseException:
                 if self._dir_lock is not None:
                     self._dir_lock.release()
                 raise
             self._closed = False
+            self._restorer = _managed_restore.ManagedRestore(
+                self._root, self._agree, self._queue.done_event, self._writer.wait,
+                self._newest_first, self._queue.restored)
+            self._handle = _registry.Handle(
+                self, self._dir, self._writer.pid, step_counter, self._interval,
+                close=self.close, close_because=self._close, closed_why=self._closed_reason,
+                writer_stopped=self._writer_stopped, check_open=self._check_open,
+                report=self._writer.report, save_host_snapshot=self._save_host_snapshot,
+                restore_newest_sound=self._restorer.newest_sound, path_for=self._path_for)
             if not read_only:
-                _registry.register(self)
+                _registry.register(self._handle, self._agree.multi)
 
     # ------------------------------------------------------------ recovery
 
     def _recover(self, opening: bool = False) -> None:
-        def here() -> _recovery.Found:
-            if opening and self._primary and not self._read_only:
-                # Leftovers first: a crash inside a replace may have left checkpoint
-                # N under a leftover's name only, which the sweep puts back.
-                _commit.sweep_leftovers(self._root, self._name)
-            return _recovery.recover(self._root, self._number_of, self._checkpoint_path,
-                                     _options.clock_reading(self._clock))
-
-        if opening and self._agree.multi and not self._read_only:
-            # Process 0 alone reads the directory; the others take its view.
-            mine: list[_recovery.Found] = []
-
-            def decide() -> str:
-                mine.append(here())
-                return _agree.encode_found(self._root, mine[0])
-
-            shared = self._agree.share("open its manager", decide)
-            found = mine[0] if mine else _agree.decode_found(self._root, shared)
-        else:
-            found = here()
-        self._max_number, self._named = found.max_number, found.named
+        writer = opening and not self._read_only
+        found = _ownership.recover(
+            self._root, self._name, self._agree, self._number_of, self._checkpoint_path,
+            lambda: _policy.clock_reading(self._clock), sweep=writer and self._primary,
+            share=writer and self._agree.multi)
+        self._queue.max_number, self._named = found.max_number, found.named
         self._catalog = _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
-
-    def _number_of(self, path: str) -> int | None:
-        m = self._number_re.match(path.rstrip("/").rsplit("/", 1)[-1])
-        return int(m.group(1)) if m else None
 
     # ------------------------------------------------------------ saving
 
@@ -195,7 +188,7 @@ class CheckpointManager:
 
         Raises:
             CheckpointWriteError: an earlier background save failed (cause chained).
-            CheckpointError: the manager is closed, or read-only.
+            ManagerClosedError, ReadOnlyManagerError: the manager is closed, or read-only.
             TypeError: a leaf cannot be saved; nothing is queued.
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
@@ -203,108 +196,20 @@ class CheckpointManager:
         self._check_open()
         self._check_writable()
         self._raise_error()
-        _in_jit.wait_ready(self, state)
+        _in_jit.wait_ready(self._handle, state)
+        return self._save_sequence(
+            lambda: _snapshot.take(state, metadata),
+            lambda: as_number(self._step_counter(state), "step_counter(state)"),
+            checkpoint_number, check_interval, called, again=True)
+
+    def _save_sequence(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
+                       checkpoint_number: Any, check_interval: bool, called: float,
+                       again: bool = False) -> str | None:
+        """Every save's rules and queueing (``_queue``), under ``_save_lock``."""
         with self._save_lock:
-            self._check_open()  # again: close() may have won the lock
-            step = None
-            if self._interval is not None:
-                step = as_number(self._step_counter(state), "step_counter(state)")
-                if self._skips(step, check_interval):
-                    return None
-            number = (self._max_number + 1 if checkpoint_number is None
-                      else as_number(checkpoint_number))
-            timestamp = _options.clock_reading(self._clock)
-            self._catalog.warn_if_clock_went_back(timestamp)
-            snapshot = _snapshot.take(state, metadata)
-            return self._enqueue(snapshot, number, step, timestamp, called)
-
-    def _skips(self, step: int, check_interval: bool) -> bool:
-        """The interval rules: skip a repeated step, and one too soon after the last."""
-        if self._last_step is None:
-            return False
-        if step == self._last_step:
-            return True
-        return check_interval and step < self._last_step + self._interval
-
-    def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
-                 timestamp: float, called: float) -> str:
-        """Under ``_save_lock``: numbering, coordination and stats; queues the write.
-
-        The step and number count as saved only once the write is queued: an
-        interrupt (Ctrl-C) while ``submit`` waits for a slot leaves them as they
-        were, so that saving the same step again is not skipped.
-        """
-        path = self._checkpoint_path(number)
-        seq = self._seq + 1
-        coord = _multihost.SaveCoordinator(self._scope, seq, path, self._timeout,
-                                           hold_commit=True)
-        done = threading.Event()
-        with self._lock:
-            self._pending[path] = done
-        stats = _stats.SaveStats(path, snapshot.nbytes, started=time.time())
-        queued = time.perf_counter()
-        try:
-            self._writer.submit(
-                lambda: self._write(snapshot, path, timestamp, coord, done, stats, queued))
-        except BaseException:
-            self._finish(path, done)
-            raise
-        self._seq = seq
-        if step is not None:
-            self._last_step = step
-        self._max_number = max(self._max_number, number)
-        stats.blocked_s = time.perf_counter() - called
-        self._stats.started(stats)
-        return path
-
-    def _write(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
-               coord: _multihost.SaveCoordinator, done: threading.Event,
-               stats: _stats.SaveStats | None = None, queued: float | None = None) -> None:
-        """On the writer thread: write and commit, then publish (state file, deletions)."""
-        begin = time.perf_counter()
-        if stats is not None and queued is not None:
-            stats.queued_s = begin - queued
-        try:
-            self._superseded.drop_all()
-            publication = self._catalog.prepare(path, timestamp)
-            try:
-                _checkpoint.write(snapshot, _location.locate(path), replace=True,
-                                  created=timestamp, coordinator=coord)
-                _faults.point("manager.committed")
-                self._superseded.written(path, snapshot.nbytes)
-            except BaseException:
-                self._catalog.discard(publication)
-                raise
-            if coord.decision:  # not process 0: its retention decision, as published
-                publication.kept, publication.delete = _agree.decode_kept(self._root,
-                                                                          coord.decision)
-            try:
-                delete = self._catalog.publish(publication)
-            except BaseException as e:
-                coord.published(e)
-                raise
-            coord.published(None, _agree.encode_kept(self._root, publication.kept, delete)
-                            if coord.multi else "")
-            elapsed = time.perf_counter() - begin
-            log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
-                     elapsed, f", deleted {len(delete)} old" if delete else "")
-            if stats is not None:
-                stats.deleted, stats.write_s = list(delete), elapsed
-        except BaseException as e:
-            self._catalog.save_failed()
-            if stats is not None:
-                stats.error = repr(e)
-            raise
-        finally:
-            if stats is not None:
-                self._stats.finished(stats)
-            self._finish(path, done)
-
-    def _finish(self, path: str, done: threading.Event) -> None:
-        with self._lock:
-            if self._pending.get(path) is done:
-                del self._pending[path]
-        done.set()
+            if again:
+                self._check_open()  # again: close() may have won the lock
+            return self._queue.save(take, step_of, checkpoint_number, check_interval, called)
 
     def _raise_error(self) -> None:
         error = self._writer.take_error() if hasattr(self, "_writer") else None
@@ -316,7 +221,7 @@ class CheckpointManager:
     def _check_process(self) -> None:
         """Raises in a forked child: the writer thread stayed in the parent."""
         if self._writer.pid != os.getpid():
-            raise CheckpointError(
+            raise ForkedManagerError(
                 f"this CheckpointManager for {self._dir} belongs to process {self._writer.pid} "
                 f"and this is a child forked from it (pid {os.getpid()}); its writer thread "
                 "stayed in the parent, so it cannot save or wait here. Make a new "
@@ -326,15 +231,21 @@ class CheckpointManager:
     def _check_open(self) -> None:
         self._check_process()
         if self._closed:
-            raise CheckpointError(
+            raise ManagerClosedError(
                 f"CheckpointManager for {self._dir} is closed ({self._closed_why}); "
                 "make a new one to save or restore")
 
     def _check_writable(self) -> None:
         if self._read_only:
-            raise CheckpointError(
+            raise ReadOnlyManagerError(
                 f"CheckpointManager for {self._dir} is read-only (read_only=True): it restores "
                 "and lists but never saves; make one without read_only to save")
+
+    def _closed_reason(self) -> str | None:
+        return self._closed_why if self._closed else None
+
+    def _writer_stopped(self) -> bool:
+        return self._writer.stopped
 
     def _refresh(self) -> None:
         """A reader re-reads the state file: the writer is another manager."""
@@ -349,7 +260,7 @@ class CheckpointManager:
             CheckpointWriteError: a background save failed.
         """
         self._check_process()
-        _in_jit.drain(self)
+        _in_jit.drain(self._handle)
         self._writer.wait()
         self._raise_error()
 
@@ -361,7 +272,7 @@ class CheckpointManager:
 
         Raises:
             CheckpointWriteError: a background save failed.
-            TimeoutError: another process did not close its manager in time (named).
+            CoordinationTimeoutError: another process did not close its manager in time (named).
         """
         failed = True
         try:
@@ -374,32 +285,14 @@ class CheckpointManager:
         if self._closed_together or not self._agree.multi or self._writer.pid != os.getpid():
             return
         self._closed_together = True
-        from jax._src import distributed
-
-        if distributed.global_state.client is None:  # shut down already: nothing to wait on
-            return
-        try:
-            self._agree.exchange("close its manager", "", self._forget_keys)
-        except Exception as e:
-            if not quiet:
-                raise
-            log.warning("%s: closing together failed: %r", self._dir, e)
-
-    def _forget_keys(self, _: list[str]) -> str:
-        """Process 0, once every process closed: nobody reads this manager's
-        keys again, so they go (the close decision itself is written after)."""
-        try:
-            _multihost._client().key_value_delete(self._scope)
-        except Exception:  # stale keys only cost memory in the coordinator
-            pass
-        return ""
+        _ownership.close_together(self._agree, self._scope, self._dir, quiet)
 
     def _close(self, why: str) -> None:
         if self._writer.pid != os.getpid():
             return  # a forked child's copy: the parent's writer and lock are not ours
         if not self._closed:
             # Outside the lock: a pending save_in_jit callback takes it.
-            _in_jit.drain(self)
+            _in_jit.drain(self._handle)
         with self._save_lock:  # a save in progress finishes queueing first
             if not self._closed:
                 self._closed_why = why
@@ -419,7 +312,7 @@ class CheckpointManager:
         self.close()
 
     def __del__(self) -> None:
-        if getattr(self, "_closed", True) is False and getattr(self, "_pending", None):
+        if getattr(self, "_closed", True) is False and self._queue.pending:
             warnings.warn(f"CheckpointManager for {self._dir} was not closed with saves pending",
                           ResourceWarning, stacklevel=1)
 
@@ -464,13 +357,13 @@ class CheckpointManager:
             TypeError: a leaf cannot be saved, or ``step`` is not an integer
                 scalar (at trace time; nothing is compiled).
             ValueError: no ``step`` and no ``step_counter``, or a negative step.
-            CheckpointError: the manager is closed.
+            ManagerClosedError: the manager is closed.
 
         In a multi-process program every process must run it for the same
         steps: each writes its own block of the large leaves (see the README).
         """
         self._check_writable()
-        _in_jit.save(self, state, step, checkpoint_number, check_interval, metadata)
+        _in_jit.save(self._handle, state, step, checkpoint_number, check_interval, metadata)
 
     def _save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
                             number: int, check_interval: bool) -> str | None:
@@ -481,19 +374,12 @@ class CheckpointManager:
         """
         called = time.perf_counter()
         self._check_open()
-        with self._save_lock:
-            if self._interval is not None and self._skips(step, check_interval):
-                return None
-            timestamp = _options.clock_reading(self._clock)
-            self._catalog.warn_if_clock_went_back(timestamp)
-            snapshot = take()
-            return self._enqueue(snapshot, number,
-                                 step if self._interval is not None else None, timestamp, called)
+        return self._save_sequence(take, lambda: step, number, check_interval, called)
 
     # ------------------------------------------------------------ reading
 
     def _checkpoint_path(self, number: int) -> str:
-        return str(self._root.join(f"{self._name}-{number}"))
+        return str(self._root.join(_names.numbered(self._name, number)))
 
     def _path_for(self, checkpoint: Any) -> str:
         if isinstance(checkpoint, (str, os.PathLike)):
@@ -510,50 +396,20 @@ class CheckpointManager:
         Raises:
             CheckpointNotFoundError: there is no such committed checkpoint.
             StructureMismatchError, CorruptCheckpointError: as ``jaxckpt.restore``.
-            CheckpointError: in a process forked from the manager's (use
+            ForkedManagerError: in a process forked from the manager's (use
                 ``jaxckpt.restore(path)`` there, or a new manager).
         """
         self._check_process()
-        _in_jit.drain(self)
+        _in_jit.drain(self._handle)
         if checkpoint is None:
             _faults.point("manager.restore_waits")
             self._writer.wait()
-            path = self._agreed(self.latest_checkpoint)
+            path = self._restorer.agreed(self.latest_checkpoint)
             if path is None:
                 raise CheckpointNotFoundError(f"no committed checkpoint in {self._dir}")
         else:
             path = self._path_for(checkpoint)
-        # Every process restores, and all raise if it failed on any of them.
-        result = self._agree.together(f"restore {_agree.name(path)}", lambda: self._restore_here(
-            path, target, partial=partial, progress=progress))
-        self._read_step(path, result)
-        return result
-
-    def _agreed(self, path: str | None) -> str | None:
-        """Process 0's ``path`` (the latest checkpoint), on every process."""
-        if not self._agree.multi:
-            return path
-        rel = self._agree.share(
-            "ask which checkpoint to restore",
-            lambda: "" if path is None else _state_file.relative(self._root, path))
-        return _state_file.resolve(self._root, rel) if rel else None
-
-    def _restore_here(self, path: str, target: Any, *, partial: bool = False,
-                      progress: bool = False) -> Any:
-        """This process's part of a restore, once its pending save of ``path`` is done."""
-        with self._lock:
-            done = self._pending.get(path)
-        if done is not None:
-            _faults.point("manager.restore_waits")
-            done.wait()
-        return _api.restore_here(path, target, partial=partial, progress=progress)
-
-    def _read_step(self, path: str, result: Any) -> None:
-        if self._interval is not None:
-            try:
-                self._last_step = as_number(self._step_counter(result), "step_counter(state)")
-            except Exception as e:
-                log.warning("step_counter could not read the restored state of %s: %r", path, e)
+        return self._restorer.restore(path, target, partial=partial, progress=progress)
 
     def restore_or_initialize(self, target: Any = None) -> Any:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
@@ -568,65 +424,25 @@ class CheckpointManager:
             StructureMismatchError: ``target`` does not fit the checkpoint.
         """
         self._check_process()
-        _in_jit.drain(self)
+        _in_jit.drain(self._handle)
         self._writer.wait()
         # In a multi-process program whether there is one is process 0's call
-        # too (a reader's own view may lag or lead): _restore_newest_sound asks.
+        # too (a reader's own view may lag or lead): newest_sound asks.
         if self._agree.multi or self.latest_checkpoint is not None:
             if target is None and self._init_fn is not None:
                 import jax
 
                 target = jax.eval_shape(self._init_fn)
-            found = self._restore_newest_sound(target)
+            found = self._restorer.newest_sound(target)
             if found is not None:
                 return found[1]
         if self._init_fn is not None:
             return self._init_fn()
         return None
 
-    def _restore_newest_sound(self, target: Any, restore: Callable[[str], Any] | None = None
-                              ) -> tuple[str, Any] | None:
-        """(path, state) of the newest checkpoint that restores, after every
-        pending save; None if there is no committed checkpoint. ``restore``:
-        how to read one (default: ``self.restore(path, target)``).
-
-        A damaged or vanished checkpoint is skipped with a WARNING naming it.
-
-        Raises:
-            CorruptCheckpointError: every committed checkpoint is damaged.
-        """
-        self._writer.wait()
-        damaged = []
-
-        def here() -> list[str]:
-            self._refresh()  # a reader follows the writer's state file
-            return self._catalog.newest_first()
-
-        if self._agree.multi:  # process 0's order: every process falls back alike
-            rel = lambda p: _state_file.relative(self._root, p)  # noqa: E731
-            candidates = [_state_file.resolve(self._root, p) for p in json.loads(
-                self._agree.share("ask which checkpoints to restore",
-                                  lambda: json.dumps([rel(p) for p in here()])))]
-        else:
-            candidates = here()
-        for path in candidates:
-            try:
-                if restore is not None:
-                    return path, self._agree.together(f"restore {_agree.name(path)}",
-                                                      lambda: restore(path))
-                result = self._agree.together(f"restore {_agree.name(path)}",
-                                              lambda: self._restore_here(path, target))
-                self._read_step(path, result)
-                return path, result
-            except (CorruptCheckpointError, CheckpointNotFoundError) as e:
-                log.warning("checkpoint %s cannot be restored, falling back to an older one: %s",
-                            path, e)
-                damaged.append(f"{path}: {e}")
-        if damaged:
-            raise CorruptCheckpointError(
-                f"no checkpoint in {self._dir} can be restored; every one is damaged "
-                "or gone:\n  " + "\n  ".join(damaged))
-        return None
+    def _newest_first(self) -> list[str]:
+        self._refresh()  # a reader follows the writer's state file
+        return self._catalog.newest_first()
 
     @property
     def directory(self) -> str:
@@ -651,8 +467,7 @@ class CheckpointManager:
     @property
     def pending(self) -> list[str]:
         """Paths of saves queued or being written, oldest first. Never blocks."""
-        with self._lock:
-            return list(self._pending)
+        return self._queue.pending_paths()
 
     @property
     def last_save_stats(self) -> _stats.SaveStats | None:
@@ -690,3 +505,8 @@ class CheckpointManager:
         return (f"CheckpointManager({self._dir!r}, max_to_keep={self._max_to_keep}, "
                 f"{len(self.checkpoints)} checkpoint(s), latest={self.latest_checkpoint!r}"
                 + (f", {len(pending)} pending" if pending else "") + ")")
+
+
+def handle(mngr: CheckpointManager) -> _registry.Handle:
+    """The callables ``mngr`` hands the modules that build on it (``tf_compat``)."""
+    return mngr._handle

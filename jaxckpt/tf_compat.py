@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _checkpoint, _options, _tree
+from . import _checkpoint, _policy, _tree
 from . import manager as _manager
 from .errors import StructureMismatchError
 
@@ -69,7 +69,7 @@ class CheckpointManager:
         if not isinstance(checkpoint, Checkpoint):
             raise TypeError(f"checkpoint must be a jaxckpt.tf_compat.Checkpoint, got {checkpoint!r}")
         if checkpoint_interval is not None:
-            _options.positive_int("checkpoint_interval", checkpoint_interval)
+            _policy.positive_int("checkpoint_interval", checkpoint_interval)
             if step_counter is None:
                 raise ValueError("checkpoint_interval needs a step_counter")
         self._checkpoint = checkpoint
@@ -90,13 +90,10 @@ class CheckpointManager:
         unless ``checkpoint_number`` is given. None if the interval skips it."""
         if self._interval is not None:
             step = _evaluate(self._step_counter)
-            if self._last_step is not None:
-                if step == self._last_step:
-                    return None
-                if check_interval and step < self._last_step + self._interval:
-                    return None
+            if _policy.skips(self._last_step, step, self._interval, check_interval):
+                return None
             self._last_step = step
-        number = None if checkpoint_number is None else _options.as_number(checkpoint_number)
+        number = None if checkpoint_number is None else _policy.as_number(checkpoint_number)
         self._checkpoint.save_counter += 1
         if number is None:
             number = self._checkpoint.save_counter
@@ -110,7 +107,7 @@ class CheckpointManager:
         """Restores the latest checkpoint into the holder and returns its path,
         or calls ``init_fn`` and returns None."""
         # The newest checkpoint that restores: damaged ones are skipped with a warning.
-        found = self._core._restore_newest_sound(None, self._restore_matching)
+        found = _manager.handle(self._core).restore_newest_sound(None, self._restore_matching)
         if found is not None:
             path, state = found
             self._checkpoint._load(state)
@@ -127,7 +124,7 @@ class CheckpointManager:
         path = checkpoint if checkpoint is not None else self._core.latest_checkpoint
         if path is None:
             raise _manager.CheckpointNotFoundError(f"no checkpoint in {self.directory}")
-        path = path if isinstance(path, str) else self._core._path_for(path)
+        path = path if isinstance(path, str) else _manager.handle(self._core).path_for(path)
         self._checkpoint._load(self._restore_matching(path))
         return path
 

@@ -13,6 +13,11 @@ import os
 import subprocess
 import sys
 
+import pytest
+
+# Slow (the benchmark in a child process): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

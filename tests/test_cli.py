@@ -13,7 +13,7 @@ import pytest
 
 import jaxckpt
 from jaxckpt.cli import main
-from jaxckpt import _arrays, _checkpoint
+from jaxckpt import _checkpoint
 
 HOUR = 3600.0
 
@@ -44,7 +44,7 @@ def _array_file(ckpt: str, sub: str = "a") -> str:
 def _packed_in_files(monkeypatch):
     """These small trees' packed leaves go in a file (not the manifest), so
     that damage to them is a file to flip."""
-    monkeypatch.setattr(_arrays, "INLINE_BYTES", 0)
+    monkeypatch.setattr(jaxckpt._format, "INLINE_BYTES", 0)
 
 
 @pytest.fixture
@@ -210,6 +210,7 @@ def _python(*args: str, cwd: str | None = None) -> subprocess.CompletedProcess:
                           env=env, cwd=cwd)
 
 
+@pytest.mark.slow  # child processes
 def test_subprocess_python_m_jaxckpt(run_dir):
     _flip(_array_file(os.path.join(run_dir, "ckpt-4")))
     proc = _python("-m", "jaxckpt", "verify", run_dir)
@@ -222,6 +223,7 @@ def test_subprocess_python_m_jaxckpt(run_dir):
         "jaxckpt: error: the following arguments are required: COMMAND (see 'jaxckpt --help')"]
 
 
+@pytest.mark.slow  # child processes
 def test_subprocess_console_script(run_dir):
     script = os.path.join(os.path.dirname(sys.executable), "jaxckpt")
     if not os.path.exists(script):
@@ -233,6 +235,7 @@ def test_subprocess_console_script(run_dir):
         "preserved", "preserved", "active", "latest"]
 
 
+@pytest.mark.slow  # child processes
 def test_import_stays_cheap(run_dir):
     code = ("import sys, jaxckpt\n"
             f"p = {os.path.join(run_dir, 'ckpt-5')!r}\n"

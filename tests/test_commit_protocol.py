@@ -284,6 +284,7 @@ _REPLACE_KILLS = [  # (fault point, action) of each round; None: a random instan
 ]
 
 
+@pytest.mark.slow  # child processes
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
 def test_sigkill_during_replaces_leaves_nothing_behind(tmp_path, fallback):
     """A process replaces ckpt-1 in a loop; killed at aimed points and at random

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _arrays, _checkpoint, _tree, cli
+from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _checkpoint, _tree, cli
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY, assert_equal_trees  # noqa: E402
@@ -29,7 +29,7 @@ from _reliability import TALLY, assert_equal_trees  # noqa: E402
 def _packed_in_files(monkeypatch):
     """Small trees' packed leaves go in a file here, not in the manifest
     (tests/test_packed.py covers that case), so there is a file to damage."""
-    monkeypatch.setattr(_arrays, "INLINE_BYTES", 0)
+    monkeypatch.setattr(jaxckpt._format, "INLINE_BYTES", 0)
 
 
 def _tree_to_save():

@@ -29,6 +29,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from _crash_worker import MAX_TO_KEEP, state  # noqa: E402
 from _reliability import TALLY, check_sound, leftovers, named_paths  # noqa: E402
 
+# Slow (SIGKILL rounds of child processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 ROUNDS = int(os.environ.get("JAXCKPT_CRASH_ROUNDS", "10"))
 CHAIN = 5
 WATCHDOG_S = 120

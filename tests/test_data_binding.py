@@ -70,6 +70,7 @@ _REPLACER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_restore_racing_a_replace_returns_one_whole_generation(tmp_path):
     """Item 12: restore (and verify) while number 1 is replaced in a loop by
     another process: every result is one generation, and nothing fails."""

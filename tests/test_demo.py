@@ -13,6 +13,9 @@ import jaxckpt
 from jaxckpt import _demo
 from jaxckpt.cli import main
 
+# Slow (the demo's processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 
 def test_demo_resumes_where_the_killed_process_stopped(tmp_path):
     directory = _demo.prepare_directory(str(tmp_path / "demo"))

@@ -107,6 +107,7 @@ def test_stale_state_file_adopts_what_was_committed_after_it(tmp_path, caplog):
         "ckpt-5", "ckpt-1", "ckpt-2", "ckpt-3", "ckpt-4"]
 
 
+@pytest.mark.slow  # child processes
 def test_a_commit_the_state_file_missed_is_adopted_not_overwritten(tmp_path):
     """A crash between a commit and the state-file replacement (fault point
     ``manager.committed``) leaves a durable, whole checkpoint that the state
@@ -169,9 +170,9 @@ def test_state_file_entries_outside_the_directory_are_never_managed(tmp_path, ca
     _save(d, [1])
     st = _state_file.read(d)
     foreign = [str(best), "../other_run/ckpt-7", "nested/ckpt-9", "ckpt-x"]
-    _state_file.write(d, CheckpointState(
+    _state_file.prepare(d, CheckpointState(
         "ckpt-1", foreign + st.all_model_checkpoint_paths,
-        [5e9, 5e9, 5e9, 5e9] + st.all_model_checkpoint_timestamps, 0.0))
+        [5e9, 5e9, 5e9, 5e9] + st.all_model_checkpoint_timestamps, 0.0)).install()
     TALLY["bad inputs tried"] += 1
     with caplog.at_level(logging.WARNING, "jaxckpt"):
         with jaxckpt.CheckpointManager(d, max_to_keep=1) as m:
@@ -221,9 +222,9 @@ def test_a_series_dropped_from_the_state_file_is_adopted_again(tmp_path, caplog)
     _save(tmp_path, [1], name="b")
     st = _state_file.read(tmp_path)
     keep = [i for i, p in enumerate(st.all_model_checkpoint_paths) if p.startswith("b-")]
-    _state_file.write(tmp_path, CheckpointState(
+    _state_file.prepare(tmp_path, CheckpointState(
         "b-1", [st.all_model_checkpoint_paths[i] for i in keep],
-        [st.all_model_checkpoint_timestamps[i] for i in keep], st.last_preserved_timestamp))
+        [st.all_model_checkpoint_timestamps[i] for i in keep], st.last_preserved_timestamp)).install()
     with caplog.at_level(logging.WARNING, "jaxckpt"):
         with jaxckpt.CheckpointManager(tmp_path, max_to_keep=5, checkpoint_name="a") as a:
             assert a.checkpoints == [str(tmp_path / "a-1"), str(tmp_path / "a-2")]
@@ -238,8 +239,8 @@ def test_a_series_dropped_from_the_state_file_is_adopted_again(tmp_path, caplog)
 
 def test_a_checkpoint_listed_twice_counts_once(tmp_path):
     _save(tmp_path, [3, 4])
-    _state_file.write(tmp_path, CheckpointState(
-        "ckpt-4", ["ckpt-3", "ckpt-4", str(tmp_path / "ckpt-3")], [10.0, 20.0, 30.0], 1.0))
+    _state_file.prepare(tmp_path, CheckpointState(
+        "ckpt-4", ["ckpt-3", "ckpt-4", str(tmp_path / "ckpt-3")], [10.0, 20.0, 30.0], 1.0)).install()
     TALLY["bad inputs tried"] += 1
     with jaxckpt.CheckpointManager(tmp_path, max_to_keep=2) as m:
         # TensorFlow's OrderedDict: first position, last timestamp.
@@ -289,6 +290,7 @@ _RACING_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_latest_checkpoint_never_none_while_another_process_saves(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("XLA_FLAGS", None)

@@ -255,6 +255,7 @@ _FULL_DISK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_full_disk_for_real(tmp_path):
     """A 20 MiB tmpfs, mounted in a private mount namespace so that it goes away
     with the process, filled to the last byte."""
@@ -293,6 +294,7 @@ _HOLDER_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_second_process_gets_a_clear_error_until_the_first_dies(tmp_path):
     holder = subprocess.Popen([sys.executable, "-c", _HOLDER_SCRIPT, str(tmp_path)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
@@ -334,6 +336,7 @@ _DISTRIBUTED_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_only_process_zero_of_a_distributed_program_takes_the_lock(tmp_path):
     import socket
 
@@ -368,6 +371,7 @@ def test_only_process_zero_of_a_distributed_program_takes_the_lock(tmp_path):
                 f.close()
 
 
+@pytest.mark.slow  # child processes
 def test_a_forked_child_does_not_keep_the_lock(tmp_path):
     """A data-loader worker forked from the training process shares the open
     file of the lock; the lock must still go with the parent's manager."""

@@ -36,6 +36,9 @@ from jaxckpt.errors import (CheckpointNotFoundError, CorruptCheckpointError,
 
 from _reliability import TALLY
 
+# Slow (thousands of fuzzed inputs): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 # Peak Python allocation per input: parsing a manifest of a few KiB (or one
 # grown by a mutation to ~1 MiB) stays far below these; reading a checkpoint
 # also holds its arrays (2.4 MiB here) and their copies.

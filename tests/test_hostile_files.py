@@ -432,7 +432,7 @@ def test_cli_never_prints_a_traceback(saved, tmp_path, capsys, case, command):
     run = tmp_path / "run"
     run.mkdir()
     path = _hostile(saved, run, HOSTILE[case])
-    _state_file.write(str(run), _state_file.CheckpointState("ckpt-1", ["ckpt-1"], [1.0], None))
+    _state_file.prepare(str(run), _state_file.CheckpointState("ckpt-1", ["ckpt-1"], [1.0], None)).install()
     target = str(run) if command == "ls" else path
     code = cli.main([command, target])
     out, err = capsys.readouterr()

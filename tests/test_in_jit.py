@@ -406,6 +406,7 @@ _FAULT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_write_failure_surfaces_on_the_next_host_call_and_manager_recovers(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _FAULT_SCRIPT, str(tmp_path)],
                           capture_output=True, text=True, timeout=120,
@@ -476,6 +477,7 @@ _ASYNC_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_host_calls_wait_for_dispatched_computations(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _ASYNC_SCRIPT, str(tmp_path)],
                           capture_output=True, text=True, timeout=180)

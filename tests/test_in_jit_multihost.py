@@ -17,9 +17,14 @@ import numpy as np
 
 import jaxckpt
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _multihost_worker import JIT_SHAPES, value  # noqa: E402
 from test_multihost import WORKER, _free_port  # noqa: E402
+
+# Slow (two processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
 
 
 def run(scenario: str, directory, nproc: int, devices: int, mesh: str, tmp_path,

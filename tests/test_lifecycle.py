@@ -30,7 +30,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxckpt
-from jaxckpt import _faults, _location
+from jaxckpt import _faults
 from jaxckpt._writer import Writer
 
 
@@ -122,6 +122,7 @@ m.save(state(2))
 """
 
 
+@pytest.mark.slow  # child processes
 def test_a_script_that_ends_without_close_keeps_its_last_save(tmp_path):
     proc = _run(_ENDS_AFTER_A_SECOND_SAVE, str(tmp_path))
     assert proc.returncode == 0, proc.stderr
@@ -148,6 +149,7 @@ while True:
 """
 
 
+@pytest.mark.slow  # child processes
 def test_sigterm_handler_calling_sys_exit_keeps_the_pending_save(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", textwrap.dedent(_SIGTERM_WHILE_PENDING),
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -183,6 +185,7 @@ print(len(a.pending), len(b.pending), flush=True)
 """
 
 
+@pytest.mark.slow  # child processes
 def test_the_exit_flush_commits_every_pending_save_of_every_manager(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     proc = _run(_THREE_QUEUED_AND_TWO_MANAGERS, str(a), str(b))
@@ -324,6 +327,7 @@ def test_ctrl_c_inside_close_does_not_keep_the_directory_lock(tmp_path):
 # ---------------------------------------------------------------- item 18 (a)
 
 
+@pytest.mark.slow  # child processes
 def test_a_forked_child_gets_an_error_from_the_parents_manager(tmp_path):
     m = jaxckpt.CheckpointManager(tmp_path, max_pending=2)
     m.save(_state(1))
@@ -370,24 +374,6 @@ def test_a_forked_child_gets_an_error_from_the_parents_manager(tmp_path):
 # ---------------------------------------------------------------- item 17
 
 
-def test_request_limits_fit_the_stated_timeout():
-    for timeout in (12.0, 60.0, 120.0, 600.0):
-        retries, stall = _location._request_limits(timeout)
-        delays, d = [], float(retries["initial_delay"][:-1])
-        for _ in range(retries["max_retries"]):
-            delays.append(min(d, float(retries["max_delay"][:-1])))
-            d *= 2
-        worst = (retries["max_retries"] + 1) * stall + sum(delays)
-        assert stall >= 1 and worst <= 0.92 * timeout, (timeout, worst)
-
-
-@pytest.mark.parametrize("raw", ["5", "x", "nan", "inf", "-20"])
-def test_a_bad_timeout_setting_is_refused(monkeypatch, raw):
-    monkeypatch.setenv(_location.TIMEOUT_ENV, raw)
-    with pytest.raises(ValueError, match="JAXCKPT_OBJECT_STORE_TIMEOUT_S"):
-        _location.timeout_s()
-
-
 _OPEN_ON_A_SILENT_ENDPOINT = """
 import sys
 import jaxckpt
@@ -400,6 +386,7 @@ else:
 """
 
 
+@pytest.mark.slow  # child processes
 def test_an_endpoint_that_never_answers_fails_with_an_error_naming_the_url():
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

@@ -157,6 +157,7 @@ _FAULT_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # child processes
 def test_background_write_failure_surfaces_and_manager_recovers(tmp_path):
     proc = subprocess.run([sys.executable, "-c", _FAULT_SCRIPT, str(tmp_path)],
                           capture_output=True, text=True, timeout=120,

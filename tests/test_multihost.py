@@ -22,6 +22,9 @@ from jaxckpt import _state_file
 sys.path.insert(0, os.path.dirname(__file__))
 from _s3_server import s3, s3_server  # noqa: E402,F401
 
+# Slow (two or more processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 WORKER = os.path.join(os.path.dirname(__file__), "_multihost_worker.py")
 
 

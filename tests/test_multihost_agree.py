@@ -16,6 +16,9 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 from test_multihost import run  # noqa: E402
 
+# Slow (two or more processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 
 def test_every_process_restores_the_same_latest_checkpoint(tmp_path):
     # Before the fix, process 1 often reopened the directory before process 0

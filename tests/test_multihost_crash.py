@@ -16,9 +16,14 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY  # noqa: E402
 from test_multihost import WORKER, _free_port  # noqa: E402
+
+# Slow (kill rounds over several processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
 
 ROUNDS = int(os.environ.get("JAXCKPT_MP_CRASH_ROUNDS", "4"))
 NPROC = 3

@@ -18,6 +18,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 import jaxckpt  # noqa: E402
 from test_multihost import WORKER, _free_port, run  # noqa: E402
 
+# Slow (two or more processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 
 @pytest.mark.parametrize("how", ["exit", "shutdown"])
 def test_a_process_that_never_closes_checks_in_at_exit(tmp_path, how):

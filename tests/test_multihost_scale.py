@@ -10,8 +10,13 @@ from __future__ import annotations
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.dirname(__file__))
 from test_multihost import run  # noqa: E402
+
+# Slow (many processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
 
 NPROC = int(os.environ.get("JAXCKPT_SCALE_PROCESSES", "8"))
 

@@ -23,6 +23,9 @@ from _crash_worker import state as crash_state  # noqa: E402
 from _reliability import check_sound  # noqa: E402
 from _s3_server import s3, s3_server  # noqa: E402,F401
 
+# Slow (a local S3 server process): `pytest -m "not slow"` leaves this file out.
+pytestmark = pytest.mark.slow
+
 
 def _tree(i: int) -> dict:
     return {

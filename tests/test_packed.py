@@ -15,7 +15,7 @@ import pytest
 import jaxckpt
 from jaxckpt import CorruptCheckpointError, _checkpoint, _storage
 
-SHARD = _storage.PACKED_SHARD_BYTES
+SHARD = jaxckpt._format.PACKED_SHARD_BYTES
 
 
 def _tree(seed: int) -> dict:
@@ -66,7 +66,7 @@ def test_saves_in_turn_hold_their_own_bytes_and_zero_padding(tmp_path):
     manifest = _checkpoint.read_manifest(p2)
     odd = next(leaf for leaf in manifest["leaves"] if leaf["path"] == [["k", "odd"]])
     _, off, nbytes = odd["where"]
-    end = -(-(off + nbytes) // _storage.PACK_ALIGN) * _storage.PACK_ALIGN
+    end = -(-(off + nbytes) // jaxckpt._format.PACK_ALIGN) * jaxckpt._format.PACK_ALIGN
     spec = _storage.array_spec({"driver": "file",
                                 "path": os.path.join(p2, manifest["data"], "packed")},
                                [manifest["packed_nbytes"]], [manifest["packed_shard"]],

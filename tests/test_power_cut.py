@@ -44,6 +44,8 @@ import _power_cut_worker as worker  # noqa: E402
 
 pytestmark = pytest.mark.skipif(_lazyfs.fuse_unavailable() is not None,
                                 reason=str(_lazyfs.fuse_unavailable()))
+# Slow (power cuts over a FUSE file system, in child processes): `pytest -m "not slow"` leaves this file out.
+pytestmark = [pytestmark, pytest.mark.slow]
 
 TORTURE = os.environ.get("JAXCKPT_POWER_CUTS") == "all"
 SAMPLE = 40  # cut points per recorded run in `make test`

@@ -49,3 +49,90 @@ def test_contract_signatures():
         "checkpoint", "directory", "max_to_keep", "keep_checkpoint_every_n_hours",
         "checkpoint_name", "step_counter", "checkpoint_interval", "init_fn",
         "last_checkpoint_step", "clock"]
+
+
+# Public names beyond ``__all__``: reachable as ``jaxckpt.X``, kept out of the
+# star import (``inspect`` would shadow the standard library's module).
+NOT_STAR_EXPORTED = sorted([
+    "inspect",
+    # result types of public calls
+    "CheckpointEntry", "CheckpointInfo", "CheckpointList", "LeafInfo", "SaveStats",
+    "SaveSummary",
+    # narrower errors (each also a CheckpointError and a built-in)
+    "CoordinationError", "CoordinationTimeoutError", "DirectoryLockedError",
+    "ForkedManagerError", "ManagerClosedError", "ReadOnlyManagerError",
+])
+
+
+def test_every_public_attribute_is_pinned():
+    # As httpx's tests/test_exported_members.py: a new public name is a choice,
+    # made here, never an accident of an import in __init__.py.
+    import __future__
+    import types
+
+    public = sorted(name for name, value in vars(jaxckpt).items()
+                    if not name.startswith("_") and value is not __future__.annotations
+                    and not (isinstance(value, types.ModuleType) and name != "tf_compat"))
+    assert public == sorted(jaxckpt.__all__ + NOT_STAR_EXPORTED)
+    assert not set(jaxckpt.__all__) & set(NOT_STAR_EXPORTED)
+
+
+def test_result_types_are_what_public_calls_return(tmp_path):
+    import numpy as np
+
+    with jaxckpt.CheckpointManager(tmp_path) as m:
+        path = m.save({"a": np.arange(3)})
+        m.wait_until_finished()
+        assert isinstance(m.last_save_stats, jaxckpt.SaveStats)
+        assert isinstance(m.stats, jaxckpt.SaveSummary)
+        listing = m.list_checkpoints()
+        assert isinstance(listing, jaxckpt.CheckpointList)
+        assert all(isinstance(e, jaxckpt.CheckpointEntry) for e in listing)
+    assert isinstance(jaxckpt.list_checkpoints(tmp_path), jaxckpt.CheckpointList)
+    info = jaxckpt.inspect(path)
+    assert isinstance(info, jaxckpt.CheckpointInfo)
+    assert all(isinstance(leaf, jaxckpt.LeafInfo) for leaf in info.leaves)
+    for name in NOT_STAR_EXPORTED:
+        obj = getattr(jaxckpt, name)
+        if isinstance(obj, type):
+            assert obj.__module__.startswith("jaxckpt."), name
+
+
+def test_the_package_ships_py_typed():
+    import pathlib
+    import tomllib
+
+    root = pathlib.Path(jaxckpt.__file__).parent
+    assert (root / "py.typed").is_file()
+    pyproject = root.parent / "pyproject.toml"
+    if pyproject.is_file():  # a source checkout: the wheel includes it
+        config = tomllib.loads(pyproject.read_text())
+        assert "py.typed" in config["tool"]["setuptools"]["package-data"]["jaxckpt"]
+
+
+def test_the_reference_page_lists_every_public_name():
+    import os
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "REFERENCE.md"), encoding="utf-8") as f:
+        reference = f.read()
+    names = set(jaxckpt.__all__) | set(NOT_STAR_EXPORTED)
+    for cls in (jaxckpt.CheckpointManager, jaxckpt.tf_compat.CheckpointManager):
+        names |= {n for n in vars(cls) if not n.startswith("_")}
+    for name in sorted(names):
+        assert re.search(rf"`(jaxckpt\.|\.)?{name}\b", reference), f"REFERENCE.md lacks {name}"
+    # Every keyword of the manager is documented.
+    for param in inspect.signature(jaxckpt.CheckpointManager).parameters:
+        assert f"{param}=" in reference or f"{param}," in reference, param
+    for doc in ("README.md", "REFERENCE.md", os.path.join("benchmarks", "README.md")):
+        with open(os.path.join(root, doc), encoding="utf-8") as f:
+            text = f.read()
+        # Links stay inside the repository (benchmarks/README.md may point up to ../README.md).
+        for target in re.findall(r"\]\(([^)#]+)", text):
+            if "://" in target:
+                continue
+            assert os.path.exists(os.path.join(root, os.path.dirname(doc), target)), (doc, target)
+            assert os.path.realpath(os.path.join(root, os.path.dirname(doc), target)).startswith(
+                os.path.realpath(root) + os.sep), (doc, target)
+        assert "../shared" not in text, doc

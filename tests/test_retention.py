@@ -1,7 +1,12 @@
 from __future__ import annotations
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from jaxckpt import _retention
 from jaxckpt._retention import Retention
+
+from strategies import keep_hours, max_to_keeps, quick, save_times  # tests/ is on sys.path
 
 HOUR = 3600.0
 
@@ -57,3 +62,80 @@ def test_recover_without_timestamps_leaves_old_checkpoints_unmanaged():
 def test_recover_keeps_newer_than_last_preserved():
     r, _ = _retention.recover(["a", "b", "c"], [1.0, 5.0, 9.0], 5.0, now=100.0)
     assert r.active == [("c", 9.0)]
+
+
+# ---------------------------------------------------------------- properties
+
+
+def _model(times, max_to_keep, hours, start):
+    """The rules applied once to the whole history: the last ``max_to_keep`` stay;
+    of the rest, oldest first, one is preserved when ``hours`` newer than the last."""
+    names = [f"c{i}" for i in range(len(times))]
+    if max_to_keep is None:
+        return names, [], start
+    dropped = list(zip(names, times))[: max(0, len(names) - max_to_keep)]
+    preserved, last = [], start
+    for name, t in dropped:
+        if hours and t - hours * HOUR >= last:
+            preserved.append(name)
+            last = t
+    return names[len(dropped):], [n for n, _ in dropped if n not in preserved], last
+
+
+@quick
+@given(save_times, max_to_keeps, keep_hours)
+def test_sweeping_after_each_save_matches_the_whole_history_model(times, max_to_keep, hours):
+    start = -1.0
+    r = Retention([], start)
+    deleted, last_seen = [], start
+    for i, t in enumerate(times):
+        r, d = _retention.sweep(_retention.add(r, f"c{i}", t), max_to_keep, hours)
+        deleted += d
+        assert r.last_preserved >= last_seen  # never moves back
+        last_seen = r.last_preserved
+        if max_to_keep is not None:
+            assert len(r.active) == min(max_to_keep, i + 1)
+    active, model_deleted, last = _model(times, max_to_keep, hours, start)
+    assert [p for p, _ in r.active] == active
+    assert deleted == model_deleted
+    assert r.last_preserved == last
+    names = {f"c{i}" for i in range(len(times))}
+    preserved = names - set(active) - set(deleted)
+    assert not set(active) & set(deleted) and len(deleted) == len(set(deleted))
+    if not hours:
+        assert not preserved
+
+
+@quick
+@given(save_times, max_to_keeps, keep_hours)
+def test_preserved_checkpoints_are_at_least_n_hours_apart(times, max_to_keep, hours):
+    start = -1.0
+    r, deleted = _saved(times, max_to_keep, hours, start)
+    active = {p for p, _ in r.active}
+    kept_times = [t for i, t in enumerate(times)
+                  if f"c{i}" not in active and f"c{i}" not in deleted]
+    for earlier, later in zip([start] + kept_times, kept_times):
+        assert later - earlier >= hours * HOUR
+
+
+@quick
+@given(save_times, max_to_keeps, keep_hours)
+def test_recover_from_what_a_state_file_records_gives_the_same_set(times, max_to_keep, hours):
+    r, _ = _saved(times, max_to_keep, hours, -1.0)
+    now = times[-1] if times else 0.0
+    back, went_back = _retention.recover(
+        [p for p, _ in r.active], [t for _, t in r.active], r.last_preserved, now)
+    assert not went_back
+    assert back == r
+
+
+@quick
+@given(st.lists(st.floats(0, 1e6), max_size=8), st.floats(0, 1e6), st.floats(0, 1e6))
+def test_recover_never_manages_a_time_past_now_or_before_last_preserved(stamps, last, now):
+    paths = [f"c{i}" for i in range(len(stamps))]
+    r, went_back = _retention.recover(paths, stamps, last, now)
+    assert went_back == (now < last)
+    assert r.last_preserved == min(last, now)
+    assert all(r.last_preserved < t <= now for _, t in r.active)
+    assert [p for p, _ in r.active] == [p for p, t in zip(paths, stamps)
+                                       if min(t, now) > min(last, now)]

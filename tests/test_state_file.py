@@ -4,25 +4,11 @@ import os
 
 import pytest
 from hypothesis import given
-from hypothesis import strategies as st
 
 from jaxckpt import CorruptCheckpointError, _state_file
 from jaxckpt._state_file import CheckpointState
 
-names = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30)
-stamps = st.floats(allow_nan=False, allow_infinity=False, min_value=0, max_value=4e9)
-
-
-@st.composite
-def states(draw):
-    paths = draw(st.lists(names, max_size=6))
-    ts = draw(st.lists(stamps, min_size=len(paths), max_size=len(paths)))
-    return CheckpointState(
-        model_checkpoint_path=draw(st.one_of(st.none(), names)),
-        all_model_checkpoint_paths=paths,
-        all_model_checkpoint_timestamps=ts,
-        last_preserved_timestamp=draw(st.one_of(st.none(), stamps)),
-    )
+from strategies import states  # tests/ is on sys.path under pytest
 
 
 @given(states())
@@ -73,8 +59,8 @@ def test_garbage_is_corrupt_and_names_the_file(tmp_path, text):
 
 
 def test_write_replaces_atomically_and_leaves_no_temporary(tmp_path):
-    _state_file.write(str(tmp_path), CheckpointState("ckpt-1", ["ckpt-1"], [1.0], 0.0))
-    _state_file.write(str(tmp_path), CheckpointState("ckpt-2", ["ckpt-2"], [2.0], 0.0))
+    _state_file.prepare(str(tmp_path), CheckpointState("ckpt-1", ["ckpt-1"], [1.0], 0.0)).install()
+    _state_file.prepare(str(tmp_path), CheckpointState("ckpt-2", ["ckpt-2"], [2.0], 0.0)).install()
     assert os.listdir(tmp_path) == ["checkpoint"]
     assert _state_file.read(str(tmp_path)).model_checkpoint_path == "ckpt-2"
 

@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from golden_tree import golden_tree  # noqa: E402
 
 import jaxckpt  # noqa: E402
-from jaxckpt import _arrays, _format  # noqa: E402
+from jaxckpt import _format  # noqa: E402
 
 if __name__ == "__main__":
     out = os.path.join(os.path.dirname(__file__), f"v{_format.VERSION}")
@@ -20,6 +20,6 @@ if __name__ == "__main__":
     # an array file of its own (readers follow the manifest's "where", not the
     # threshold), the small leaves in a packed file rather than the manifest.
     _format.LARGE_BYTES = 16 << 10
-    _arrays.INLINE_BYTES = 0
+    _format.INLINE_BYTES = 0
     jaxckpt.save(out, golden_tree(_format.VERSION), metadata={"golden": _format.VERSION})
     print("wrote", out)

@@ -3,8 +3,16 @@
 Each scenario of TensorFlow's ``CheckpointManagerTest`` (checkpoint_management
 tests) runs against ``jaxckpt.tf_compat.CheckpointManager`` over a
 ``tf_compat.Checkpoint`` holder and against ``jaxckpt.CheckpointManager`` over a
-pytree, through ``_tf_port_helpers.Harness``. Only the public contract
-(shared/API.md) is used; time comes from a ``FakeClock`` passed as ``clock=``.
+pytree. Only the public contract (shared/API.md) is used; time comes from a
+``FakeClock`` passed as ``clock=``.
+
+Two drivers, one suite (this file merges two earlier ports of the same TF tests):
+
+- ``Harness`` (fixture ``kind``) keeps ``x`` (a float32 scalar) and ``step`` (an
+  int64 scalar) and leaves waiting to the test, so it also sees a save pending.
+- ``Core`` / ``TF`` (fixture ``make``) keep ``v`` (two float64s) and ``step`` (a
+  Python int), build a fresh holder on each reopen, and wait after every save,
+  as TensorFlow's scenarios look at the disk right after it.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ from __future__ import annotations
 import logging
 import os
 import pathlib
+import re
 import warnings
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +30,272 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from _tf_port_helpers import (  # tests/ is on sys.path under pytest
-    KINDS,
-    FakeClock,
-    Harness,
-    ckpt_path,
-    read_state_file,
-    state_file_text,
-    write_tf_state_file,
-)
+from jaxckpt import tf_compat
+
+KINDS = ("tf_compat", "core")
+
+
+class FakeClock:
+    """A mutable clock for ``clock=``: reads ``now`` until told otherwise."""
+
+    def __init__(self, now: float = 0.0):
+        self.now = float(now)
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def ckpt_path(directory: str | os.PathLike, number: int, name: str = "ckpt") -> str:
+    """The path the contract gives checkpoint ``number``: ``<dir>/<name>-<N>``."""
+    return os.path.join(os.fspath(directory), f"{name}-{number}")
+
+
+# ---------------------------------------------------------------- state file
+
+_LINE = re.compile(r'^\s*([a-z_]+)\s*:\s*(.*?)\s*$')
+
+
+def state_file_text(directory: str | os.PathLike) -> str:
+    with open(os.path.join(os.fspath(directory), "checkpoint"), encoding="utf-8") as f:
+        return f.read()
+
+
+def read_state_file(directory: str | os.PathLike) -> dict[str, list[Any]]:
+    """Parses ``<directory>/checkpoint`` (TF text format) into field -> values.
+
+    String fields keep their raw (unresolved) text; float fields become floats.
+    Absent fields are absent from the dict.
+    """
+    fields: dict[str, list[Any]] = {}
+    for line in state_file_text(directory).splitlines():
+        if not line.strip():
+            continue
+        m = _LINE.match(line)
+        assert m, f"state file line is not 'field: value': {line!r}"
+        key, raw = m.groups()
+        if raw.startswith('"'):
+            assert raw.endswith('"') and len(raw) >= 2, f"unterminated string in {line!r}"
+            value: Any = raw[1:-1]
+        else:
+            value = float(raw)
+        fields.setdefault(key, []).append(value)
+    return fields
+
+
+def write_tf_state_file(directory: str | os.PathLike, model: str, paths: list[str]) -> None:
+    """Writes a state file the way TensorFlow's older savers did: the paths as
+    given (absolute here), no timestamps, no ``last_preserved_timestamp``."""
+    lines = [f'model_checkpoint_path: "{model}"']
+    lines += [f'all_model_checkpoint_paths: "{p}"' for p in paths]
+    with open(os.path.join(os.fspath(directory), "checkpoint"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+# ---------------------------------------------------------------- harness
+
+
+class Harness:
+    """One training "program" driving a manager of the given kind.
+
+    ``open(**kwargs)`` (re)creates the manager on the same directory, closing
+    the previous one, as a restarted TensorFlow job would; the state (and, for
+    ``tf_compat``, the holder with its ``save_counter``) carries over.
+    """
+
+    def __init__(self, kind: str, directory: str | os.PathLike, *,
+                 clock: FakeClock | None = None, x: float = 0.0, step: int = 0):
+        assert kind in KINDS, kind
+        self.kind = kind
+        self.directory = directory
+        self.clock = clock
+        self.mngr: Any = None
+        self._state = {"x": np.asarray(x, np.float32), "step": np.asarray(step, np.int64)}
+        self.holder = (jaxckpt.tf_compat.Checkpoint(**self._state)
+                       if kind == "tf_compat" else None)
+
+    # -- the saved state
+
+    @property
+    def x(self) -> float:
+        src = self.holder.x if self.holder is not None else self._state["x"]
+        return float(np.asarray(src))
+
+    @x.setter
+    def x(self, value: float) -> None:
+        self._set("x", np.asarray(value, np.float32))
+
+    @property
+    def step(self) -> int:
+        src = self.holder.step if self.holder is not None else self._state["step"]
+        return int(np.asarray(src))
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self._set("step", np.asarray(value, np.int64))
+
+    def _set(self, name: str, value: np.ndarray) -> None:
+        if self.holder is not None:
+            setattr(self.holder, name, value)
+        else:
+            self._state = {**self._state, name: value}
+
+    # -- the manager
+
+    def open(self, max_to_keep: Any = 5, *, step_counter: bool = False, **kwargs: Any) -> Any:
+        """(Re)creates the manager; ``step_counter=True`` wires one to ``step``.
+
+        Other keyword arguments go to the constructor unchanged.
+        """
+        self.close()
+        if self.clock is not None:
+            kwargs.setdefault("clock", self.clock)
+        if self.kind == "tf_compat":
+            if step_counter:
+                kwargs["step_counter"] = lambda: int(np.asarray(self.holder.step))
+            self.mngr = jaxckpt.tf_compat.CheckpointManager(
+                self.holder, self.directory, max_to_keep, **kwargs)
+        else:
+            if step_counter:
+                kwargs["step_counter"] = lambda s: int(s["step"])
+            self.mngr = jaxckpt.CheckpointManager(
+                self.directory, max_to_keep=max_to_keep, **kwargs)
+        return self.mngr
+
+    def save(self, checkpoint_number: Any = None, check_interval: bool = True) -> str | None:
+        if self.kind == "tf_compat":
+            return self.mngr.save(checkpoint_number=checkpoint_number,
+                                  check_interval=check_interval)
+        return self.mngr.save(dict(self._state), checkpoint_number=checkpoint_number,
+                              check_interval=check_interval)
+
+    def wait(self) -> None:
+        self.mngr.wait_until_finished()
+
+    @property
+    def checkpoints(self) -> list[str]:
+        # tf_compat's property waits on its own; core shows committed ones only.
+        if self.kind == "core":
+            self.wait()
+        return self.mngr.checkpoints
+
+    @property
+    def latest(self) -> str | None:
+        if self.kind == "core":
+            self.wait()
+        return self.mngr.latest_checkpoint
+
+    def exists(self, path: str) -> bool:
+        """Whether checkpoint ``path`` is on disk once pending work is done."""
+        self.wait()
+        return os.path.isdir(path)
+
+    def restore_latest(self) -> str:
+        """Restores the latest checkpoint into this harness's state; its path.
+
+        tf_compat: ``restore_or_initialize`` (restores into the holder).
+        core: ``restore()`` with the current state as the target.
+        """
+        if self.kind == "tf_compat":
+            path = self.mngr.restore_or_initialize()
+            assert path is not None, "restore_or_initialize found no checkpoint"
+            return path
+        latest = self.latest
+        assert latest is not None, "the core manager has no latest checkpoint"
+        self._state = dict(self.mngr.restore(target=dict(self._state)))
+        return latest
+
+    def close(self) -> None:
+        if self.mngr is not None:
+            self.mngr.close()
+            self.mngr = None
+
+    def __enter__(self) -> "Harness":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------- the second driver
+
+
+class Core:
+    """Drives the core manager with a TF-like surface; waits after each save."""
+
+    name = "core"
+
+    def __init__(self, directory, max_to_keep, **kw):
+        self.value = np.zeros(2)
+        self.step = 0
+        if "step_counter" in kw:
+            kw["step_counter"] = lambda s: s["step"]
+        self.m = jaxckpt.CheckpointManager(directory, max_to_keep=max_to_keep, **kw)
+
+    def save(self, checkpoint_number=None, check_interval=True):
+        path = self.m.save({"v": self.value, "step": self.step}, checkpoint_number, check_interval)
+        self.m.wait_until_finished()  # TF's scenarios look at the disk right after save
+        return path
+
+    def restore_latest(self):
+        return self.m.restore_or_initialize()
+
+    @property
+    def checkpoints(self):
+        self.m.wait_until_finished()
+        return self.m.checkpoints
+
+    @property
+    def latest(self):
+        self.m.wait_until_finished()
+        return self.m.latest_checkpoint
+
+    def close(self):
+        self.m.close()
+
+
+class TF:
+    name = "tf"
+
+    def __init__(self, directory, max_to_keep, **kw):
+        self.ckpt = tf_compat.Checkpoint(v=np.zeros(2), step=0)
+        if "step_counter" in kw:
+            kw["step_counter"] = lambda: self.ckpt.step
+        self.m = tf_compat.CheckpointManager(self.ckpt, directory, max_to_keep, **kw)
+
+    value = property(lambda s: s.ckpt.v, lambda s, v: setattr(s.ckpt, "v", v))
+    step = property(lambda s: s.ckpt.step, lambda s, v: setattr(s.ckpt, "step", v))
+
+    def save(self, checkpoint_number=None, check_interval=True):
+        path = self.m.save(checkpoint_number, check_interval)
+        self.m.wait_until_finished()
+        return path
+
+    def restore_latest(self):
+        return self.m.restore_or_initialize()
+
+    checkpoints = property(lambda s: s.m.checkpoints)
+    latest = property(lambda s: s.m.latest_checkpoint)
+
+    def close(self):
+        self.m.close()
+
+
+@pytest.fixture(params=[Core, TF], ids=["core", "tf_compat"])
+def make(request):
+    made = []
+
+    def _make(*a, **kw):
+        m = request.param(*a, **kw)
+        made.append(m)
+        return m
+
+    yield _make
+    for m in made:
+        m.close()
+
 
 HOUR = 3600.0
 
@@ -570,3 +837,204 @@ def test_latest_checkpoint_ignores_missing_checkpoints(tmp_path):
     assert jaxckpt.latest_checkpoint(tmp_path) is None
     write_tf_state_file(tmp_path, ckpt_path(tmp_path, 9), [ckpt_path(tmp_path, 9)])
     assert jaxckpt.latest_checkpoint(tmp_path) is None
+
+
+# ---------------------------------------------------------------- through Core / TF
+
+
+def test_keep_all_across_reopen(tmp_path, make):
+    m = make(tmp_path, None)
+    paths = [m.save() for _ in range(3)]
+    m.close()
+    m2 = make(tmp_path, None)
+    assert m2.checkpoints == paths
+    assert m2.latest == paths[-1]
+    m2.restore_latest()  # tf_compat: brings back save_counter
+    more = m2.save()
+    assert m2.checkpoints == paths + [more]
+    assert all(os.path.exists(p) for p in paths + [more])
+
+
+def test_save_restore_state_with_preservation(tmp_path, make):
+    clock = FakeClock(10000.0)
+    m = make(tmp_path, 2, keep_checkpoint_every_n_hours=1.5, clock=clock)
+    first = m.save()
+    clock.now += 3600.0
+    second = m.save()
+    clock.now += 3600.0
+    third = m.save()  # first leaves the set: 10000 - 1.5h < last preserved (10000 - 1): deleted
+    assert not os.path.exists(first)
+    assert m.checkpoints == [second, third]
+    clock.now += 3600.0
+    fourth = m.save()  # second leaves the set: 1h after start >= 1.5h? no -> deleted
+    assert not os.path.exists(second)
+    clock.now += 3600.0
+    fifth = m.save()  # third (2h) - 1.5h >= 9999: preserved
+    assert os.path.exists(third) and m.checkpoints == [fourth, fifth]
+    state_text = (tmp_path / "checkpoint").read_text()
+    assert 'model_checkpoint_path: "ckpt-5"' in state_text
+    assert f"last_preserved_timestamp: {10000.0 + 2 * 3600.0!r}" in state_text
+    m.close()
+    # Reopen: the preserved one is not managed, the active set and timestamps are recovered.
+    clock.now += 3600.0
+    m2 = make(tmp_path, 2, keep_checkpoint_every_n_hours=1.5, clock=clock)
+    assert m2.checkpoints == [fourth, fifth]
+    sixth = m2.save()
+    assert not os.path.exists(fourth) and os.path.exists(third)
+    assert m2.checkpoints == [fifth, sixth]
+
+
+def test_clock_reset_keeps_everything(tmp_path, make, caplog):
+    clock = FakeClock(10000.0)
+    m = make(tmp_path, 1, keep_checkpoint_every_n_hours=1.0, clock=clock)
+    clock.now = 14000.0
+    a = m.save()
+    clock.now += 7200.0
+    b = m.save()  # a is preserved: over 1 h newer than the manager's start
+    m.close()
+    clock.now = 500.0  # went backwards
+    with caplog.at_level(logging.WARNING, logger="jaxckpt"):
+        m2 = make(tmp_path, 1, keep_checkpoint_every_n_hours=1.0, clock=clock)
+    assert any("clock" in r.message for r in caplog.records)
+    m2.restore_latest()
+    c = m2.save()
+    d = m2.save()
+    assert os.path.exists(a) and os.path.exists(b), "old checkpoints deleted after a clock reset"
+    assert m2.checkpoints == [d] and not os.path.exists(c)
+
+
+def test_custom_numbering_numpy_scalar_and_replace(tmp_path, make):
+    m = make(tmp_path, 2)
+    assert m.save(checkpoint_number=5) == ckpt_path(tmp_path, 5)
+    assert m.save(checkpoint_number=np.int64(7)) == ckpt_path(tmp_path, 7)
+    assert m.save(checkpoint_number=5) == ckpt_path(tmp_path, 5)  # replaced, moves to newest
+    assert m.checkpoints == [ckpt_path(tmp_path, 7), ckpt_path(tmp_path, 5)]
+    assert m.latest == ckpt_path(tmp_path, 5)
+
+
+def test_custom_checkpoint_prefix(tmp_path, make):
+    m = make(tmp_path, 2, checkpoint_name="model")
+    assert m.save() == ckpt_path(tmp_path, 1, "model")
+    assert os.path.isdir(tmp_path / "model-1")
+    assert jaxckpt.latest_checkpoint(tmp_path) == ckpt_path(tmp_path, 1, "model")
+
+
+def test_pathlib_directory_created(tmp_path, make):
+    m = make(pathlib.Path(tmp_path) / "sub", 2)
+    m.save()
+    assert m.latest == ckpt_path(tmp_path / "sub", 1)
+
+
+def test_restore_or_initialize(tmp_path, make):
+    calls = []
+    m = make(tmp_path, 2, init_fn=lambda: calls.append(1) or {"v": np.zeros(2), "step": 0})
+    assert m.restore_latest() is None or m.name == "core"
+    assert calls == [1]
+    m.value = np.array([3.0, 4.0])
+    m.step = 9
+    path = m.save()
+    m.close()
+    m2 = make(tmp_path, 2, init_fn=lambda: calls.append(2))
+    out = m2.restore_latest()
+    if m2.name == "tf":
+        assert out == path and np.array_equal(m2.value, [3.0, 4.0]) and m2.step == 9
+        assert m2.ckpt.save_counter == 1
+    else:
+        assert np.array_equal(out["v"], [3.0, 4.0]) and out["step"] == 9
+    # The core manager takes the target's structure from jax.eval_shape(init_fn),
+    # which traces init_fn once; TensorFlow's does not call it.
+    assert calls == ([1] if m2.name == "tf" else [1, 2])
+
+
+def test_checkpoint_interval_every_other_step(tmp_path, make):
+    m = make(tmp_path, None, step_counter=True, checkpoint_interval=2)
+    saved = []
+    for step in range(8):
+        m.step = step
+        saved.append(m.save() is not None)
+    assert saved == [True, False, True, False, True, False, True, False]
+    m.step = 7
+    assert m.save(check_interval=False) is not None  # forced despite the interval
+    assert m.save(check_interval=False) is None  # same step twice: skipped
+
+
+def test_checkpoint_interval_with_restore_fresh_holder(tmp_path, make):
+    m = make(tmp_path, None, step_counter=True, checkpoint_interval=3)
+    m.step = 4
+    assert m.save() is not None
+    m.close()
+    m2 = make(tmp_path, None, step_counter=True, checkpoint_interval=3)
+    m2.restore_latest()
+    m2.step = 5
+    assert m2.save() is None  # 5 < 4 + 3
+    m2.step = 7
+    assert m2.save() is not None
+
+
+def test_last_checkpoint_step(tmp_path, make):
+    m = make(tmp_path, None, step_counter=True, checkpoint_interval=5, last_checkpoint_step=10)
+    m.step = 12
+    assert m.save() is None
+    m.step = 15
+    assert m.save() is not None
+
+
+def test_state_file_is_relative_with_timestamps(tmp_path, make):
+    clock = FakeClock(1234.5)
+    m = make(tmp_path, 2, clock=clock)
+    m.save()
+    clock.now = 1300.25
+    m.save()
+    assert (tmp_path / "checkpoint").read_text() == (
+        'model_checkpoint_path: "ckpt-2"\n'
+        'all_model_checkpoint_paths: "ckpt-1"\n'
+        'all_model_checkpoint_paths: "ckpt-2"\n'
+        "all_model_checkpoint_timestamps: 1234.5\n"
+        "all_model_checkpoint_timestamps: 1300.25\n"
+        "last_preserved_timestamp: 1233.5\n"
+    )
+
+
+def test_reads_a_state_file_tensorflow_wrote(tmp_path, make):
+    src = make(tmp_path, None)
+    src.save()
+    src.save()
+    src.close()
+    (tmp_path / "checkpoint").write_text(
+        f'model_checkpoint_path: "{tmp_path}/ckpt-2"\n'
+        f'all_model_checkpoint_paths: "{tmp_path}/ckpt-1"\n'
+        f'all_model_checkpoint_paths: "{tmp_path}/ckpt-2"\n')
+    m = make(tmp_path, 2)
+    assert m.latest == ckpt_path(tmp_path, 2)
+    assert m.save() == ckpt_path(tmp_path, 3) or m.name == "tf"
+    assert jaxckpt.latest_checkpoint(tmp_path) in (ckpt_path(tmp_path, 3), ckpt_path(tmp_path, 1))
+    # unmanaged: kept
+    assert os.path.exists(ckpt_path(tmp_path, 1)) and os.path.exists(ckpt_path(tmp_path, 2))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "3", True])
+def test_bad_max_to_keep(tmp_path, bad):
+    with pytest.raises(ValueError, match="max_to_keep"):
+        jaxckpt.CheckpointManager(tmp_path, max_to_keep=bad)
+    with pytest.raises(ValueError, match="max_to_keep"):
+        tf_compat.CheckpointManager(tf_compat.Checkpoint(), tmp_path, bad)
+    assert not (tmp_path / "checkpoint").exists()
+
+
+def test_interval_without_step_counter(tmp_path):
+    with pytest.raises(ValueError, match="step_counter"):
+        jaxckpt.CheckpointManager(tmp_path, checkpoint_interval=2)
+    with pytest.raises(ValueError, match="step_counter"):
+        tf_compat.CheckpointManager(tf_compat.Checkpoint(), tmp_path, 2, checkpoint_interval=2)
+
+
+def test_tf_save_counter_always_increments(tmp_path):
+    ckpt = tf_compat.Checkpoint(v=np.ones(1))
+    with tf_compat.CheckpointManager(ckpt, tmp_path, 5) as m:
+        assert m.save() == ckpt_path(tmp_path, 1)
+        assert m.save(checkpoint_number=10) == ckpt_path(tmp_path, 10)
+        assert m.save() == ckpt_path(tmp_path, 3)
+        assert ckpt.save_counter == 3
+        ckpt.save_counter = 0
+        m.restore_or_initialize()
+        assert ckpt.save_counter == 3
