@@ -32,7 +32,12 @@ import numpy as np  # noqa: E402
 
 import bench_trees  # noqa: E402
 import jaxckpt  # noqa: E402
-from jaxckpt import _checkpoint, _commit, _restore, _snapshot, _state_file, _storage, _tree  # noqa: E402
+from jaxckpt import _tree  # noqa: E402
+from jaxckpt._commit import atomic as _commit  # noqa: E402
+from jaxckpt._directory import state_file as _state_file  # noqa: E402
+from jaxckpt._read import reader as _reader, restore as _restore  # noqa: E402
+from jaxckpt._save import snapshot as _snapshot, write as _write  # noqa: E402
+from jaxckpt._storage import arrays as _arrays, durable as _durable  # noqa: E402
 
 _totals: dict[str, list] = collections.defaultdict(lambda: [0.0, 0])
 _lock = threading.Lock()
@@ -62,13 +67,15 @@ def instrument() -> None:
     for owner, names in (
         (_snapshot, ["take", "_pieces", "check_metadata", "_paths_of"]),
         (_tree, ["flatten", "check_leaf", "is_prng_key"]),
-        (_checkpoint, ["write", "_layout", "_write_part", "_write_packed", "_fill", "read_manifest"]),
-        (_storage, ["open_array", "write", "read", "fsync_tree", "from_bytes", "byte_view"]),
+        (_write, ["write", "_layout", "_write_part", "_write_packed", "_fill"]),
+        (_reader, ["read_manifest"]),
+        (_arrays, ["open_array", "write", "read", "from_bytes", "byte_view"]),
+        (_durable, ["fsync_tree"]),
         (_commit, ["stage", "seal_part", "commit", "publish"]),
         (_state_file, ["prepare"]),
         (_state_file.Replacement, ["install"]),
         (_restore, ["restore_target"]),
-        (_checkpoint.Reader, ["__init__", "read_arrays", "_read_packed"]),
+        (_reader.Reader, ["__init__", "read_arrays", "_read_packed"]),
         (_restore._Plan, ["__init__", "problem", "requests", "build", "transfers", "assemble"]),
     ):
         for name in names:
@@ -143,9 +150,9 @@ def parts(tree: Any, path: str, reps: int) -> None:
     add("pack all leaves into a fresh np.empty buffer", lambda: pack(None))
     add("pack all leaves into a reused buffer", lambda: pack(reused))
 
-    reader = _checkpoint.Reader(path)
+    reader = _reader.Reader(path)
     arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
-    add("Reader(path) (manifest read + msgpack)", lambda: _checkpoint.Reader(path), 1)
+    add("Reader(path) (manifest read + msgpack)", lambda: _reader.Reader(path), 1)
     add("Reader.read_arrays, every leaf whole (tensorstore)",
         lambda: reader.read_arrays([(leaf, [()]) for leaf in arrays]))
     dev = jax.devices()[0]

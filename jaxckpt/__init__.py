@@ -6,21 +6,21 @@ from __future__ import annotations
 # import set off extra full garbage collections (measured: +0.25 s).
 import jax as _jax  # noqa: F401
 
-from . import tf_compat as tf_compat
+from . import tf_compat
 from ._api import latest_checkpoint as latest_checkpoint
 from ._api import metadata as metadata
 from ._api import restore as restore
 from ._api import save as save
 from ._api import user_metadata as user_metadata
 from ._api import verify as verify
-from ._inspect import CheckpointEntry as CheckpointEntry
-from ._inspect import CheckpointInfo as CheckpointInfo
-from ._inspect import CheckpointList as CheckpointList
-from ._inspect import LeafInfo as LeafInfo
-from ._inspect import inspect as inspect
-from ._inspect import list_checkpoints as list_checkpoints
-from ._stats import SaveStats as SaveStats
-from ._stats import SaveSummary as SaveSummary
+from ._report.listing import CheckpointEntry as CheckpointEntry
+from ._report.describe import CheckpointInfo as CheckpointInfo
+from ._report.listing import CheckpointList as CheckpointList
+from ._report.describe import LeafInfo as LeafInfo
+from ._report.describe import inspect as inspect
+from ._report.listing import list_checkpoints as list_checkpoints
+from ._save.stats import SaveStats as SaveStats
+from ._save.stats import SaveSummary as SaveSummary
 from .errors import CheckpointError as CheckpointError
 from .errors import CheckpointNotFoundError as CheckpointNotFoundError
 from .errors import CheckpointWriteError as CheckpointWriteError

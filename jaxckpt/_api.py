@@ -9,9 +9,15 @@ import threading
 import time
 from typing import Any
 
-from . import _agree, _gc, _location, _multihost, _progress, _reader, _restore, _write
-from . import _snapshot
-from . import _durable, _latest, _state_file
+from ._directory import agree as _agree
+from ._save import gc as _gc, coordinate as _multihost, write as _write
+from ._storage import location as _location
+from ._report import progress as _progress
+from ._read import reader as _reader, restore as _restore
+from ._save import snapshot as _snapshot
+from ._storage import durable as _durable
+from ._read import latest as _latest
+from ._directory import state_file as _state_file
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a

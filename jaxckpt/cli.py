@@ -104,14 +104,17 @@ def _console(stderr: bool = False) -> Any:
 
 
 def _cmd_ls(args: argparse.Namespace) -> int:
-    from . import _commit, _display, _inspect, _location
+    from ._commit import atomic as _commit
+    from ._report import render as _display
+    from ._storage import location as _location
+    from ._report import listing as _listing
 
     directory = args.directory
     if _commit.is_committed(_location.locate(directory)):
         raise UsageError(f"{directory} is a checkpoint, not a directory of checkpoints; "
                          f"try 'jaxckpt show {directory}'")
     try:
-        listing = _inspect.list_checkpoints(directory)
+        listing = _listing.list_checkpoints(directory)
     except (FileNotFoundError, NotADirectoryError) as e:
         raise UsageError(f"{e.strerror}: {directory}") from None
     if args.json:
@@ -128,7 +131,9 @@ def _cmd_ls(args: argparse.Namespace) -> int:
 
 def _resolve_checkpoint(path: str) -> tuple[str, str | None]:
     """(checkpoint path, note) for a checkpoint or a directory with a latest one."""
-    from . import _api, _commit, _location
+    from . import _api
+    from ._commit import atomic as _commit
+    from ._storage import location as _location
 
     where = _location.locate(path)
     path = str(where)
@@ -143,10 +148,11 @@ def _resolve_checkpoint(path: str) -> tuple[str, str | None]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from . import _display, _inspect
+    from ._report import render as _display
+    from ._report import describe as _describe
 
     path, note = _resolve_checkpoint(args.path)
-    info = _inspect.inspect(path)
+    info = _describe.inspect(path)
     if args.json:
         print(json.dumps(info.as_dict(), indent=2, default=repr))
         return EXIT_OK
@@ -161,7 +167,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
     """(checkpoints to verify, problems found without reading, notes)."""
-    from . import _commit, _format, _inspect, _location, _names
+    from ._commit import atomic as _commit
+    from ._format import manifest as _format, names as _names
+    from ._storage import location as _location
+    from ._report import listing as _listing
 
     where = _location.locate(path)
     path = str(where)
@@ -175,12 +184,12 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
     if any(n in data or _names.data_token(n) is not None for n in where.subdirs()):
         return [], [f"UNCOMMITTED {path}: checkpoint data without a commit record "
                     f"({_format.MANIFEST}); an interrupted save, or its record was deleted"], []
-    listing = _inspect.list_checkpoints(path)
+    listing = _listing.list_checkpoints(path)
     targets, problems, notes = [], [], []
     for e in listing:
-        if e.status in (_inspect.LATEST, _inspect.ACTIVE, _inspect.PRESERVED):
+        if e.status in (_listing.LATEST, _listing.ACTIVE, _listing.PRESERVED):
             targets.append(e.path)
-        elif e.status == _inspect.MISSING:
+        elif e.status == _listing.MISSING:
             problems.append(f"MISSING {e.name}: the state file names it but it is not on disk")
         elif e.note == "named in the state file":
             problems.append(f"UNCOMMITTED {e.name}: the state file names it but it has no "
@@ -193,10 +202,12 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from . import _api, _display, _inspect
+    from . import _api
+    from ._report import render as _display
+    from ._report import describe as _describe
     from .errors import CheckpointError
 
-    from . import _location
+    from ._storage import location as _location
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     root = str(_location.locate(args.path))
@@ -217,7 +228,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             for line in str(e).splitlines():
                 print(f"  {line}")
             continue
-        info = _inspect.inspect(target)
+        info = _describe.inspect(target)
         print(f"OK {name} ({len(info.leaves)} leaves, {_display.human_bytes(info.nbytes)})")
     if damaged:
         print(f"jaxckpt verify: {len(damaged)} damaged in {args.path} "

@@ -24,13 +24,21 @@ import warnings
 from typing import Any, Callable
 
 
-from . import (_agree, _catalog, _display, _faults, _in_jit, _inspect, _location, _lock,
-               _managed_restore, _multihost, _names, _ownership, _page_cache, _pipeline, _policy,
-               _queue, _registry, _snapshot, _stats, _storage)
-from ._policy import as_number
-from ._writer import Writer
-from .errors import (CheckpointNotFoundError, CheckpointWriteError,
-                     ForkedManagerError, ManagerClosedError, ReadOnlyManagerError)
+from ._directory import (agree as _agree, catalog as _catalog, lock as _lock,
+                         ownership as _ownership, policy as _policy, registry as _registry)
+from ._report import render as _display
+from . import _faults
+from ._save import (in_jit as _in_jit, coordinate as _multihost, pipeline as _pipeline,
+                    queue as _queue, snapshot as _snapshot, stats as _stats)
+from ._storage import location as _location, page_cache as _page_cache
+from ._read import managed_restore as _managed_restore
+from ._format import names as _names
+from ._report import listing as _listing
+from ._storage import durable as _durable
+from ._directory.policy import as_number
+from ._save.writer import Writer
+from .errors import (CheckpointNotFoundError, CheckpointWriteError, ForkedManagerError,
+                     ManagerClosedError, ReadOnlyManagerError)
 
 log = logging.getLogger("jaxckpt")
 
@@ -123,7 +131,7 @@ class CheckpointManager:
             if not read_only:  # a reader leaves a writer in this process alone
                 _registry.take_over(self._dir)
             if self._root.is_local and not read_only:
-                _storage.makedirs_durably(self._dir)
+                _durable.makedirs_durably(self._dir)
             # None: a URL, not process 0, or a reader (which may run beside the writer)
             self._dir_lock = None if read_only else _lock.acquire(self._dir)
             try:
@@ -483,13 +491,13 @@ class CheckpointManager:
         """Totals over every save of this manager (a snapshot). Never blocks."""
         return self._stats.summary()
 
-    def list_checkpoints(self) -> _inspect.CheckpointList:
+    def list_checkpoints(self) -> _listing.CheckpointList:
         """This manager's checkpoints on disk with their status (pending ones too)."""
-        return _inspect.list_checkpoints(self._dir, checkpoint_name=self._name,
+        return _listing.list_checkpoints(self._dir, checkpoint_name=self._name,
                                          pending=self.pending)
 
     def _fields(self) -> list[tuple[str, str]]:
-        return _inspect.manager_fields(self._dir, self._max_to_keep, self._keep_hours,
+        return _display.manager_fields(self._dir, self._max_to_keep, self._keep_hours,
                                        self._interval, len(self.pending), self.stats)
 
     def __str__(self) -> str:

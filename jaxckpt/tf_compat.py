@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import _checkpoint, _policy, _tree
+from ._directory import policy as _policy
+from . import _tree
+from ._read import reader as _reader
 from . import manager as _manager
 from .errors import StructureMismatchError
 
@@ -141,7 +143,7 @@ class CheckpointManager:
         """
         holder = self._checkpoint._state()
         on_disk: dict[str, set[str]] = {}
-        for leaf in _checkpoint.Reader(path).leaves:
+        for leaf in _reader.Reader(path).leaves:
             kind, key = (tuple(leaf["path"][0]) if leaf["path"] else (None, None))
             if kind != _tree.DICT or not isinstance(key, str):
                 # Not a holder's save (a bare pytree): the whole holder must match.

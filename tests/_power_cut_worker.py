@@ -49,12 +49,12 @@ def _mark(mount: str, label: str) -> None:
 
 def main(mount: str, saves: str) -> None:
     import jaxckpt
-    from jaxckpt import _durable, _format, _storage
+    from jaxckpt._format import manifest as _format
+    from jaxckpt._storage import durable as _durable
 
     _format.LARGE_BYTES = LARGE_BYTES
     if os.environ.get("POWER_CUT_BREAK_FSYNC_DIR") == "1":
-        # _durable is where fsync_dir lives; _storage re-exports it to modules not yet moved.
-        _durable.fsync_dir = _storage.fsync_dir = lambda path: None
+        _durable.fsync_dir = lambda path: None
     if saves == "plain":  # jaxckpt.save into directories it creates
         jaxckpt.save(os.path.join(mount, "new", "dir", "ckpt-1"), state(1, 1))
         _mark(mount, "done-1-1")

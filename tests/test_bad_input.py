@@ -21,8 +21,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import (CheckpointError, CheckpointNotFoundError, StructureMismatchError,
-                     tf_compat)
+from jaxckpt import CheckpointError, CheckpointNotFoundError, StructureMismatchError, tf_compat
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY, tree_bytes  # noqa: E402

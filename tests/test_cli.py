@@ -13,7 +13,7 @@ import pytest
 
 import jaxckpt
 from jaxckpt.cli import main
-from jaxckpt import _checkpoint
+from jaxckpt._read import reader as _reader
 
 HOUR = 3600.0
 
@@ -33,7 +33,7 @@ def _flip(file: str, offset: int = 100) -> None:
 
 def _array_file(ckpt: str, sub: str = "a") -> str:
     """The first data file under ``ckpt/sub`` (``a`` for large leaves, ``packed``)."""
-    data = _checkpoint.read_manifest(ckpt).get("data", "")
+    data = _reader.read_manifest(ckpt).get("data", "")
     for root, _, files in sorted(os.walk(os.path.join(ckpt, data, sub))):
         if files:
             return os.path.join(root, sorted(files)[0])
@@ -44,7 +44,7 @@ def _array_file(ckpt: str, sub: str = "a") -> str:
 def _packed_in_files(monkeypatch):
     """These small trees' packed leaves go in a file (not the manifest), so
     that damage to them is a file to flip."""
-    monkeypatch.setattr(jaxckpt._format, "INLINE_BYTES", 0)
+    monkeypatch.setattr(jaxckpt._format.manifest, "INLINE_BYTES", 0)
 
 
 @pytest.fixture

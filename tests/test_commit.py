@@ -1,4 +1,4 @@
-"""jaxckpt._commit, unit by unit: tokens, the commit check, stage/commit/remove, the sweep.
+"""jaxckpt._commit.atomic, unit by unit: tokens, the commit check, stage/commit/remove, the sweep.
 
 The crash-safety of the whole protocol (fault points, replaces without
 RENAME_EXCHANGE, object stores) is tested end to end in test_commit_protocol.py.
@@ -12,7 +12,9 @@ import uuid
 
 import pytest
 
-from jaxckpt import _commit, _format, _location, _names
+from jaxckpt._commit import atomic as _commit
+from jaxckpt._format import manifest as _format, names as _names
+from jaxckpt._storage import location as _location
 
 
 def test_new_token_carries_its_time():

@@ -27,7 +27,9 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import CheckpointError, CheckpointWriteError, _commit, _faults, _names
+from jaxckpt import CheckpointError, CheckpointWriteError, _faults
+from jaxckpt._commit import atomic as _commit
+from jaxckpt._format import names as _names
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY, assert_equal_trees, leftovers, tree_bytes  # noqa: E402

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _checkpoint, _tree, cli
+from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _tree, cli
+from jaxckpt._read import reader as _reader
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY, assert_equal_trees  # noqa: E402
@@ -29,7 +30,7 @@ from _reliability import TALLY, assert_equal_trees  # noqa: E402
 def _packed_in_files(monkeypatch):
     """Small trees' packed leaves go in a file here, not in the manifest
     (tests/test_packed.py covers that case), so there is a file to damage."""
-    monkeypatch.setattr(jaxckpt._format, "INLINE_BYTES", 0)
+    monkeypatch.setattr(jaxckpt._format.manifest, "INLINE_BYTES", 0)
 
 
 def _tree_to_save():
@@ -52,7 +53,7 @@ def _save(tmp_path):
 
 def _data(path) -> str:
     """Where the checkpoint's arrays are: its ``data`` subdirectory (format 3)."""
-    return os.path.join(path, _checkpoint.read_manifest(str(path)).get("data", ""))
+    return os.path.join(path, _reader.read_manifest(str(path)).get("data", ""))
 
 
 def _files(path, sub):
@@ -73,13 +74,13 @@ def _flip(file, offset):
 
 def _leaves_by_file(path) -> dict[str, set[str]]:
     """Relative file -> the key paths of the leaves stored in it."""
-    manifest = _checkpoint.read_manifest(str(path))
+    manifest = _reader.read_manifest(str(path))
     out: dict[str, set[str]] = {"_CHECKPOINT": {"_CHECKPOINT"}}
     for rel in (os.path.relpath(f, path) for f in _files(path, "")):
         if rel == "_CHECKPOINT":
             continue
         top = rel.split(os.sep)
-        if top[0] == _checkpoint.read_manifest(str(path)).get("data"):
+        if top[0] == _reader.read_manifest(str(path)).get("data"):
             top = top[1:]
         names = set()
         for leaf in manifest["leaves"]:

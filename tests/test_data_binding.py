@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _checkpoint, _commit, _restore
+from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError
+from jaxckpt._commit import atomic as _commit
+from jaxckpt._read import restore as _restore
+from jaxckpt._save import write as _write
+from jaxckpt._read import reader as _reader
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY  # noqa: E402
@@ -49,20 +53,22 @@ def _generation_of(out: dict) -> set[int]:
 
 
 # Replaces number 1 again and again through the same path a manager's save
-# takes (``_checkpoint.write(replace=True)``), until its stdin closes.
+# takes (``_write.write(replace=True)``), until its stdin closes.
 _REPLACER = textwrap.dedent("""
     import os, sys, threading, time
     sys.path.insert(0, {tests!r})
     from test_data_binding import _generation
-    from jaxckpt import _checkpoint, _location, _multihost, _snapshot
+    from jaxckpt._storage import location as _location
+    from jaxckpt._save import coordinate as _multihost, snapshot as _snapshot
+    from jaxckpt._save import write as _write
     final = _location.locate({path!r})
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
     g = 1
     while not stop.is_set():
         coord = _multihost.SaveCoordinator("replacer", g, str(final), 60)
-        _checkpoint.write(_snapshot.take(_generation(g)), final, replace=True,
-                          created=time.time(), coordinator=coord)
+        _write.write(_snapshot.take(_generation(g)), final, replace=True,
+                     created=time.time(), coordinator=coord)
         if g == 1:
             print("replacing", flush=True)
         g += 1
@@ -124,7 +130,7 @@ def test_a_replace_after_the_manifest_was_read_starts_over_with_the_new_one(tmp_
             _commit.publish(str(tmp_path / "new"), path, replace=True)
         return _restore.restore_raw(reader)
 
-    assert _generation_of(_checkpoint.read_consistently(path, read)) == {1}
+    assert _generation_of(_reader.read_consistently(path, read)) == {1}
     assert len(attempts) == 2
 
 
@@ -133,7 +139,7 @@ def test_a_replace_after_the_manifest_was_read_starts_over_with_the_new_one(tmp_
 
 def _data(path) -> str:
     """The checkpoint's arrays: its ``data`` subdirectory (format 3), else beside the manifest."""
-    return os.path.join(path, _checkpoint.read_manifest(str(path)).get("data", ""))
+    return os.path.join(path, _reader.read_manifest(str(path)).get("data", ""))
 
 
 def _large_pair(step: int) -> dict:
@@ -145,7 +151,7 @@ def _large_pair(step: int) -> dict:
 
 
 def _array_dir(path, key: str) -> str:
-    leaf = next(leaf for leaf in _checkpoint.read_manifest(str(path))["leaves"]
+    leaf = next(leaf for leaf in _reader.read_manifest(str(path))["leaves"]
                 if leaf["path"] == [["k", key]])
     assert leaf["where"][0] == "array"
     return os.path.join(_data(path), "a", leaf["where"][1])
@@ -216,7 +222,7 @@ def test_one_shard_file_of_a_sharded_leaf_copied_from_an_older_save_is_refused(t
     old, new = tmp_path / "ckpt-1", tmp_path / "ckpt-2"
     jaxckpt.save(old, tree(1))
     jaxckpt.save(new, tree(2))
-    leaf = _checkpoint.read_manifest(str(new))["leaves"][0]
+    leaf = _reader.read_manifest(str(new))["leaves"][0]
     assert len(leaf["xxh3"]) == 4
     chunk = os.path.join("c", "2", "0", "0")  # rows 1024-1535: the third device's piece
     shutil.copyfile(os.path.join(_array_dir(old, "w"), chunk),
@@ -242,7 +248,7 @@ def test_a_checkpoint_deleted_during_verify_is_not_found_not_damaged(tmp_path, d
     """Item 15: the directory goes after the first leaf is read."""
     path = tmp_path / "ckpt-1"
     jaxckpt.save(path, _large_pair(1))
-    reader = _checkpoint.Reader(path)
+    reader = _reader.Reader(path)
     reader.on_leaf_read = lambda leaf: os.path.exists(path) and delete(path)
     with pytest.raises(CheckpointNotFoundError, match="deleted while being read"):
         reader.verify()
@@ -252,7 +258,7 @@ def test_a_checkpoint_deleted_during_verify_is_not_found_not_damaged(tmp_path, d
 def test_a_checkpoint_deleted_during_restore_is_not_found_not_damaged(tmp_path, delete):
     path = tmp_path / "ckpt-1"
     jaxckpt.save(path, _large_pair(1))
-    reader = _checkpoint.Reader(path)  # the manifest is read; then the files go
+    reader = _reader.Reader(path)  # the manifest is read; then the files go
     delete(path)
     with pytest.raises(CheckpointNotFoundError, match="deleted while being read"):
         _restore.restore_raw(reader)

@@ -1,4 +1,4 @@
-"""jaxckpt._digest: per-piece XXH3 digests, their regions, and which pieces a read checks."""
+"""jaxckpt._format.digest: per-piece XXH3 digests, their regions, and which pieces a read checks."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import xxhash
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxckpt import _digest
+from jaxckpt._format import digest as _digest
 
 from strategies import quick  # tests/ is on sys.path under pytest
 

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _agree, errors
+from jaxckpt._directory import agree as _agree
+from jaxckpt import errors
 
 sys.path.insert(0, os.path.dirname(__file__))
 

@@ -58,7 +58,7 @@ def _assert_clean(d) -> None:
 @pytest.fixture(params=[False, True], ids=["exchange", "two-renames"])
 def rename_fallback(request, monkeypatch):
     """Also on a filesystem without RENAME_EXCHANGE (NFS, FUSE): forced."""
-    monkeypatch.setattr(jaxckpt._commit, "NO_RENAME_EXCHANGE", request.param)
+    monkeypatch.setattr(jaxckpt._commit.atomic, "NO_RENAME_EXCHANGE", request.param)
     return request.param
 
 

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _format
+from jaxckpt._format import manifest as _format
 
 HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "bytes-v3")
 TOKEN = re.compile(r"d-[0-9a-f]{20}")
@@ -182,7 +182,7 @@ def test_a_managers_state_file_and_checkpoint_are_written_as_pinned(tmp_path):
 
 
 def test_every_name_is_built_and_parsed_by_names():
-    from jaxckpt import _names
+    from jaxckpt._format import names as _names
 
     assert _names.numbered("ckpt", 12) == "ckpt-12"
     assert _names.number_of("ckpt-12", "ckpt") == 12

@@ -1,4 +1,4 @@
-"""jaxckpt._format: manifest framing (magic, crc32, msgpack, version), Python-leaf tags,
+"""jaxckpt._format.manifest: manifest framing (magic, crc32, msgpack, version), Python-leaf tags,
 dtype names. The exact bytes a save writes are pinned in test_format_bytes.py."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import jaxckpt
-from jaxckpt import CorruptCheckpointError, _format
+from jaxckpt import CorruptCheckpointError
+from jaxckpt._format import manifest as _format
 
 from strategies import quick  # tests/ is on sys.path under pytest
 

@@ -30,9 +30,9 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import jaxckpt
-from jaxckpt import _format, _state_file
-from jaxckpt.errors import (CheckpointNotFoundError, CorruptCheckpointError,
-                            StructureMismatchError)
+from jaxckpt._format import manifest as _format
+from jaxckpt._directory import state_file as _state_file
+from jaxckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, StructureMismatchError
 
 from _reliability import TALLY
 

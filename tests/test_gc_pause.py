@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _gc
+from jaxckpt._save import gc as _gc
 
 
 def test_nested_and_concurrent_pauses_end_with_the_last():

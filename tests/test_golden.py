@@ -37,6 +37,6 @@ def test_golden_restores_bit_exact(version):
 
 
 def test_format_has_a_golden_checkpoint():
-    from jaxckpt import _format
+    from jaxckpt._format import manifest as _format
 
     assert f"v{_format.VERSION}" in VERSIONS

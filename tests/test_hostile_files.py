@@ -18,7 +18,11 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _format, _inspect, _location, _state_file, cli
+from jaxckpt._format import manifest as _format
+from jaxckpt._storage import location as _location
+from jaxckpt._directory import state_file as _state_file
+from jaxckpt import cli
+from jaxckpt._report import describe as _describe, listing as _listing
 from jaxckpt.errors import CorruptCheckpointError, StructureMismatchError
 
 from _reliability import TALLY
@@ -174,7 +178,7 @@ def test_hostile_manifest_is_refused_by_every_reader(saved, tmp_path, case):
     tracemalloc.start()
     try:
         for read in (jaxckpt.metadata, jaxckpt.restore, jaxckpt.verify, jaxckpt.user_metadata,
-                     _inspect.inspect, lambda p: jaxckpt.restore(p, _tree())):
+                     _describe.inspect, lambda p: jaxckpt.restore(p, _tree())):
             with pytest.raises(CorruptCheckpointError) as e:
                 read(path)
             assert path in str(e.value)
@@ -183,7 +187,7 @@ def test_hostile_manifest_is_refused_by_every_reader(saved, tmp_path, case):
         tracemalloc.stop()
     assert peak < 32 << 20, f"{case}: {peak} bytes allocated to refuse it"
     # A listing reports it (as damaged or uncommitted) instead of raising.
-    _inspect.list_checkpoints(str(tmp_path))
+    _listing.list_checkpoints(str(tmp_path))
     TALLY["corruptions caught"] += 1
 
 
@@ -326,7 +330,7 @@ def test_fifo_manifest_never_blocks(saved, tmp_path):
         _in_thread(lambda: jaxckpt.restore(ckpt))
     with pytest.raises(CorruptCheckpointError, match="FIFO"):
         _in_thread(lambda: jaxckpt.verify(ckpt))
-    _in_thread(lambda: _inspect.list_checkpoints(str(tmp_path / "run")))
+    _in_thread(lambda: _listing.list_checkpoints(str(tmp_path / "run")))
     assert _in_thread(lambda: cli.main(["ls", str(tmp_path / "run")])) == 0
     for argv in (["verify", str(tmp_path / "run")], ["verify", ckpt], ["show", ckpt]):
         assert _in_thread(lambda: cli.main(argv)) != 0

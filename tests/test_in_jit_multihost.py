@@ -62,7 +62,7 @@ def run(scenario: str, directory, nproc: int, devices: int, mesh: str, tmp_path,
 
 def _where(directory) -> dict:
     return {leaf["path"][-1][1]: leaf
-            for leaf in jaxckpt._checkpoint.read_manifest(directory)["leaves"]}
+            for leaf in jaxckpt._read.reader.read_manifest(directory)["leaves"]}
 
 
 def test_save_in_jit_with_two_processes_each_writing_its_blocks(tmp_path):

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _checkpoint, _inspect
+from jaxckpt._read import reader as _reader
+from jaxckpt._report import listing as _listing
 
 HOUR = 3600.0
 
@@ -57,7 +58,7 @@ def test_listing_gives_every_status(tmp_path):
     assert five.created == 1_000_000.0 + 4 * HOUR  # the manager's clock, as in the state file
     assert five.committed == pytest.approx(
         os.stat(os.path.join(d, "ckpt-5", "_CHECKPOINT")).st_mtime)
-    assert five.nbytes == _inspect.disk_bytes(os.path.join(d, "ckpt-5")) > 64 * 64 * 4
+    assert five.nbytes == _listing.disk_bytes(os.path.join(d, "ckpt-5")) > 64 * 64 * 4
     assert by_name["ckpt-3"].nbytes is None
     assert by_name[".ckpt-6.tmp-0123456789ab"].nbytes == 0
 
@@ -111,7 +112,7 @@ def test_inspect_reads_the_manifest_only(tmp_path):
             "key": jax.random.key(0), "name": "run <7>", "step": 5}
     path = str(tmp_path / "c")
     jaxckpt.save(path, tree, metadata={"note": "before <fine-tuning>"})
-    data = _checkpoint.read_manifest(path)["data"]
+    data = _reader.read_manifest(path)["data"]
     shutil.rmtree(os.path.join(path, data, "a"))  # array data gone: inspect must not need it
     info = jaxckpt.inspect(path)
     leaves = {leaf.path: leaf for leaf in info.leaves}
@@ -183,7 +184,7 @@ def test_a_leftover_being_written_by_this_manager_is_pending(tmp_path):
         m.save(_tree(1))
         m.wait_until_finished()
         os.makedirs(leftover)  # what the writer makes first for a save of ckpt-2
-        listing = _inspect.list_checkpoints(str(tmp_path), pending=[str(tmp_path / "ckpt-2")])
+        listing = _listing.list_checkpoints(str(tmp_path), pending=[str(tmp_path / "ckpt-2")])
         assert [(e.name, e.status, e.note) for e in listing] == [
             ("ckpt-1", "latest", ""), (leftover.name, "pending", "being written")]
         os.rmdir(leftover)

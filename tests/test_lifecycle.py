@@ -31,7 +31,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 import jaxckpt
 from jaxckpt import _faults
-from jaxckpt._writer import Writer
+from jaxckpt._save.writer import Writer
 
 
 def _state(i: int) -> dict:

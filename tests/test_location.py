@@ -1,4 +1,4 @@
-"""jaxckpt._location: paths and URLs to directories, bounded reads, the request limits."""
+"""jaxckpt._storage.location: paths and URLs to directories, bounded reads, the request limits."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import uuid
 
 import pytest
 
-from jaxckpt import CorruptCheckpointError, _location
-from jaxckpt._location import KvDir, LocalDir
+from jaxckpt import CorruptCheckpointError
+from jaxckpt._storage import location as _location
+from jaxckpt._storage.location import KvDir, LocalDir
 
 
 # ---------------------------------------------------------------- locate

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import jaxckpt
-from jaxckpt import _state_file
+from jaxckpt._directory import state_file as _state_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _s3_server import s3, s3_server  # noqa: E402,F401
@@ -89,7 +89,7 @@ def test_two_processes_save_and_restore_onto_other_topologies(tmp_path):
     # exactly (no two processes ever write one file); the small replicated leaf
     # and the host values are packed by process 0.
     where = {"".join(f"[{k!r}]" for _, k in leaf["path"]): leaf.get("where")
-             for leaf in jaxckpt._checkpoint.read_manifest(d / "ckpt-3")["leaves"]}
+             for leaf in jaxckpt._read.reader.read_manifest(d / "ckpt-3")["leaves"]}
     assert where["['params']['big']"][0] == "array"
     assert where["['params']['big']"][2] == [512, 512, 4]
     assert where["['params']['small']"][:3] == ["array", where["['params']['small']"][1],
@@ -98,7 +98,7 @@ def test_two_processes_save_and_restore_onto_other_topologies(tmp_path):
     assert where["['host']"][0] == "packed"
     # Each process's digests of the pieces it wrote reached process 0's manifest.
     digests = {"".join(f"[{k!r}]" for _, k in leaf["path"]): leaf.get("xxh3")
-               for leaf in jaxckpt._checkpoint.read_manifest(d / "ckpt-3")["leaves"]}
+               for leaf in jaxckpt._read.reader.read_manifest(d / "ckpt-3")["leaves"]}
     assert [index for index, _ in digests["['params']['big']"]] == [
         [[r, r + 512], [0, 512]] for r in range(0, 2048, 512)]
     assert [index for index, _ in digests["['params']['grid']"]] == [

@@ -1,4 +1,4 @@
-"""jaxckpt._names: every leftover name built and parsed back."""
+"""jaxckpt._format.names: every leftover name built and parsed back."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxckpt import _names
-from jaxckpt._names import DELETING, OLD, TMP, TRASH, Leftover
+from jaxckpt._format import names as _names
+from jaxckpt._format.names import DELETING, OLD, TMP, TRASH, Leftover
 
 from strategies import checkpoint_names, quick, tokens  # tests/ is on sys.path under pytest
 

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError, _commit, _state_file
+from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError
+from jaxckpt._commit import atomic as _commit
+from jaxckpt._directory import state_file as _state_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _crash_worker import state as crash_state  # noqa: E402
@@ -216,7 +218,7 @@ def test_memory_urls_with_a_manager():
         m.save(_tree(2))
         m.wait_until_finished()
         assert m.checkpoints == [f"{d}/ckpt-2"]
-        assert not jaxckpt._commit.is_committed(f"{d}/ckpt-1")
+        assert not jaxckpt._commit.atomic.is_committed(f"{d}/ckpt-1")
     assert jaxckpt.latest_checkpoint(d) == f"{d}/ckpt-2"
     _same(jaxckpt.restore(f"{d}/ckpt-2"), 2)
 

@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import CorruptCheckpointError, _checkpoint, _storage
+from jaxckpt import CorruptCheckpointError
+from jaxckpt._read import reader as _reader
+from jaxckpt._storage import arrays as _arrays
 
-SHARD = jaxckpt._format.PACKED_SHARD_BYTES
+SHARD = jaxckpt._format.manifest.PACKED_SHARD_BYTES
 
 
 def _tree(seed: int) -> dict:
@@ -29,7 +31,7 @@ def _tree(seed: int) -> dict:
 
 
 def _shard_files(path) -> list[str]:
-    data = _checkpoint.read_manifest(str(path)).get("data", "")
+    data = _reader.read_manifest(str(path)).get("data", "")
     d = os.path.join(path, data, "packed", "c")
     return sorted(os.path.join(d, f) for f in os.listdir(d))
 
@@ -37,7 +39,7 @@ def _shard_files(path) -> list[str]:
 def test_leaves_across_shard_files_restore_bit_exact(tmp_path):
     tree = _tree(0)
     jaxckpt.save(tmp_path / "c", tree)
-    manifest = _checkpoint.read_manifest(str(tmp_path / "c"))
+    manifest = _reader.read_manifest(str(tmp_path / "c"))
     total = manifest["packed_nbytes"]
     assert manifest["packed_shard"] == SHARD and total > 3 * SHARD
     assert len(_shard_files(tmp_path / "c")) == -(-total // SHARD)
@@ -63,15 +65,15 @@ def test_saves_in_turn_hold_their_own_bytes_and_zero_padding(tmp_path):
             assert a.tobytes() == b.tobytes()
         assert out["odd"].tobytes() == want["odd"].tobytes()
     # Padding between leaves is written as zeros, never as whatever memory held.
-    manifest = _checkpoint.read_manifest(p2)
+    manifest = _reader.read_manifest(p2)
     odd = next(leaf for leaf in manifest["leaves"] if leaf["path"] == [["k", "odd"]])
     _, off, nbytes = odd["where"]
-    end = -(-(off + nbytes) // jaxckpt._format.PACK_ALIGN) * jaxckpt._format.PACK_ALIGN
-    spec = _storage.array_spec({"driver": "file",
-                                "path": os.path.join(p2, manifest["data"], "packed")},
-                               [manifest["packed_nbytes"]], [manifest["packed_shard"]],
-                               [manifest["packed_chunk"]], create=False)
-    store = _storage.open_array(spec).result()
+    end = -(-(off + nbytes) // jaxckpt._format.manifest.PACK_ALIGN) * jaxckpt._format.manifest.PACK_ALIGN
+    spec = _arrays.array_spec({"driver": "file",
+                               "path": os.path.join(p2, manifest["data"], "packed")},
+                              [manifest["packed_nbytes"]], [manifest["packed_shard"]],
+                              [manifest["packed_chunk"]], create=False)
+    store = _arrays.open_array(spec).result()
     assert not store[off + nbytes : end].read().result().any()
 
 
@@ -79,7 +81,7 @@ def test_damage_in_one_shard_file_names_its_leaves_only(tmp_path):
     tree = _tree(3)
     path = tmp_path / "c"
     jaxckpt.save(path, tree)
-    manifest = _checkpoint.read_manifest(str(path))
+    manifest = _reader.read_manifest(str(path))
     files = _shard_files(path)
     third = next(f for f in files if os.path.basename(f) == "2")
     with open(third, "r+b") as f:
@@ -107,10 +109,10 @@ def test_damage_in_one_shard_file_names_its_leaves_only(tmp_path):
 
 
 def test_unknown_format_version_asks_for_an_upgrade(tmp_path):
-    from jaxckpt import _format
+    from jaxckpt._format import manifest as _format
 
     jaxckpt.save(tmp_path / "c", {"x": np.arange(3)})
-    manifest = _checkpoint.read_manifest(str(tmp_path / "c"))
+    manifest = _reader.read_manifest(str(tmp_path / "c"))
     manifest["version"] = 99
     with open(tmp_path / "c" / _format.MANIFEST, "wb") as f:
         f.write(_format.pack_manifest(manifest))
@@ -119,7 +121,7 @@ def test_unknown_format_version_asks_for_an_upgrade(tmp_path):
 
 
 def test_a_tiny_packed_array_lives_in_the_manifest(tmp_path):
-    from jaxckpt import _format
+    from jaxckpt._format import manifest as _format
 
     tree = {f"v{i}": np.full(256, i, np.float32) for i in range(10)}  # 10 KiB
     tree["k"] = np.arange(3, dtype=np.int8)

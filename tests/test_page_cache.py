@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _page_cache
+from jaxckpt._storage import page_cache as _page_cache
 
 
 def _files(path: str) -> list[str]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _checkpoint
+from jaxckpt._read import reader as _reader
 
 
 def _save(tmp_path):
@@ -50,7 +50,7 @@ def test_progress_through_a_manager_and_a_partial_restore(tmp_path, capsys):
 
 def test_verify_reads_on_past_damage_then_raises(tmp_path, capsys):
     path, _ = _save(tmp_path)
-    array_dir = os.path.join(path, _checkpoint.read_manifest(str(path)).get("data", ""), "a")
+    array_dir = os.path.join(path, _reader.read_manifest(str(path)).get("data", ""), "a")
     for root, _, files in os.walk(array_dir):
         for f in files:
             with open(os.path.join(root, f), "r+b") as fh:

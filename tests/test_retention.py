@@ -3,8 +3,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from jaxckpt import _retention
-from jaxckpt._retention import Retention
+from jaxckpt._directory import policy as _policy
+from jaxckpt._directory.policy import Retention
 
 from strategies import keep_hours, max_to_keeps, quick, save_times  # tests/ is on sys.path
 
@@ -15,7 +15,7 @@ def _saved(times, max_to_keep, hours=None, start=-1.0):
     r = Retention([], start)
     deleted = []
     for i, t in enumerate(times):
-        r, d = _retention.sweep(_retention.add(r, f"c{i}", t), max_to_keep, hours)
+        r, d = _policy.sweep(_policy.add(r, f"c{i}", t), max_to_keep, hours)
         deleted += d
     return r, deleted
 
@@ -41,13 +41,13 @@ def test_preserves_one_per_n_hours():
 
 
 def test_resaving_a_path_moves_it_to_newest():
-    r = _retention.add(_retention.add(Retention([], 0), "a", 1), "b", 2)
-    r = _retention.add(r, "a", 3)
+    r = _policy.add(_policy.add(Retention([], 0), "a", 1), "b", 2)
+    r = _policy.add(r, "a", 3)
     assert r.active == [("b", 2), ("a", 3)]
 
 
 def test_recover_caps_times_when_clock_went_back():
-    r, went_back = _retention.recover(["a", "b"], [100.0, 200.0], 50.0, now=10.0)
+    r, went_back = _policy.recover(["a", "b"], [100.0, 200.0], 50.0, now=10.0)
     assert went_back
     assert r.last_preserved == 10.0
     # every timestamp capped at now == last_preserved: nothing managed, nothing deleted
@@ -55,12 +55,12 @@ def test_recover_caps_times_when_clock_went_back():
 
 
 def test_recover_without_timestamps_leaves_old_checkpoints_unmanaged():
-    r, went_back = _retention.recover(["a", "b"], [], 0.0, now=1000.0)
+    r, went_back = _policy.recover(["a", "b"], [], 0.0, now=1000.0)
     assert not went_back and r.active == []
 
 
 def test_recover_keeps_newer_than_last_preserved():
-    r, _ = _retention.recover(["a", "b", "c"], [1.0, 5.0, 9.0], 5.0, now=100.0)
+    r, _ = _policy.recover(["a", "b", "c"], [1.0, 5.0, 9.0], 5.0, now=100.0)
     assert r.active == [("c", 9.0)]
 
 
@@ -89,7 +89,7 @@ def test_sweeping_after_each_save_matches_the_whole_history_model(times, max_to_
     r = Retention([], start)
     deleted, last_seen = [], start
     for i, t in enumerate(times):
-        r, d = _retention.sweep(_retention.add(r, f"c{i}", t), max_to_keep, hours)
+        r, d = _policy.sweep(_policy.add(r, f"c{i}", t), max_to_keep, hours)
         deleted += d
         assert r.last_preserved >= last_seen  # never moves back
         last_seen = r.last_preserved
@@ -123,8 +123,8 @@ def test_preserved_checkpoints_are_at_least_n_hours_apart(times, max_to_keep, ho
 def test_recover_from_what_a_state_file_records_gives_the_same_set(times, max_to_keep, hours):
     r, _ = _saved(times, max_to_keep, hours, -1.0)
     now = times[-1] if times else 0.0
-    back, went_back = _retention.recover(
-        [p for p, _ in r.active], [t for _, t in r.active], r.last_preserved, now)
+    back, went_back = _policy.recover(
+     [p for p, _ in r.active], [t for _, t in r.active], r.last_preserved, now)
     assert not went_back
     assert back == r
 
@@ -133,7 +133,7 @@ def test_recover_from_what_a_state_file_records_gives_the_same_set(times, max_to
 @given(st.lists(st.floats(0, 1e6), max_size=8), st.floats(0, 1e6), st.floats(0, 1e6))
 def test_recover_never_manages_a_time_past_now_or_before_last_preserved(stamps, last, now):
     paths = [f"c{i}" for i in range(len(stamps))]
-    r, went_back = _retention.recover(paths, stamps, last, now)
+    r, went_back = _policy.recover(paths, stamps, last, now)
     assert went_back == (now < last)
     assert r.last_preserved == min(last, now)
     assert all(r.last_preserved < t <= now for _, t in r.active)

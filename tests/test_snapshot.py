@@ -1,4 +1,4 @@
-"""jaxckpt._snapshot: the blocking phase's records, pieces and copies, and metadata checks."""
+"""jaxckpt._save.snapshot: the blocking phase's records, pieces and copies, and metadata checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 from hypothesis import given
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from jaxckpt import _format, _snapshot, _tree
+from jaxckpt._format import manifest as _format
+from jaxckpt._save import snapshot as _snapshot
+from jaxckpt import _tree
 
 from strategies import quick, trees  # tests/ is on sys.path under pytest
 

@@ -5,8 +5,9 @@ import os
 import pytest
 from hypothesis import given
 
-from jaxckpt import CorruptCheckpointError, _state_file
-from jaxckpt._state_file import CheckpointState
+from jaxckpt import CorruptCheckpointError
+from jaxckpt._directory import state_file as _state_file
+from jaxckpt._directory.state_file import CheckpointState
 
 from strategies import states  # tests/ is on sys.path under pytest
 

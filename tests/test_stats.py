@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jaxckpt
-from jaxckpt import _stats
+from jaxckpt._save import stats as _stats
 
 
 def _tree(i: int, n: int = 1 << 16) -> dict:

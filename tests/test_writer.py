@@ -4,7 +4,7 @@ import threading
 
 import pytest
 
-from jaxckpt._writer import Writer
+from jaxckpt._save.writer import Writer
 
 
 def test_runs_jobs_in_order_and_wait_drains():

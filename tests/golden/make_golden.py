@@ -12,7 +12,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from golden_tree import golden_tree  # noqa: E402
 
 import jaxckpt  # noqa: E402
-from jaxckpt import _format  # noqa: E402
+from jaxckpt._format import manifest as _format  # noqa: E402
 
 if __name__ == "__main__":
     out = os.path.join(os.path.dirname(__file__), f"v{_format.VERSION}")

@@ -1,0 +1,405 @@
+"""The read side of one checkpoint: its manifest, and checksum-checked reads of its leaves."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .._storage import arrays as _arrays, location as _location
+from .._format import (digest as _digest, manifest as _format, check as _manifest_check,
+                       names as _names)
+from .. import _tree
+from .._storage.location import Dir
+from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
+
+
+def read_manifest(path: str | Dir) -> dict:
+    """Reads and checks the manifest of the committed checkpoint at ``path``."""
+    return _read_manifest(path)[0]
+
+
+def _manifest_bytes(where: Dir) -> bytes | None:
+    try:
+        return where.read(_format.MANIFEST, _manifest_check.MAX_MANIFEST_BYTES)
+    except IsADirectoryError:
+        return None
+
+
+def _read_manifest(path: str | Dir) -> tuple[dict, bytes]:
+    """The manifest at ``path``, parsed and as bytes."""
+    where = _location.locate(path)
+    data = _manifest_bytes(where)
+    if data is None:
+        _location.refuse_file(where, CheckpointNotFoundError)
+        if _state_file_present(where):
+            raise CheckpointNotFoundError(
+                f"{where} is a CheckpointManager directory, not a checkpoint; restore one of "
+                "its checkpoints (see jaxckpt.latest_checkpoint(directory))")
+        if where.exists():
+            raise CheckpointNotFoundError(
+                f"{where} is not a committed checkpoint (no {_format.MANIFEST}); it may be "
+                "a save that was interrupted.")
+        raise CheckpointNotFoundError(f"no checkpoint at {where}")
+    return _format.unpack_manifest(data, str(where)), data
+
+
+class ReplacedWhileReading(CheckpointError):
+    """A read failed because the checkpoint was replaced after its manifest was
+    read; ``read_consistently`` starts over with the new manifest."""
+
+
+# How many replacements in a row one read survives before giving up.
+REPLACED_RETRIES = 3
+
+
+def read_consistently(path: str | Dir, read: Callable[["Reader"], Any]) -> Any:
+    """``read(Reader(path))``, started over with the new manifest if the
+    checkpoint is replaced meanwhile: the result is all of one save.
+
+    Raises:
+        CheckpointError: it was replaced ``REPLACED_RETRIES + 1`` times in a
+            row while being read.
+    """
+    for _ in range(REPLACED_RETRIES + 1):
+        try:
+            return read(Reader(path))
+        except ReplacedWhileReading as e:
+            last = e
+    raise CheckpointError(f"{last}, {REPLACED_RETRIES + 1} times in a row; try again, or read "
+                          "a checkpoint that is not being saved again") from last
+
+
+def _child(root: Dir, *names: str) -> Dir:
+    """``root.join(*names)`` for names from a manifest: each one plain, never a path."""
+    for name in names:
+        if not name or name in (".", "..") or any(c in name for c in "/\\\0"):
+            raise CorruptCheckpointError(f"{root}: the manifest names {name!r}, which is "
+                                         "not a plain file name; it is damaged")
+    return root.join(*names)
+
+
+def _state_file_present(where: Dir) -> bool:
+    try:
+        return where.read(_names.STATE_FILE, 1, head=True) is not None
+    except (OSError, ValueError):  # something is there, if not a file we wrote
+        return True
+
+
+# Leaves of this size or more have their files' sizes checked before a read.
+_BIG_READ_BYTES = 64 << 20
+
+
+class Reader:
+    """Reads leaves of one checkpoint; every array read is checksum-checked,
+    and (format 3) checked against the manifest's digest of each piece it
+    covers whole."""
+
+    def __init__(self, path: str | Dir):
+        self.where = _location.locate(path)
+        self.path = str(self.where)
+        self.manifest, self._raw = _read_manifest(self.where)
+        self.leaves: list[dict] = self.manifest["leaves"]
+        data = self.manifest.get("data")
+        self.data = _child(self.where, data) if data else self.where
+        # Called with each leaf record once read_arrays has its data (progress bars).
+        self.on_leaf_read: Callable[[dict], None] | None = None
+        self._digests: dict[int, dict] = {}
+
+    def unless_changed(self, err: CorruptCheckpointError) -> CheckpointError:
+        """``err``, unless the checkpoint changed since its manifest was read:
+        deleted (``CheckpointNotFoundError``) or replaced (``ReplacedWhileReading``)."""
+        try:
+            now = _manifest_bytes(self.where)
+        except Exception:  # cannot tell: report what was seen
+            return err
+        if now == self._raw:
+            return err
+        if now is None:
+            new: CheckpointError = CheckpointNotFoundError(
+                f"{self.path} was deleted while being read (by retention, another process "
+                "or by hand); restore another checkpoint")
+        else:
+            new = ReplacedWhileReading(f"{self.path} was replaced while being read")
+        new.__cause__ = err
+        return new
+
+    def check(self, leaf: dict, index: tuple, data: np.ndarray) -> None:
+        """Compares the digest of each recorded piece that the read ``index``
+        covers whole with the bytes read (``data``: the region's stored bytes).
+
+        Raises:
+            CorruptCheckpointError: naming the leaf, when one differs.
+        """
+        recorded = self._digests.get(id(leaf))
+        if recorded is None:
+            recorded = self._digests[id(leaf)] = _digest.pieces(leaf)
+        if not recorded:
+            return
+        for want, rel in _digest.covered(recorded, _digest.region(index, _stored_shape(leaf))):
+            if _digest.of(data[rel] if rel else data) != want:
+                raise self.unless_changed(self.mismatch(leaf))
+
+    def mismatch(self, leaf: dict) -> CorruptCheckpointError:
+        return CorruptCheckpointError(
+            f"{self.path}: leaf {_tree.path_str(leaf['path'])}: bytes do not match the "
+            "manifest's digest: swapped or copied from another save. Restore an earlier "
+            "checkpoint.")
+
+    def _open(self, leaf: dict | None, shape: list[int]) -> Any:
+        """Opens a large leaf's array, or (``leaf`` None) the packed array."""
+        if leaf is None:
+            self._check_stored_size(None)
+        if leaf is not None:
+            spec = _arrays.array_spec(_child(self.data, _format.ARRAYS,
+                                             _format.array_name(leaf)).kvstore(),
+                                      shape, *_format.array_chunks(leaf), create=False)
+        else:
+            total = self.manifest["packed_nbytes"]
+            shard = self.manifest.get("packed_shard", total)  # one file before 0.2
+            spec = _arrays.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
+                                       [shard], [self.manifest["packed_chunk"]], create=False)
+        return _arrays.open_array(spec)
+
+    def _check_stored_size(self, leaf: dict | None) -> None:
+        """Locally, a large leaf's files (``None``: the packed array's) must hold
+        the bytes its record declares, so that a few hostile manifest bytes
+        cannot make a read allocate terabytes (object stores list no sizes:
+        there the allocation may fail, raising MemoryError)."""
+        if leaf is None:
+            declared, names = self.manifest["packed_nbytes"], (_format.PACKED,)
+            what = f"the packed array ({_format.PACKED})"
+        else:
+            declared, names = nbytes_of(leaf), (_format.ARRAYS, _format.array_name(leaf))
+            what = f"leaf {_tree.path_str(leaf['path'])}"
+        if not self.where.is_local or declared < _BIG_READ_BYTES:
+            return
+        stored = 0
+        for dirpath, _dirs, files in os.walk(_child(self.data, *names).path):
+            for name in files:
+                try:
+                    stored += os.lstat(os.path.join(dirpath, name)).st_size
+                except OSError:  # gone meanwhile: the read reports it
+                    pass
+        if stored < declared:
+            raise self.unless_changed(CorruptCheckpointError(
+                f"{self.path}: {what} declares {declared} bytes, but its files hold "
+                f"{stored}; the checkpoint is damaged or incomplete"))
+
+    def damaged(self, leaf: dict, e: BaseException, *, check: bool = True) -> CheckpointError:
+        """The error for a failed read of ``leaf`` (see ``unless_changed``)."""
+        err = CorruptCheckpointError(
+            f"{self.path}: leaf {_tree.path_str(leaf['path'])} is damaged or missing: {e}"
+        )
+        err.__cause__ = e
+        return self.unless_changed(err) if check else err
+
+    def read_arrays(
+        self, requests: list[tuple[dict, list[tuple]]]
+    ) -> list[list[np.ndarray]]:
+        """Reads, for each (leaf record, [index, ...]), host arrays of the leaf's
+        stored dtype at each index (tuples of slices over the stored shape).
+
+        All reads are issued before any is awaited.
+        """
+        packed_needed = [leaf for leaf, _ in requests
+                         if _format.where_kind(leaf) == _format.WHERE_PACKED]
+        futures: list[list[Any]] = []
+        opened = {}
+        for leaf, _ in requests:
+            if _format.where_kind(leaf) == _format.WHERE_ARRAY:
+                shape = list(_stored_shape(leaf)) + [_stored_dtype(leaf).itemsize]
+                self._check_stored_size(leaf)
+                opened[id(leaf)] = self._open(leaf, shape)
+        # The packed array's reads start first and run alongside the others.
+        packed_bytes = self._read_packed(packed_needed) if packed_needed else None
+        for leaf, indices in requests:
+            kind = _format.where_kind(leaf)
+            if kind == _format.WHERE_ARRAY:
+                try:
+                    store = opened[id(leaf)].result()
+                except Exception as e:
+                    raise self.damaged(leaf, e) from e
+                try:
+                    futures.append([_arrays.read(store, idx) for idx in indices])
+                except (MemoryError, OSError) as e:  # the buffer: mmap raises ENOMEM
+                    raise MemoryError(f"{self.path}: leaf {_tree.path_str(leaf['path'])} "
+                                      f"({nbytes_of(leaf)} bytes): cannot allocate the memory "
+                                      f"to read it: {e}") from e
+            else:
+                futures.append([None] * len(indices))
+        out = []
+        for (leaf, indices), futs in zip(requests, futures):
+            dtype, shape = _stored_dtype(leaf), _stored_shape(leaf)
+            kind = _format.where_kind(leaf)
+            if kind == _format.WHERE_EMPTY:
+                full = np.zeros(shape, dtype)
+                out.append([full[idx] if idx else full for idx in indices])
+            elif kind == _format.WHERE_PACKED:
+                full = packed_bytes[id(leaf)]
+                self.check(leaf, (), full)
+                out.append([full[idx] if idx else full for idx in indices])
+            else:
+                pieces = []
+                for idx, fut in zip(indices, futs):
+                    try:
+                        data = fut.result()
+                    except Exception as e:
+                        raise self.damaged(leaf, e) from e
+                    self.check(leaf, idx, data)
+                    sub_shape = data.shape[:-1]
+                    pieces.append(_arrays.from_bytes(data, dtype, sub_shape))
+                out.append(pieces)
+            if self.on_leaf_read is not None:
+                self.on_leaf_read(leaf)
+        return out
+
+    def _read_packed(self, leaves: list[dict]) -> "_PackedRead":
+        """Starts reading the packed leaves; ``[id(leaf)]`` on the result waits."""
+        total = self.manifest["packed_nbytes"]
+        inline = self.manifest.get("packed_inline")
+        if inline is not None:
+            buf = _arrays.aligned_empty((len(inline),))
+            buf[:] = np.frombuffer(inline, np.uint8)
+            return _PackedRead(self, None, leaves, whole=lambda: buf)
+        try:
+            store = self._open(None, [total]).result()
+        except Exception as e:
+            raise self.damaged(leaves[0], e) from e
+        wanted = sum(_format.packed_span(leaf)[1] for leaf in leaves)
+        if wanted * 2 >= total:
+            return _PackedRead(self, store, leaves, whole=_arrays.read(store, ()).result)
+        futs = {id(leaf): _arrays.read(store, (_format.packed_slice(leaf),))
+                for leaf in leaves}
+        return _PackedRead(self, store, leaves, pieces=futs)
+
+    def _damaged_packed(self, store: Any, leaves: list[dict]) -> list[str]:
+        """Messages for each packed leaf whose bytes fail their chunk checksum
+        or digest."""
+        futs = [(leaf, _arrays.read(store, (_format.packed_slice(leaf),)))
+                for leaf in leaves]
+        problems = []
+        for leaf, fut in futs:
+            try:
+                data = fut.result()
+            except Exception as e:
+                problems.append(str(self.damaged(leaf, e, check=False)))
+                continue
+            problems += self._packed_mismatch(leaf, data)
+        return problems
+
+    def _packed_mismatch(self, leaf: dict, data: np.ndarray) -> list[str]:
+        """[message] if the packed leaf's bytes ``data`` differ from its digest."""
+        recorded = _digest.pieces(leaf)
+        if recorded and _digest.of(data) not in recorded.values():
+            return [str(self.mismatch(leaf))]
+        return []
+
+    def raise_first_damaged(self, store: Any, leaves: list[dict]) -> None:
+        """Re-reads ``leaves`` one by one and raises ``CorruptCheckpointError``
+        naming each damaged one (see ``unless_changed``); returns if none is."""
+        problems = self._damaged_packed(store, leaves)
+        if problems:
+            raise self.unless_changed(CorruptCheckpointError("\n".join(problems)))
+
+    def verify(self, on_leaf: Callable[[dict], None] | None = None) -> list[str]:
+        """Reads every stored byte, each recorded piece whole so that every
+        digest is checked; returns messages naming each damaged leaf.
+
+        Raises:
+            CheckpointNotFoundError: the checkpoint was deleted meanwhile.
+            ReplacedWhileReading: it was replaced meanwhile.
+        """
+        problems = []
+        arrays = [leaf for leaf in self.leaves if leaf["kind"] != "py"]
+        packed = [leaf for leaf in arrays if _format.where_kind(leaf) == _format.WHERE_PACKED]
+        if packed and "packed_inline" in self.manifest:  # checked with the manifest
+            inline = np.frombuffer(self.manifest["packed_inline"], np.uint8)
+            for leaf in packed:
+                problems += self._packed_mismatch(leaf, inline[_format.packed_slice(leaf)])
+                if on_leaf:
+                    on_leaf(leaf)
+        elif packed:
+            total = self.manifest["packed_nbytes"]
+            store, first = None, None  # store stays None only if the open failed
+            try:
+                store = self._open(None, [total]).result()
+                whole = _arrays.read(store, ()).result()
+            except Exception as e:
+                first = e
+            if first is not None and store is None:
+                problems += [str(self.damaged(leaf, first, check=False)) for leaf in packed]
+            elif first is not None:
+                problems += self._damaged_packed(store, packed)
+            else:
+                for leaf in packed:
+                    problems += self._packed_mismatch(leaf, whole[_format.packed_slice(leaf)])
+            if on_leaf:
+                for leaf in packed:
+                    on_leaf(leaf)
+        for leaf in arrays:
+            if _format.where_kind(leaf) != _format.WHERE_ARRAY:
+                continue
+            pieces = [tuple(slice(a, b) for a, b in index) for index, _ in leaf.get("xxh3", ())]
+            try:
+                self.read_arrays([(leaf, pieces or [()])])
+            except CorruptCheckpointError as e:
+                problems.append(str(e))
+            if on_leaf:
+                on_leaf(leaf)
+        if problems:
+            err = self.unless_changed(CorruptCheckpointError("\n".join(problems)))
+            if not isinstance(err, CorruptCheckpointError):
+                raise err
+        return problems
+
+
+class _PackedRead:
+    """Packed leaves being read: the whole packed array, or each leaf's bytes.
+
+    Indexing by ``id(leaf)`` waits for the data; a checksum failure is raised
+    as ``CorruptCheckpointError`` naming exactly the damaged leaves.
+    """
+
+    def __init__(self, reader: Reader, store: Any, leaves: list[dict], *,
+                 whole: Callable[[], np.ndarray] | None = None,
+                 pieces: dict[int, Any] | None = None):
+        self._reader, self._store, self._leaves = reader, store, leaves
+        self._by_id = {id(leaf): leaf for leaf in leaves}
+        self._whole, self._pieces = whole, pieces
+        self._buf: np.ndarray | None = None
+
+    def __getitem__(self, key: int) -> np.ndarray:
+        leaf = self._by_id[key]
+        try:
+            if self._pieces is not None:
+                data = self._pieces[key].result()
+            else:
+                if self._buf is None:
+                    self._buf = self._whole()
+                data = self._buf[_format.packed_slice(leaf)]
+        except Exception as e:
+            # Name exactly the damaged leaves: re-read them one by one.
+            self._reader.raise_first_damaged(self._store, self._leaves)
+            raise self._reader.damaged(leaf, e) from e
+        return _arrays.from_bytes(data, _stored_dtype(leaf), _stored_shape(leaf))
+
+
+def _stored_dtype(leaf: dict) -> np.dtype:
+    return _format.dtype_from_name(leaf["dtype"])
+
+
+def _stored_shape(leaf: dict) -> tuple[int, ...]:
+    return tuple(leaf["shape"])
+
+
+def leaf_paths(leaves: Iterable[dict]) -> list[tuple]:
+    return [tuple((k, v) for k, v in leaf["path"]) for leaf in leaves]
+
+
+def nbytes_of(leaf: dict) -> int:
+    if leaf["kind"] == "py":
+        return 0
+    return math.prod(leaf["shape"]) * _stored_dtype(leaf).itemsize

@@ -1,0 +1,274 @@
+"""What is in a checkpoint directory, without reading array data.
+
+``list_checkpoints`` gives one entry per checkpoint directory (committed ones,
+ones the state file names, and leftovers of interrupted saves or deletions)
+with its status, size and times. The command line, the reprs and the
+notebook share it.
+
+Statuses:
+    latest       the newest committed checkpoint the state file names
+    active       committed, in the state file's active set
+    preserved    committed and on disk, not in the active set (kept by
+                 ``keep_checkpoint_every_n_hours``, saved outside a manager, or
+                 from another manager)
+    uncommitted  a leftover of an interrupted save or deletion (or one in
+                 progress in another process); readers ignore it
+    pending      (a manager's own view) a save queued or being written
+    missing      named in the state file but not on disk
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import html
+import os
+from typing import Any, Iterable, Iterator, Sequence
+
+from .._commit import atomic as _commit
+from . import render as _display
+from .._format import manifest as _format, names as _names
+from .._read import latest as _latest, reader as _reader
+from .._storage import location as _location
+from .._directory import state_file as _state_file
+from .._storage.location import Dir
+
+LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"
+UNCOMMITTED, PENDING, MISSING = "uncommitted", "pending", "missing"
+
+_NUMBERED = _names.NUMBERED
+_LEFTOVER_NOTES = {
+    _names.TMP: "save in progress or interrupted",
+    _names.TRASH: "deletion in progress or interrupted",
+    _names.OLD: "replaced copy set aside; replace in progress or interrupted",
+    _names.DELETING: "not a deletion marker (markers are files)",
+}
+
+# Rows shown by reprs; the command line shows every row.
+REPR_ROWS = 200
+
+
+def disk_bytes(path: str | Dir) -> int | None:
+    """Bytes of every file under ``path`` (sizes, not blocks); links not followed.
+
+    On object stores, which list keys without sizes, the stored array bytes
+    of a committed checkpoint from its manifest (None if it has none).
+    """
+    where = _location.locate(path)
+    if not where.is_local:
+        try:
+            manifest = _reader.read_manifest(where)
+        except Exception:
+            return None
+        return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"])
+    total = 0
+    for dirpath, _dirs, files in os.walk(where.path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:  # deleted while we walk
+                pass
+    return total
+
+
+def _manifest_times(path: str) -> tuple[float | None, float | None]:
+    """(created, committed): the save's timestamp and the commit record's mtime
+    (on object stores, which give no mtime here, the save's timestamp)."""
+    where = _location.locate(path)
+    try:
+        created = _reader.read_manifest(where).get("created")
+        if not where.is_local:
+            return created, created
+        committed = os.stat(os.path.join(where.path, _format.MANIFEST)).st_mtime
+    except Exception:  # damaged manifests are verify's business, not the listing's
+        return None, None
+    return created, committed
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointEntry:
+    """One row of a directory listing.
+
+    ``committed`` is when the commit record was written (its file's mtime);
+    ``created`` is the checkpoint's timestamp (the manager's clock when
+    ``save`` was called), as in the state file.
+    """
+
+    name: str
+    path: str
+    number: int | None
+    status: str
+    nbytes: int | None
+    committed: float | None = None
+    created: float | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_HEADERS = ("name", "number", "committed", "size", "status")
+
+
+class CheckpointList(Sequence[CheckpointEntry]):
+    """The checkpoints in one directory, oldest number first; a table in Jupyter."""
+
+    def __init__(self, directory: str, entries: list[CheckpointEntry]):
+        self.directory = directory
+        self.entries = entries
+
+    def __getitem__(self, i: Any) -> Any:
+        return self.entries[i]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[CheckpointEntry]:
+        return iter(self.entries)
+
+    def rows(self) -> list[list[str]]:
+        """Display rows: name, number, committed (local time), size, status."""
+        out = []
+        for e in self.entries:
+            status = f"{e.status} ({e.note})" if e.note else e.status
+            out.append([e.name, "-" if e.number is None else str(e.number),
+                        _display.local_time(e.committed), _display.human_bytes(e.nbytes), status])
+        return out
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return _HEADERS
+
+    def __repr__(self) -> str:
+        if not self.entries:
+            return f"no checkpoints in {self.directory}"
+        rows = self.rows()
+        more = len(rows) - REPR_ROWS
+        text = f"{self.directory}\n" + _display.text_table(_HEADERS, rows[:REPR_ROWS], right=(1, 3))
+        return text + (f"\n... {more} more" if more > 0 else "")
+
+    def _repr_html_(self) -> str:
+        if not self.entries:
+            return f"<p>no checkpoints in <code>{html.escape(self.directory)}</code></p>"
+        rows = self.rows()
+        return _display.html_table(_HEADERS, rows[:REPR_ROWS], right=(1, 3),
+                                   caption=self.directory)
+
+
+def _basename(path: str) -> str:
+    return _names.basename(path)
+
+
+def list_checkpoints(
+    directory: str,
+    *,
+    checkpoint_name: str | None = None,
+    pending: Iterable[str] = (),
+) -> CheckpointList:
+    """Every checkpoint directory under ``directory`` with its status.
+
+    Args:
+        directory: a checkpoint directory: a local path or a URL.
+        checkpoint_name: only checkpoints named ``<checkpoint_name>-<N>`` (and
+            their leftovers); None lists every checkpoint.
+        pending: paths of saves in flight in this process (a manager's
+            ``pending``), shown as ``pending`` instead of ``uncommitted``.
+
+    Reads only directory entries, the state file and manifests. Never blocks
+    on a writer; a save committing meanwhile may show in either state.
+
+    Raises:
+        FileNotFoundError: ``directory`` does not exist.
+        NotADirectoryError: ``directory`` is a file.
+        CorruptCheckpointError: the state file cannot be parsed.
+        ValueError: ``directory`` is a URL this version cannot read.
+    """
+    root = _location.locate(directory)
+    directory = str(root)
+    if not root.exists():
+        raise FileNotFoundError(errno.ENOENT, "no such checkpoint directory", directory)
+    _location.refuse_file(root)
+    state = _state_file.read(root)
+    named = []
+    if state is not None:
+        named = [_state_file.resolve(root, p) for p in state.all_model_checkpoint_paths]
+        if state.model_checkpoint_path:
+            head = _state_file.resolve(root, state.model_checkpoint_path)
+            if head not in named:
+                named.append(head)
+    active = set(named)
+    latest = _latest.latest_here(root)
+    pending_paths = {str(_location.locate(p)) for p in pending}
+    pending_numbers = {}
+    for p in pending_paths:
+        m = _NUMBERED.match(_basename(p))
+        if m:
+            pending_numbers[(m["name"], int(m["number"]))] = p
+
+    def wanted(name: str | None) -> bool:
+        return checkpoint_name is None or name == checkpoint_name
+
+    entries: list[CheckpointEntry] = []
+    seen: set[str] = set()
+    shown_pending: set[str] = set()
+    for name in root.subdirs():
+        path = str(root.join(name))
+        leftover = _names.parse(name)
+        numbered = _NUMBERED.match(name)
+        if leftover is not None:
+            # A leftover is uncommitted even when it holds a whole committed
+            # copy (a replaced or deleted checkpoint): readers never see it.
+            base = _NUMBERED.match(leftover.base)
+            if base is None or not wanted(base["name"]):
+                continue
+            number = int(base["number"])
+            mine = pending_numbers.get((base["name"], number))
+            if leftover.kind == _names.TMP and mine is not None:
+                status, note = PENDING, "being written"
+                shown_pending.add(mine)
+            else:
+                status, note = UNCOMMITTED, _LEFTOVER_NOTES[leftover.kind]
+            entries.append(CheckpointEntry(name, path, number, status, disk_bytes(path),
+                                           note=note))
+            continue
+        committed = _commit.is_committed(path)
+        number = int(numbered["number"]) if numbered else None
+        if checkpoint_name is not None and not (numbered and numbered["name"] == checkpoint_name):
+            continue
+        if not committed and not numbered and path not in active:
+            continue  # some other directory: logs, a dataset, ...
+        seen.add(path)
+        if committed:
+            created, when = _manifest_times(path)
+            status = LATEST if path == latest else ACTIVE if path in active else PRESERVED
+            entries.append(CheckpointEntry(name, path, number, status, disk_bytes(path),
+                                           committed=when, created=created))
+        else:
+            note = "named in the state file" if path in active else "no commit record"
+            entries.append(CheckpointEntry(name, path, number, UNCOMMITTED, disk_bytes(path),
+                                           note=note))
+    for path in named:
+        if path in seen:
+            continue
+        base = _basename(path)
+        m = _NUMBERED.match(base)
+        if checkpoint_name is not None and not (m and m["name"] == checkpoint_name):
+            continue
+        number = int(m["number"]) if m else None
+        shown = path if path.rstrip("/").rsplit("/", 1)[0] != directory else base
+        if _commit.is_committed(path):  # outside the directory (absolute path in the file)
+            created, when = _manifest_times(path)
+            entries.append(CheckpointEntry(shown, path, number,
+                                           LATEST if path == latest else ACTIVE,
+                                           disk_bytes(path), committed=when, created=created))
+        else:
+            entries.append(CheckpointEntry(shown, path, number, MISSING, None,
+                                           note="named in the state file"))
+    for path in sorted(pending_paths - shown_pending):
+        base = _basename(path)
+        m = _NUMBERED.match(base)
+        if m and wanted(m["name"]) and path not in seen:
+            entries.append(CheckpointEntry(base, path, int(m["number"]), PENDING, None,
+                                           note="queued"))
+    entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name.lstrip("."), e.name))
+    return CheckpointList(directory, entries)

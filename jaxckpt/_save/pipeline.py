@@ -1,0 +1,87 @@
+"""One manager save on the writer thread, start to end.
+
+``CheckpointManager.save`` makes the snapshot on the caller's thread and
+queues ``Pipeline.run`` for it; everything after that happens here, in order:
+
+1. drop the cached pages of superseded checkpoints (``_page_cache``);
+2. prepare the publication: the retention decision and the new state file
+   (``_catalog.prepare``), nothing visible yet;
+3. write and fsync the arrays and the manifest (``_write.write``);
+4. commit: rename into place, or the object-store marker (inside ``write``);
+5. publish: replace the state file, then delete what retention dropped
+   (``_catalog.publish``); in a multi-process save process 0's decision;
+6. record the save's stats and mark it no longer pending.
+
+A failure at any step leaves earlier checkpoints and the state file as they
+were (``_catalog.discard`` / ``save_failed``) and is raised to the writer,
+which hands it to the caller's next call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from .._directory import agree as _agree, catalog as _catalog
+from .. import _faults
+from .._storage import location as _location, page_cache as _page_cache
+from . import coordinate as _multihost
+from . import write as _write
+from . import snapshot as _snapshot, stats as _stats
+
+log = logging.getLogger("jaxckpt")
+
+
+class Pipeline:
+    """What every save of one manager shares on the writer thread."""
+
+    def __init__(self, root: _location.Dir, catalog: _catalog.Catalog,
+                 superseded: _page_cache.Superseded, stats: _stats.StatsRecorder,
+                 finish: Callable[[str, threading.Event], None]):
+        self._root = root
+        self._catalog = catalog
+        self._superseded = superseded
+        self._stats = stats
+        self._finish = finish  # (path, its done event): no longer pending
+
+    def run(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
+            coord: _multihost.SaveCoordinator, done: threading.Event, stats: _stats.SaveStats,
+            queued: float) -> None:
+        """Writes and commits ``snapshot`` as ``path``, then publishes it; sets ``done``."""
+        begin = time.perf_counter()
+        stats.queued_s = begin - queued
+        catalog = self._catalog
+        try:
+            self._superseded.drop_all()
+            publication = catalog.prepare(path, timestamp)
+            try:
+                _write.write(snapshot, _location.locate(path), replace=True,
+                             created=timestamp, coordinator=coord)
+                _faults.point("manager.committed")
+                self._superseded.written(path, snapshot.nbytes)
+            except BaseException:
+                catalog.discard(publication)
+                raise
+            if coord.decision:  # not process 0: its retention decision, as published
+                publication.kept, publication.delete = _agree.decode_kept(self._root,
+                                                                          coord.decision)
+            try:
+                delete = catalog.publish(publication)
+            except BaseException as e:
+                coord.published(e)
+                raise
+            coord.published(None, _agree.encode_kept(self._root, publication.kept, delete)
+                            if coord.multi else "")
+            elapsed = time.perf_counter() - begin
+            log.info("committed %s (%d bytes, written in %.3f s%s)", path, snapshot.nbytes,
+                     elapsed, f", deleted {len(delete)} old" if delete else "")
+            stats.deleted, stats.write_s = list(delete), elapsed
+        except BaseException as e:
+            catalog.save_failed()
+            stats.error = repr(e)
+            raise
+        finally:
+            self._stats.finished(stats)
+            self._finish(path, done)

@@ -1,0 +1,125 @@
+"""Numbering and queueing: one manager's save sequence, on the caller's thread.
+
+Every save, from ``save`` or ``save_in_jit``'s host callback, runs the same
+steps in this order while the manager's save lock is held: the interval rule
+(``_policy.skips``), the number, the clock, the snapshot, then the queueing
+of ``_pipeline.Pipeline.run`` on the writer thread. The saves queued or being
+written are this module's ``pending``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+from .._directory import catalog as _catalog, policy as _policy
+from . import (coordinate as _multihost, pipeline as _pipeline, snapshot as _snapshot,
+               stats as _stats)
+from .writer import Writer
+
+log = logging.getLogger("jaxckpt")
+
+
+class SaveQueue:
+    """The numbering, interval state and pending saves of one manager."""
+
+    def __init__(self, scope: str, timeout: float, interval: int | None,
+                 last_step: int | None, step_counter: Callable[[Any], Any] | None,
+                 clock: Callable[[], Any], path_of: Callable[[int], str],
+                 stats: _stats.StatsRecorder):
+        self._scope = scope
+        self._timeout = timeout
+        self._interval = interval
+        self._step_counter = step_counter
+        self._clock = clock
+        self._path_of = path_of
+        self._stats = stats
+        self._seq = 0
+        self.max_number = 0
+        self.last_step = last_step
+        self.lock = threading.Lock()  # guards pending
+        self.pending: dict[str, threading.Event] = {}
+        self._catalog: _catalog.Catalog | None = None
+        self._writer: Writer | None = None
+        self._pipeline: _pipeline.Pipeline | None = None
+
+    def start(self, catalog: _catalog.Catalog, writer: Writer,
+              pipeline: _pipeline.Pipeline) -> None:
+        """Once the directory is open: where saves are numbered, queued and run."""
+        self._catalog, self._writer, self._pipeline = catalog, writer, pipeline
+
+    def save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
+             checkpoint_number: Any, check_interval: bool, called: float) -> str | None:
+        """Under the manager's save lock: every save's rules, in order; the path
+        queued, or None if the interval skips it. ``step_of`` is read only with
+        an interval; ``checkpoint_number`` None is the next number."""
+        step = None
+        if self._interval is not None:
+            step = step_of()
+            if _policy.skips(self.last_step, step, self._interval, check_interval):
+                return None
+        number = (self.max_number + 1 if checkpoint_number is None
+                  else _policy.as_number(checkpoint_number))
+        timestamp = _policy.clock_reading(self._clock)
+        self._catalog.warn_if_clock_went_back(timestamp)
+        snapshot = take()
+        return self._enqueue(snapshot, number, step, timestamp, called)
+
+    def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
+                 timestamp: float, called: float) -> str:
+        """Numbering, coordination and stats; queues the write.
+
+        The step and number count as saved only once the write is queued: an
+        interrupt (Ctrl-C) while ``submit`` waits for a slot leaves them as they
+        were, so that saving the same step again is not skipped.
+        """
+        path = self._path_of(number)
+        seq = self._seq + 1
+        coord = _multihost.SaveCoordinator(self._scope, seq, path, self._timeout,
+                                           hold_commit=True)
+        done = threading.Event()
+        with self.lock:
+            self.pending[path] = done
+        stats = _stats.SaveStats(path, snapshot.nbytes, started=time.time())
+        queued = time.perf_counter()
+        run = self._pipeline.run
+        try:
+            self._writer.submit(
+                lambda: run(snapshot, path, timestamp, coord, done, stats, queued))
+        except BaseException:
+            self.finish(path, done)
+            raise
+        self._seq = seq
+        if step is not None:
+            self.last_step = step
+        self.max_number = max(self.max_number, number)
+        stats.blocked_s = time.perf_counter() - called
+        self._stats.started(stats)
+        return path
+
+    def finish(self, path: str, done: threading.Event) -> None:
+        """The save of ``path`` that made ``done`` is no longer pending."""
+        with self.lock:
+            if self.pending.get(path) is done:
+                del self.pending[path]
+        done.set()
+
+    def pending_paths(self) -> list[str]:
+        with self.lock:
+            return list(self.pending)
+
+    def done_event(self, path: str) -> threading.Event | None:
+        """Set once the pending save of ``path`` finished; None if there is none."""
+        with self.lock:
+            return self.pending.get(path)
+
+    def restored(self, path: str, state: Any) -> None:
+        """After a restore of ``path``: the interval counts from its step."""
+        if self._interval is not None:
+            try:
+                self.last_step = _policy.as_number(self._step_counter(state),
+                                                   "step_counter(state)")
+            except Exception as e:
+                log.warning("step_counter could not read the restored state of %s: %r", path, e)
