@@ -6,7 +6,7 @@ from __future__ import annotations
 # import set off extra full garbage collections (measured: +0.25 s).
 import jax as _jax  # noqa: F401
 
-from . import tf_compat
+from . import tf_compat as tf_compat
 from ._api import latest_checkpoint as latest_checkpoint
 from ._api import metadata as metadata
 from ._api import restore as restore

@@ -9,15 +9,11 @@ import threading
 import time
 from typing import Any
 
-from ._directory import agree as _agree
-from ._save import gc as _gc, coordinate as _multihost, write as _write
-from ._storage import location as _location
+from ._directory import agree as _agree, state_file as _state_file
+from ._read import latest as _latest, reader as _reader, restore as _restore
 from ._report import progress as _progress
-from ._read import reader as _reader, restore as _restore
-from ._save import snapshot as _snapshot
-from ._storage import durable as _durable
-from ._read import latest as _latest
-from ._directory import state_file as _state_file
+from ._save import gc as _gc, coordinate as _multihost, snapshot as _snapshot, write as _write
+from ._storage import durable as _durable, location as _location
 from .errors import CorruptCheckpointError
 
 # Module-level saves to one path, counted so that the processes of a

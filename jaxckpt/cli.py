@@ -105,9 +105,8 @@ def _console(stderr: bool = False) -> Any:
 
 def _cmd_ls(args: argparse.Namespace) -> int:
     from ._commit import atomic as _commit
-    from ._report import render as _display
+    from ._report import render as _display, listing as _listing
     from ._storage import location as _location
-    from ._report import listing as _listing
 
     directory = args.directory
     if _commit.is_committed(_location.locate(directory)):
@@ -148,8 +147,7 @@ def _resolve_checkpoint(path: str) -> tuple[str, str | None]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from ._report import render as _display
-    from ._report import describe as _describe
+    from ._report import describe as _describe, render as _display
 
     path, note = _resolve_checkpoint(args.path)
     info = _describe.inspect(path)
@@ -169,8 +167,8 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
     """(checkpoints to verify, problems found without reading, notes)."""
     from ._commit import atomic as _commit
     from ._format import manifest as _format, names as _names
-    from ._storage import location as _location
     from ._report import listing as _listing
+    from ._storage import location as _location
 
     where = _location.locate(path)
     path = str(where)
@@ -203,8 +201,7 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from . import _api
-    from ._report import render as _display
-    from ._report import describe as _describe
+    from ._report import describe as _describe, render as _display
     from .errors import CheckpointError
 
     from ._storage import location as _location

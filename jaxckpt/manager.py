@@ -24,17 +24,15 @@ import warnings
 from typing import Any, Callable
 
 
+from . import _faults
 from ._directory import (agree as _agree, catalog as _catalog, lock as _lock,
                          ownership as _ownership, policy as _policy, registry as _registry)
-from ._report import render as _display
-from . import _faults
+from ._format import names as _names
+from ._read import managed_restore as _managed_restore
+from ._report import render as _display, listing as _listing
 from ._save import (in_jit as _in_jit, coordinate as _multihost, pipeline as _pipeline,
                     queue as _queue, snapshot as _snapshot, stats as _stats)
-from ._storage import location as _location, page_cache as _page_cache
-from ._read import managed_restore as _managed_restore
-from ._format import names as _names
-from ._report import listing as _listing
-from ._storage import durable as _durable
+from ._storage import durable as _durable, location as _location, page_cache as _page_cache
 from ._directory.policy import as_number
 from ._save.writer import Writer
 from .errors import (CheckpointNotFoundError, CheckpointWriteError, ForkedManagerError,

@@ -13,10 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import manager as _manager, _tree
 from ._directory import policy as _policy
-from . import _tree
 from ._read import reader as _reader
-from . import manager as _manager
 from .errors import StructureMismatchError
 
 

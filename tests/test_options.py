@@ -1,4 +1,4 @@
-"""jaxckpt._directory.policy (was _options): argument checks of a CheckpointManager, before anything happens."""
+"""jaxckpt._directory.policy: argument checks of a CheckpointManager, before anything happens."""
 
 from __future__ import annotations
 

@@ -68,7 +68,8 @@ def test_saves_in_turn_hold_their_own_bytes_and_zero_padding(tmp_path):
     manifest = _reader.read_manifest(p2)
     odd = next(leaf for leaf in manifest["leaves"] if leaf["path"] == [["k", "odd"]])
     _, off, nbytes = odd["where"]
-    end = -(-(off + nbytes) // jaxckpt._format.manifest.PACK_ALIGN) * jaxckpt._format.manifest.PACK_ALIGN
+    align = jaxckpt._format.manifest.PACK_ALIGN
+    end = -(-(off + nbytes) // align) * align
     spec = _arrays.array_spec({"driver": "file",
                                "path": os.path.join(p2, manifest["data"], "packed")},
                               [manifest["packed_nbytes"]], [manifest["packed_shard"]],

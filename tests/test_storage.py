@@ -1,4 +1,5 @@
-"""jaxckpt._storage.arrays and .durable: chunk shapes, byte views, aligned buffers, tensorstore arrays, fsync."""
+"""jaxckpt._storage.arrays and .durable: chunk shapes, byte views, aligned buffers, tensorstore
+arrays, fsync."""
 
 from __future__ import annotations
 

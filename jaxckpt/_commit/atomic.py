@@ -41,9 +41,9 @@ import stat
 import time
 from dataclasses import dataclass
 
-from .._storage import durable as _durable, location as _location
 from .. import _faults
 from .._format import manifest as _format, names as _names
+from .._storage import durable as _durable, location as _location
 from .._storage.location import Dir, KvDir
 from ..errors import CheckpointError
 

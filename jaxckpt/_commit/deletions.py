@@ -21,8 +21,8 @@ import os
 import stat
 
 from . import atomic as _commit
-from .._storage import durable as _durable, location as _location
 from .._format import names as _names
+from .._storage import durable as _durable, location as _location
 from .._storage.location import Dir
 
 log = logging.getLogger("jaxckpt")

@@ -26,8 +26,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from .._save import coordinate as _multihost
 from .._format import names as _names
+from .._save import coordinate as _multihost
 from ..errors import (CheckpointNotFoundError, CoordinationError, CoordinationTimeoutError,
                       CorruptCheckpointError)
 
@@ -260,8 +260,7 @@ def encode_found(root: Any, found: Any) -> str:
 def decode_found(root: Any, text: str) -> Any:
     """A ``_recovery.Found`` from ``encode_found``; ``named`` is None (only
     process 0 deletes, so only it needs the state file's names)."""
-    from . import recovery as _recovery, state_file as _state_file
-    from . import policy as _policy
+    from . import policy as _policy, recovery as _recovery, state_file as _state_file
 
     d = json.loads(text)
     res = lambda p: _state_file.resolve(root, p)  # noqa: E731
@@ -284,8 +283,7 @@ def encode_kept(root: Any, kept: Any, delete: list[str]) -> str:
 
 
 def decode_kept(root: Any, text: str) -> tuple[Any, list[str]]:
-    from . import state_file as _state_file
-    from . import policy as _policy
+    from . import policy as _policy, state_file as _state_file
 
     d = json.loads(text)
     res = lambda p: _state_file.resolve(root, p)  # noqa: E731

@@ -15,8 +15,8 @@ from typing import Callable
 
 from . import agree as _agree, recovery as _recovery, state_file as _state_file
 from .._commit import atomic as _commit, deletions as _deletions
-from .._storage import location as _location
 from .._save import coordinate as _multihost
+from .._storage import location as _location
 
 log = logging.getLogger("jaxckpt")
 

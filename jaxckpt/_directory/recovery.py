@@ -29,11 +29,10 @@ import math
 import os
 from typing import Callable
 
+from . import policy as _policy, state_file as _state_file
 from .._commit import atomic as _commit, deletions as _deletions
 from .._format import manifest as _format
 from .._read import latest as _latest, reader as _reader
-from . import state_file as _state_file
-from . import policy as _policy
 from .._storage.location import Dir
 from ..errors import CorruptCheckpointError
 

@@ -13,9 +13,8 @@ import os
 import re
 
 from .. import _faults
-from .._storage import location as _location
 from .._format import names as _names
-from .._storage import durable as _durable
+from .._storage import durable as _durable, location as _location
 from .._storage.location import Dir
 from ..errors import CorruptCheckpointError
 

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 
-from .._commit import atomic as _commit
 from .. import _faults
-from .._storage import location as _location
-from .._format import names as _names
+from .._commit import atomic as _commit
 from .._directory import state_file as _state_file
+from .._format import names as _names
+from .._storage import location as _location
 
 log = logging.getLogger("jaxckpt")
 

@@ -14,8 +14,8 @@ import logging
 import threading
 from typing import Any, Callable
 
-from .._directory import agree as _agree, state_file as _state_file
 from .. import _api, _faults
+from .._directory import agree as _agree, state_file as _state_file
 from .._storage import location as _location
 from ..errors import CheckpointNotFoundError, CorruptCheckpointError
 

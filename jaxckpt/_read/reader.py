@@ -8,10 +8,10 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .._storage import arrays as _arrays, location as _location
+from .. import _tree
 from .._format import (digest as _digest, manifest as _format, check as _manifest_check,
                        names as _names)
-from .. import _tree
+from .._storage import arrays as _arrays, location as _location
 from .._storage.location import Dir
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
 

@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._format import manifest as _format
 from . import reader as _reader
 from .. import _tree
+from .._format import manifest as _format
 from ..errors import StructureMismatchError
 
 _SINGLE_DEVICE = jax.sharding.SingleDeviceSharding

@@ -13,10 +13,10 @@ import os
 from typing import Any
 
 from . import render as _display
-from .._format import manifest as _format
-from .._storage import location as _location
-from .._read import reader as _reader
 from .. import _tree
+from .._format import manifest as _format
+from .._read import reader as _reader
+from .._storage import location as _location
 from .listing import REPR_ROWS, disk_bytes
 
 

@@ -25,12 +25,12 @@ import html
 import os
 from typing import Any, Iterable, Iterator, Sequence
 
-from .._commit import atomic as _commit
 from . import render as _display
+from .._commit import atomic as _commit
+from .._directory import state_file as _state_file
 from .._format import manifest as _format, names as _names
 from .._read import latest as _latest, reader as _reader
 from .._storage import location as _location
-from .._directory import state_file as _state_file
 from .._storage.location import Dir
 
 LATEST, ACTIVE, PRESERVED = "latest", "active", "preserved"

@@ -14,9 +14,9 @@ import threading
 import time
 from typing import Any, Callable
 
-from .._directory import catalog as _catalog, policy as _policy
 from . import (coordinate as _multihost, pipeline as _pipeline, snapshot as _snapshot,
                stats as _stats)
+from .._directory import catalog as _catalog, policy as _policy
 from .writer import Writer
 
 log = logging.getLogger("jaxckpt")

@@ -23,9 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from .._format import manifest as _format
 from . import gc as _gc, coordinate as _multihost
 from .. import _tree
+from .._format import manifest as _format
 
 
 @dataclasses.dataclass(slots=True)

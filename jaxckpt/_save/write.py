@@ -12,11 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from .._storage import arrays as _arrays
+from . import coordinate as _multihost, snapshot as _snapshot
+from .. import _faults
 from .._commit import atomic as _commit
 from .._format import digest as _digest, manifest as _format, names as _names
-from .. import _faults
-from . import coordinate as _multihost, snapshot as _snapshot
+from .._storage import arrays as _arrays
 from .._storage.location import Dir
 
 
