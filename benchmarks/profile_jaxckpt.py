@@ -34,7 +34,7 @@ import bench_trees  # noqa: E402
 import jaxckpt  # noqa: E402
 from jaxckpt import _tree  # noqa: E402
 from jaxckpt._commit import atomic as _commit  # noqa: E402
-from jaxckpt._directory import state_file as _state_file  # noqa: E402
+from jaxckpt._commit import state_file as _state_file
 from jaxckpt._read import reader as _reader, restore as _restore  # noqa: E402
 from jaxckpt._save import snapshot as _snapshot, write as _write  # noqa: E402
 from jaxckpt._storage import arrays as _arrays, durable as _durable  # noqa: E402

@@ -9,10 +9,12 @@ import threading
 import time
 from typing import Any
 
-from ._directory import agree as _agree, state_file as _state_file
+from ._directory import agree as _agree
+from ._commit import state_file as _state_file
 from ._read import latest as _latest, reader as _reader, restore as _restore
 from ._report import progress as _progress
-from ._save import gc as _gc, coordinate as _multihost, snapshot as _snapshot, write as _write
+from ._save import gc as _gc, snapshot as _snapshot, write as _write
+from ._directory import coordinate as _multihost
 from ._storage import durable as _durable, location as _location
 from .errors import CorruptCheckpointError
 

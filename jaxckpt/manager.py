@@ -28,10 +28,10 @@ from . import _faults
 from ._directory import (agree as _agree, catalog as _catalog, lock as _lock,
                          ownership as _ownership, policy as _policy, registry as _registry)
 from ._format import names as _names
-from ._read import managed_restore as _managed_restore
+from . import _managed_restore
 from ._report import render as _display, listing as _listing
-from ._save import (in_jit as _in_jit, coordinate as _multihost, pipeline as _pipeline,
-                    queue as _queue, snapshot as _snapshot, stats as _stats)
+from ._save import in_jit as _in_jit, pipeline as _pipeline, queue as _queue, snapshot as _snapshot, stats as _stats
+from ._directory import coordinate as _multihost
 from ._storage import durable as _durable, location as _location, page_cache as _page_cache
 from ._directory.policy import as_number
 from ._save.writer import Writer

@@ -367,7 +367,7 @@ def reader(directory: str, pid: int) -> dict:
     import shutil
 
     import jaxckpt
-    from jaxckpt._save import coordinate as _multihost
+    from jaxckpt._directory import coordinate as _multihost
 
     client = _multihost._client()
     m = jaxckpt.CheckpointManager(directory, read_only=True, coordination_timeout_s=10,
@@ -397,7 +397,7 @@ def reader(directory: str, pid: int) -> dict:
 def keys(directory: str, mesh, pid: int) -> dict:
     """A loop of collective calls: the coordinator keeps only a few keys."""
     import jaxckpt
-    from jaxckpt._save import coordinate as _multihost
+    from jaxckpt._directory import coordinate as _multihost
 
     for r in range(3):
         with jaxckpt.CheckpointManager(os.path.join(directory, "m"), max_to_keep=2) as m:

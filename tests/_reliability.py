@@ -15,7 +15,7 @@ import numpy as np
 import jaxckpt
 from jaxckpt._commit import atomic as _commit
 from jaxckpt._storage import location as _location
-from jaxckpt._directory import state_file as _state_file
+from jaxckpt._commit import state_file as _state_file
 
 TALLY: collections.Counter = collections.Counter()
 

@@ -19,7 +19,7 @@ import numpy as np
 from hypothesis import settings
 from hypothesis import strategies as st
 
-from jaxckpt._directory.state_file import CheckpointState
+from jaxckpt._commit.state_file import CheckpointState
 
 # Text that UTF-8 can encode: no lone surrogates.
 _TEXT = st.characters(blacklist_categories=("Cs",))

@@ -59,7 +59,8 @@ _REPLACER = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     from test_data_binding import _generation
     from jaxckpt._storage import location as _location
-    from jaxckpt._save import coordinate as _multihost, snapshot as _snapshot
+    from jaxckpt._directory import coordinate as _multihost
+    from jaxckpt._save import snapshot as _snapshot
     from jaxckpt._save import write as _write
     final = _location.locate({path!r})
     stop = threading.Event()

@@ -22,8 +22,8 @@ import pytest
 
 import jaxckpt
 from jaxckpt import CheckpointWriteError, StructureMismatchError, _faults, tf_compat
-from jaxckpt._directory import state_file as _state_file
-from jaxckpt._directory.state_file import CheckpointState
+from jaxckpt._commit import state_file as _state_file
+from jaxckpt._commit.state_file import CheckpointState
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _reliability import TALLY, assert_equal_trees, named_paths  # noqa: E402

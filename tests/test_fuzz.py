@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 
 import jaxckpt
 from jaxckpt._format import manifest as _format
-from jaxckpt._directory import state_file as _state_file
+from jaxckpt._commit import state_file as _state_file
 from jaxckpt.errors import CheckpointNotFoundError, CorruptCheckpointError, StructureMismatchError
 
 from _reliability import TALLY

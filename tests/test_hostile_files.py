@@ -20,7 +20,7 @@ import pytest
 import jaxckpt
 from jaxckpt._format import manifest as _format
 from jaxckpt._storage import location as _location
-from jaxckpt._directory import state_file as _state_file
+from jaxckpt._commit import state_file as _state_file
 from jaxckpt import cli
 from jaxckpt._report import describe as _describe, listing as _listing
 from jaxckpt.errors import CorruptCheckpointError, StructureMismatchError

@@ -17,7 +17,7 @@ import sys
 import pytest
 
 import jaxckpt
-from jaxckpt._directory import state_file as _state_file
+from jaxckpt._commit import state_file as _state_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _s3_server import s3, s3_server  # noqa: E402,F401

@@ -18,7 +18,7 @@ import pytest
 import jaxckpt
 from jaxckpt import CheckpointNotFoundError, CorruptCheckpointError
 from jaxckpt._commit import atomic as _commit
-from jaxckpt._directory import state_file as _state_file
+from jaxckpt._commit import state_file as _state_file
 
 sys.path.insert(0, os.path.dirname(__file__))
 from _crash_worker import state as crash_state  # noqa: E402

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 
 from jaxckpt import CorruptCheckpointError
-from jaxckpt._directory import state_file as _state_file
-from jaxckpt._directory.state_file import CheckpointState
+from jaxckpt._commit import state_file as _state_file
+from jaxckpt._commit.state_file import CheckpointState
 
 from strategies import states  # tests/ is on sys.path under pytest
 

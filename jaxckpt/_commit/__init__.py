@@ -1,7 +1,7 @@
 """Making a checkpoint visible atomically and taking it away: the commit (rename or marker)
-of one checkpoint, publication of a save's state file and deletions, and the deletion
-protocol.
+of one checkpoint, the TF-format ``checkpoint`` state file and its atomic replacement, and
+the deletion protocol.
 
-May import: ``_format``, ``_storage``, ``_directory`` (retention types), and ``errors``,
-``_faults``.
+May import: ``_format``, ``_storage``, and ``errors``, ``_faults`` (tests/test_layers.py
+checks the layers).
 """

@@ -30,7 +30,7 @@ log = logging.getLogger("jaxckpt")
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
-def _marker_name(path: str) -> str:
+def marker_name(path: str) -> str:
     return _names.deleting(_names.basename(path))
 
 
@@ -65,10 +65,10 @@ def mark(directory: str | Dir, paths: list[str]) -> None:
     where = _location.locate(directory)
     if not where.is_local:
         for path in paths:
-            where.write(_marker_name(path), b"")
+            where.write(marker_name(path), b"")
         return
     for path in paths:
-        _make_marker(os.path.join(where.path, _marker_name(path)))
+        _make_marker(os.path.join(where.path, marker_name(path)))
     _durable.fsync_dir(where.path)
 
 
@@ -76,9 +76,9 @@ def done(directory: str | Dir, path: str) -> None:
     """Drops the marker of ``path`` once it is deleted."""
     where = _location.locate(directory)
     if not where.is_local:
-        where.delete(_marker_name(path))
+        where.delete(marker_name(path))
         return
-    error = _commit.delete_entry(os.path.join(where.path, _marker_name(path)))
+    error = _commit.delete_entry(os.path.join(where.path, marker_name(path)))
     if error is not None:
         raise error
 

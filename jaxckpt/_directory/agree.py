@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable
 
 from .._format import names as _names
-from .._save import coordinate as _multihost
+from . import coordinate as _multihost
 from ..errors import (CheckpointNotFoundError, CoordinationError, CoordinationTimeoutError,
                       CorruptCheckpointError)
 
@@ -77,9 +77,9 @@ class Agreement:
             self._n += 1
             n = self._n
         prefix = f"{self._scope}/a{n}/{phase}"
-        client = _multihost._client()
+        client = _multihost.client()
         if self.index != 0:
-            _put(client, f"{prefix}/in/{self.index}", mine)
+            put_value(client, f"{prefix}/in/{self.index}", mine)
             out = self._get(client, f"{prefix}/out", leader_wait(self.timeout_s),
                             f"process 0 of {self.count} did not decide {phase}")
             if out.startswith(_FAIL):
@@ -95,9 +95,9 @@ class Agreement:
                     pass
             out = decide(inputs)
         except BaseException as e:
-            _put(client, f"{prefix}/out", _FAIL + _encode_error(e))
+            put_value(client, f"{prefix}/out", _FAIL + _encode_error(e))
             raise
-        _put(client, f"{prefix}/out", out)
+        put_value(client, f"{prefix}/out", out)
         return out
 
     def _gather(self, client: Any, prefix: str, phase: str) -> list[str]:
@@ -119,7 +119,7 @@ class Agreement:
 
     def _get(self, client: Any, key: str, timeout_s: float, late: str) -> str:
         try:
-            return _get(client, key, timeout_s)
+            return get_value(client, key, timeout_s)
         except TimeoutError as e:
             raise CoordinationTimeoutError(f"{self.what}: {late} within {timeout_s:g} s (waiting "
                                            f"in process {self.index} of {self.count})") from e
@@ -191,7 +191,7 @@ def _failure(text: str) -> Exception:
     return cls(f"process 0 failed: {why}")
 
 
-def _put(client: Any, key: str, value: str) -> None:
+def put_value(client: Any, key: str, value: str) -> None:
     if len(value) <= _CHUNK:
         client.key_value_set(key, "=" + value)
         return
@@ -201,7 +201,7 @@ def _put(client: Any, key: str, value: str) -> None:
     client.key_value_set(key, f"#{len(chunks)}")
 
 
-def _get(client: Any, key: str, timeout_s: float) -> str:
+def get_value(client: Any, key: str, timeout_s: float) -> str:
     deadline = time.monotonic() + timeout_s
     head = _blocking_get(client, key, timeout_s)
     if head.startswith("="):
@@ -245,7 +245,7 @@ def for_call(kind: str, target: str, timeout_s: float) -> Agreement:
 def encode_found(root: Any, found: Any) -> str:
     """Process 0's view of a directory as it opens (``_recovery.Found``), with
     paths relative to the directory, so that each process resolves them."""
-    from . import state_file as _state_file
+    from .._commit import state_file as _state_file
 
     rel = lambda p: _state_file.relative(root, p)  # noqa: E731
     return json.dumps({
@@ -260,7 +260,8 @@ def encode_found(root: Any, found: Any) -> str:
 def decode_found(root: Any, text: str) -> Any:
     """A ``_recovery.Found`` from ``encode_found``; ``named`` is None (only
     process 0 deletes, so only it needs the state file's names)."""
-    from . import policy as _policy, recovery as _recovery, state_file as _state_file
+    from . import policy as _policy, recovery as _recovery
+    from .._commit import state_file as _state_file
 
     d = json.loads(text)
     res = lambda p: _state_file.resolve(root, p)  # noqa: E731
@@ -274,7 +275,7 @@ def decode_found(root: Any, text: str) -> Any:
 
 def encode_kept(root: Any, kept: Any, delete: list[str]) -> str:
     """Process 0's retention decision of one save: the active set it published."""
-    from . import state_file as _state_file
+    from .._commit import state_file as _state_file
 
     rel = lambda p: _state_file.relative(root, p)  # noqa: E731
     return json.dumps({"active": [[rel(p), t] for p, t in kept.active],
@@ -283,7 +284,8 @@ def encode_kept(root: Any, kept: Any, delete: list[str]) -> str:
 
 
 def decode_kept(root: Any, text: str) -> tuple[Any, list[str]]:
-    from . import policy as _policy, state_file as _state_file
+    from . import policy as _policy
+    from .._commit import state_file as _state_file
 
     d = json.loads(text)
     res = lambda p: _state_file.resolve(root, p)  # noqa: E731

@@ -12,8 +12,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from . import policy as _policy, state_file as _state_file
-from .._commit import atomic as _commit, publish as _publish
+from . import policy as _policy
+from .._commit import state_file as _state_file
+from .._commit import atomic as _commit
+from . import publish as _publish
 from .._storage.location import Dir
 
 log = logging.getLogger("jaxckpt")

@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from . import agree as _agree, recovery as _recovery, state_file as _state_file
+from . import agree as _agree, recovery as _recovery
+from .._commit import state_file as _state_file
 from .._commit import atomic as _commit, deletions as _deletions
-from .._save import coordinate as _multihost
+from . import coordinate as _multihost
 from .._storage import location as _location
 
 log = logging.getLogger("jaxckpt")

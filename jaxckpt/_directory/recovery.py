@@ -29,7 +29,8 @@ import math
 import os
 from typing import Callable
 
-from . import policy as _policy, state_file as _state_file
+from . import policy as _policy
+from .._commit import state_file as _state_file
 from .._commit import atomic as _commit, deletions as _deletions
 from .._format import manifest as _format
 from .._read import latest as _latest, reader as _reader
@@ -166,7 +167,7 @@ def _adoptable(root: Dir, listing: set[str], on_disk: dict[int, str],
     out = []
     for n in sorted(k for k in on_disk if k > above):
         path = path_of(n)
-        if _deletions._marker_name(path) in listing or not _is_real_directory(root, path):
+        if _deletions.marker_name(path) in listing or not _is_real_directory(root, path):
             continue
         if _commit.is_committed(path):
             out.append((path, min(_saved_at(path), now)))

@@ -1,6 +1,5 @@
 """Reading checkpoints back: the manifest and array reader, restore into a target tree,
-finding the latest checkpoint, and a manager's restore.
+and finding the latest checkpoint (a manager's restore is ``jaxckpt._managed_restore``).
 
-May import: ``_format``, ``_storage``, ``_commit``, ``_directory``, and ``errors``,
-``_faults``, ``_tree``, ``_api``.
+May import: ``_format``, ``_storage``, ``_commit``, and ``errors``, ``_faults``, ``_tree``.
 """

@@ -10,7 +10,7 @@ import logging
 
 from .. import _faults
 from .._commit import atomic as _commit
-from .._directory import state_file as _state_file
+from .._commit import state_file as _state_file
 from .._format import names as _names
 from .._storage import location as _location
 

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from . import render as _display
 from .._commit import atomic as _commit
-from .._directory import state_file as _state_file
+from .._commit import state_file as _state_file
 from .._format import manifest as _format, names as _names
 from .._read import latest as _latest, reader as _reader
 from .._storage import location as _location

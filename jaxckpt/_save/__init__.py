@@ -1,7 +1,6 @@
 """Taking and writing one save, in the order it happens: the blocking snapshot (and its
 in-``jit`` form), the queue and writer thread, the background pipeline, the write of
-arrays and manifest, the coordination of the processes of a multi-process save, the save's
-statistics, and the GC pause around it.
+arrays and manifest, the save's statistics, and the GC pause around it.
 
 May import: ``_format``, ``_storage``, ``_commit``, ``_directory``, and ``errors``,
 ``_tree``, ``_faults``.

@@ -24,7 +24,8 @@ import threading
 import time
 from typing import Callable
 
-from . import coordinate as _multihost, snapshot as _snapshot, stats as _stats, write as _write
+from .._directory import coordinate as _multihost
+from . import snapshot as _snapshot, stats as _stats, write as _write
 from .. import _faults
 from .._directory import agree as _agree, catalog as _catalog
 from .._storage import location as _location, page_cache as _page_cache

@@ -14,8 +14,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from . import (coordinate as _multihost, pipeline as _pipeline, snapshot as _snapshot,
-               stats as _stats)
+from .._directory import coordinate as _multihost
+from . import pipeline as _pipeline, snapshot as _snapshot, stats as _stats
 from .._directory import catalog as _catalog, policy as _policy
 from .writer import Writer
 

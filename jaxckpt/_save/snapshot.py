@@ -23,7 +23,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import gc as _gc, coordinate as _multihost
+from . import gc as _gc
+from .._directory import coordinate as _multihost
 from .. import _tree
 from .._format import manifest as _format
 

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from . import coordinate as _multihost, snapshot as _snapshot
+from .._directory import coordinate as _multihost
+from . import snapshot as _snapshot
 from .. import _faults
 from .._commit import atomic as _commit
 from .._format import digest as _digest, manifest as _format, names as _names

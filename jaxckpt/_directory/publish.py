@@ -20,9 +20,9 @@ import os
 import queue
 import threading
 
-from . import atomic as _commit, deletions as _deletions
+from . import policy as _policy
 from .. import _faults
-from .._directory import policy as _policy
+from .._commit import atomic as _commit, deletions as _deletions
 from .._storage.location import Dir
 
 log = logging.getLogger("jaxckpt")

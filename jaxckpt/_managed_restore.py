@@ -14,10 +14,11 @@ import logging
 import threading
 from typing import Any, Callable
 
-from .. import _api, _faults
-from .._directory import agree as _agree, state_file as _state_file
-from .._storage import location as _location
-from ..errors import CheckpointNotFoundError, CorruptCheckpointError
+from . import _api, _faults
+from ._commit import state_file as _state_file
+from ._directory import agree as _agree
+from ._storage import location as _location
+from .errors import CheckpointNotFoundError, CorruptCheckpointError
 
 log = logging.getLogger("jaxckpt")
 

@@ -191,9 +191,9 @@ class SaveCoordinator:
     def published(self, error: BaseException | None, decision: str = "") -> None:
         """Process 0: the checkpoint is published (or failed): releases the others."""
         if self.multi and self.primary:
-            from .._directory import agree as _agree
+            from . import agree as _agree
 
-            _agree._put(_client(), f"{self._prefix}/commit",
+            _agree.put_value(_client(), f"{self._prefix}/commit",
                         (f"{_OK} {decision}" if decision else _OK) if error is None
                         else repr(error))
 
@@ -202,12 +202,12 @@ class SaveCoordinator:
         (for a manager's save: and published it), keeping its ``decision``."""
         if not self.multi or self.primary:
             return
-        from .._directory import agree as _agree
+        from . import agree as _agree
 
         # Process 0 first waits up to timeout_s for every part, then commits.
         wait = _agree.leader_wait(self.timeout_s)
         try:
-            value = _agree._get(_client(), f"{self._prefix}/commit", wait)
+            value = _agree.get_value(_client(), f"{self._prefix}/commit", wait)
         except TimeoutError as e:
             raise CoordinationTimeoutError(
                 f"{self.what}: process 0 of {self.count} did not commit and publish it within "
