@@ -7,7 +7,6 @@ would catch, so that no ``except`` written against an earlier version breaks.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from jaxckpt._directory import agree as _agree
 from jaxckpt import errors
 
 sys.path.insert(0, os.path.dirname(__file__))
+from _forked import in_fork  # noqa: E402
 
 # (class, the built-ins it must also be) for every class errors.py defines.
 TREE = {
@@ -113,29 +113,21 @@ def test_a_forked_child_raises_forked_manager(tmp_path):
     m = jaxckpt.CheckpointManager(tmp_path)
     m.save({"a": np.arange(3)})
     m.wait_until_finished()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            out = []
-            for call in (lambda: m.save({"a": np.arange(3)}), m.wait_until_finished,
-                         lambda: m.restore(1)):
-                try:
-                    call()
-                    out.append("returned")
-                except BaseException as e:
-                    out.append([type(e).__name__, isinstance(e, jaxckpt.CheckpointError),
-                                isinstance(e, RuntimeError)])
-            os.write(write_end, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    os.waitpid(pid, 0)
-    assert json.loads(b"".join(chunks)) == [["ForkedManagerError", True, True]] * 3
+
+    def child() -> list:
+        out = []
+        for call in (lambda: m.save({"a": np.arange(3)}), m.wait_until_finished,
+                     lambda: m.restore(1)):
+            try:
+                call()
+                out.append("returned")
+            except BaseException as e:
+                out.append([type(e).__name__, isinstance(e, jaxckpt.CheckpointError),
+                            isinstance(e, RuntimeError)])
+        return out
+
+    _, out = in_fork(child)
+    assert out == [["ForkedManagerError", True, True]] * 3
     m.close()
 
 

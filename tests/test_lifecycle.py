@@ -14,7 +14,6 @@ state, not from a sleep.
 from __future__ import annotations
 
 import dis
-import json
 import os
 import signal
 import socket
@@ -32,6 +31,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 import jaxckpt
 from jaxckpt import _faults
 from jaxckpt._save.writer import Writer
+
+from _forked import in_fork
 
 
 def _state(i: int) -> dict:
@@ -332,34 +333,25 @@ def test_a_forked_child_gets_an_error_from_the_parents_manager(tmp_path):
     m = jaxckpt.CheckpointManager(tmp_path, max_pending=2)
     m.save(_state(1))
     m.wait_until_finished()
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: every call must raise at once, none may block
-        try:
-            signal.alarm(60)  # blocked forever before the fix: die instead
-            out = []
-            for call in (lambda: m.save(_state(2)), m.wait_until_finished, m.restore,
-                         lambda: m.restore(1), m.restore_or_initialize):
-                try:
-                    call()
-                    out.append("returned")
-                except jaxckpt.CheckpointError as e:
-                    out.append(str(e))
-                except BaseException as e:
-                    out.append(repr(e))
-            m.close()  # the parent's writer and lock: left alone
-            out.append("closed")
-            os.write(write_end, json.dumps(out).encode())
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    chunks = []
-    while chunk := os.read(read_end, 65536):
-        chunks.append(chunk)
-    os.close(read_end)
-    _, status = os.waitpid(pid, 0)
+
+    def child() -> list:  # every call must raise at once, none may block
+        signal.alarm(60)  # blocked forever before the fix: die instead
+        out = []
+        for call in (lambda: m.save(_state(2)), m.wait_until_finished, m.restore,
+                     lambda: m.restore(1), m.restore_or_initialize):
+            try:
+                call()
+                out.append("returned")
+            except jaxckpt.CheckpointError as e:
+                out.append(str(e))
+            except BaseException as e:
+                out.append(repr(e))
+        m.close()  # the parent's writer and lock: left alone
+        out.append("closed")
+        return out
+
+    status, out = in_fork(child)
     assert os.WIFEXITED(status), f"the child died of signal {os.WTERMSIG(status)} (blocked)"
-    out = json.loads(b"".join(chunks))
     assert out[-1] == "closed"
     for message in out[:-1]:
         assert f"belongs to process {os.getpid()}" in message, message
