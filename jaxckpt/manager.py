@@ -63,6 +63,9 @@ class CheckpointManager:
             sweeps, deletes, locks or writes anything; ``save`` raises
             ``ReadOnlyManagerError``. ``latest_checkpoint``, ``checkpoints`` and
             ``restore`` re-read the state file, so they follow the writer.
+        incremental: write only the files whose bytes no kept checkpoint
+            holds, hard-linking the rest from it (local directories); every
+            checkpoint stays complete on its own. False writes every byte.
 
     Methods are thread-safe. ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are already in flight).
@@ -93,13 +96,14 @@ class CheckpointManager:
         max_pending: int = 1,
         coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
         read_only: bool = False,
+        incremental: bool = True,
     ):
         options = _policy.manager_options(
             read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
             checkpoint_name=checkpoint_name, step_counter=step_counter, init_fn=init_fn,
             clock=clock, coordination_timeout_s=coordination_timeout_s,
-            last_checkpoint_step=last_checkpoint_step)
+            last_checkpoint_step=last_checkpoint_step, incremental=incremental)
         self._read_only = read_only
         self._max_to_keep, self._interval = options.max_to_keep, options.interval
         last_step = options.last_step
@@ -145,7 +149,7 @@ class CheckpointManager:
                                       self._dir_lock.release if self._dir_lock else None)
                 self._queue.start(self._catalog, self._writer, _pipeline.Pipeline(
                     self._root, self._catalog, self._superseded, self._stats,
-                    self._queue.finish))
+                    self._queue.finish, incremental))
             except BaseException:
                 if self._dir_lock is not None:
                     self._dir_lock.release()

@@ -53,8 +53,10 @@ def run_dir(tmp_path) -> str:
     ckpt-6 (ckpt-1 was deleted: it was not an hour newer than the start)."""
     d = str(tmp_path / "run")
     now = [1_000_000.0]
+    # incremental=False: each checkpoint has files of its own, so that damage
+    # to one stays in one (test_incremental covers files shared by several).
     with jaxckpt.CheckpointManager(d, max_to_keep=2, keep_checkpoint_every_n_hours=1.0,
-                                   clock=lambda: now[0]) as m:
+                                   clock=lambda: now[0], incremental=False) as m:
         for i in range(1, 6):
             m.save(_tree(i))
             now[0] += HOUR

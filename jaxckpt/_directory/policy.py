@@ -118,15 +118,18 @@ class ManagerOptions:
 def manager_options(*, read_only: Any, max_to_keep: Any, checkpoint_interval: Any,
                     max_pending: Any, keep_checkpoint_every_n_hours: Any, checkpoint_name: Any,
                     step_counter: Any, init_fn: Any, clock: Any, coordination_timeout_s: Any,
-                    last_checkpoint_step: Any) -> ManagerOptions:
+                    last_checkpoint_step: Any, incremental: Any = True) -> ManagerOptions:
     """Checks every CheckpointManager argument, in order; raises naming the first bad one.
 
     Raises:
-        TypeError: ``read_only`` is not a bool.
+        TypeError: ``read_only`` or ``incremental`` is not a bool.
         ValueError: any other bad argument.
     """
     if not isinstance(read_only, bool):
         raise TypeError(f"read_only must be a bool, got {read_only!r}")
+    if not isinstance(incremental, bool):
+        raise TypeError(f"incremental must be a bool (True shares unchanged files with kept "
+                        f"checkpoints, False writes every byte), got {incremental!r}")
     keep = positive_int("max_to_keep", max_to_keep)
     interval = positive_int("checkpoint_interval", checkpoint_interval)
     check_manager_options(

@@ -25,9 +25,10 @@ import time
 from typing import Callable
 
 from .._directory import coordinate as _multihost
-from . import snapshot as _snapshot, stats as _stats, write as _write
+from . import snapshot as _snapshot, stats as _stats, units as _units, write as _write
 from .. import _faults
 from .._directory import agree as _agree, catalog as _catalog
+from .._read import reader as _reader
 from .._storage import location as _location, page_cache as _page_cache
 
 log = logging.getLogger("jaxckpt")
@@ -38,12 +39,14 @@ class Pipeline:
 
     def __init__(self, root: _location.Dir, catalog: _catalog.Catalog,
                  superseded: _page_cache.Superseded, stats: _stats.StatsRecorder,
-                 finish: Callable[[str, threading.Event], None]):
+                 finish: Callable[[str, threading.Event], None], incremental: bool = True):
         self._root = root
         self._catalog = catalog
         self._superseded = superseded
         self._stats = stats
         self._finish = finish  # (path, its done event): no longer pending
+        # The files of kept checkpoints a save may share (local directories).
+        self._units = _units.Index(_manifest_or_none) if incremental and root.is_local else None
 
     def run(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
             coord: _multihost.SaveCoordinator, done: threading.Event, stats: _stats.SaveStats,
@@ -55,9 +58,16 @@ class Pipeline:
         try:
             self._superseded.drop_all()
             publication = catalog.prepare(path, timestamp)
+            sharing = _write.Sharing(self._units)
             try:
-                _write.write(snapshot, _location.locate(path), replace=True,
-                             created=timestamp, coordinator=coord)
+                if self._units is not None:
+                    self._units.follow(catalog.checkpoints)
+                manifest = _write.write(snapshot, _location.locate(path), replace=True,
+                                        created=timestamp, coordinator=coord, sharing=sharing)
+                stats.bytes_written, stats.bytes_shared = sharing.written, sharing.shared
+                if self._units is not None:
+                    self._units.add(path, manifest if manifest is not None
+                                    else _manifest_or_none(path) or {})
                 _faults.point("manager.committed")
                 self._superseded.written(path, snapshot.nbytes)
             except BaseException:
@@ -84,3 +94,13 @@ class Pipeline:
         finally:
             self._stats.finished(stats)
             self._finish(path, done)
+
+
+def _manifest_or_none(path: str) -> dict | None:
+    """A kept checkpoint's manifest for the index; None if it cannot be read
+    (its files are then simply not shared)."""
+    try:
+        return _reader.read_manifest(path)
+    except (OSError, ValueError) as e:
+        log.debug("not sharing the files of %s: %r", path, e)
+        return None

@@ -30,6 +30,10 @@ class SaveStats:
             deletions. None until the save is committed or failed.
         deleted: checkpoints the retention rules removed after this commit.
         error: ``repr`` of the failure if the background write failed.
+        bytes_written: array bytes this process wrote (an incremental save
+            writes only what no kept checkpoint holds); None until committed.
+        bytes_shared: array bytes hard-linked from kept checkpoints instead
+            of written (0 with ``incremental=False``); None until committed.
     """
 
     path: str
@@ -40,6 +44,8 @@ class SaveStats:
     write_s: float | None = None
     deleted: list[str] = dataclasses.field(default_factory=list)
     error: str | None = None
+    bytes_written: int | None = None
+    bytes_shared: int | None = None
 
     @property
     def done(self) -> bool:
@@ -63,7 +69,9 @@ class SaveSummary:
     """Totals over every save a manager made (a snapshot; it does not update).
 
     ``bytes_written`` and ``write_s`` count committed saves; ``throughput`` is
-    their ratio in bytes per second. ``recent`` holds the newest saves (up to
+    their ratio in bytes per second. ``bytes_written`` counts each save's
+    array bytes whole; ``bytes_shared`` the part of them that incremental
+    saves hard-linked from kept checkpoints instead of writing. ``recent`` holds the newest saves (up to
     1000) oldest first, pending ones included.
     """
 
@@ -79,6 +87,7 @@ class SaveSummary:
     write_s: float
     deleted: tuple[str, ...] = dataclasses.field(repr=False)
     recent: tuple[SaveStats, ...] = dataclasses.field(repr=False)
+    bytes_shared: int = 0
 
     @property
     def throughput(self) -> float | None:
@@ -102,7 +111,7 @@ class StatsRecorder:
         self._saves = self._committed = self._failed = 0
         self._blocked_sum = self._blocked_max = 0.0
         self._write_sum = self._write_max = 0.0
-        self._bytes = 0
+        self._bytes = self._shared = 0
         self._deleted: list[str] = []
         self._open: set[int] = set()
 
@@ -129,6 +138,7 @@ class StatsRecorder:
         if stats.committed:
             self._committed += 1
             self._bytes += stats.nbytes
+            self._shared += stats.bytes_shared or 0
             self._write_sum += stats.write_s
             self._write_max = max(self._write_max, stats.write_s)
             self._deleted += stats.deleted
@@ -157,4 +167,5 @@ class StatsRecorder:
                 write_s=self._write_sum,
                 deleted=tuple(self._deleted),
                 recent=tuple(self._recent),
+                bytes_shared=self._shared,
             )

@@ -8,17 +8,32 @@ whole files.
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
 
 import numpy as np
 
 from .._directory import coordinate as _multihost
-from . import snapshot as _snapshot
+from . import snapshot as _snapshot, units as _units
 from .. import _faults
 from .._commit import atomic as _commit
 from .._format import digest as _digest, manifest as _format, names as _names
-from .._storage import arrays as _arrays
+from .._storage import arrays as _arrays, links as _links
 from .._storage.location import Dir
+
+
+@dataclasses.dataclass
+class Sharing:
+    """An incremental save on this process: what it may share, what it did.
+
+    ``index`` holds the files of kept checkpoints (local directories only);
+    None writes everything.
+    """
+
+    index: _units.Index | None = None
+    written: int = 0  # array bytes this process wrote
+    shared: int = 0  # array bytes this process hard-linked from kept checkpoints
 
 
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
@@ -80,8 +95,14 @@ def write(
     replace: bool,
     created: float,
     coordinator: _multihost.SaveCoordinator,
-) -> None:
-    """Writes ``snapshot`` as the committed checkpoint ``final``.
+    sharing: Sharing | None = None,
+) -> dict | None:
+    """Writes ``snapshot`` as the committed checkpoint ``final``; returns its
+    manifest on process 0 (None on the others).
+
+    With ``sharing``, files whose bytes a kept checkpoint already holds are
+    hard-linked from it instead of written (``_units``), and the bytes
+    written and shared are counted in it.
 
     Blocks until the bytes are durable and the checkpoint is committed. In a
     multi-process save every process writes its part and process 0 commits
@@ -95,7 +116,8 @@ def write(
     inline = None
     digests: list = []
     try:
-        inline = _write_part(snapshot, staging.arrays, packed, coord.primary, digests)
+        inline = _write_part(snapshot, staging.arrays, packed, coord.primary, digests,
+                             sharing or Sharing())
         _commit.seal_part(staging)
     except BaseException as e:
         coord.part_done(e)
@@ -107,7 +129,7 @@ def write(
     coord.part_done(None, _digest.encode(digests) if coord.multi and not coord.primary else "")
     if not coord.primary:
         coord.wait_commit()
-        return
+        return None
     try:
         for payload in coord.wait_parts():
             digests += _digest.decode(payload)
@@ -130,6 +152,7 @@ def write(
         _commit.abort(staging)
         raise
     coord.announce(None)
+    return manifest
 
 
 def _stage_token(final: Dir) -> str:
@@ -140,14 +163,18 @@ def _stage_token(final: Dir) -> str:
 
 
 def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int, int],
-                primary: bool, digests: list) -> bytes | None:
+                primary: bool, digests: list, sharing: Sharing) -> bytes | None:
     """Writes this process's shards and, on process 0, the packed array; returns
     the packed bytes instead when they are small enough to go in the manifest.
 
     Appends to ``digests`` (position in ``snapshot.arrays``, region, xxh3) of
-    every piece written, hashed while tensorstore writes.
+    every piece written, hashed while tensorstore writes. With kept files to
+    share (``sharing.index``), each piece is hashed first instead, and a file
+    whose key a kept checkpoint holds is linked, not written.
     """
     total, shard, inner = packed
+    index = sharing.index if sharing.index is not None and len(sharing.index) else None
+    linker = _links.Linker() if index is not None else None
     inline = None
     if total and primary and total <= _format.INLINE_BYTES:
         # A file of its own would cost 3 directories, 3 fsyncs and a rename
@@ -157,6 +184,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         _fill(buf, 0, placed)
         inline, total = buf.tobytes(), 0
         _hash_placed(snapshot, placed, digests)
+        sharing.written += sum(len(data) for _, data, _ in placed)
     opened = []
     for pos, arr in enumerate(snapshot.arrays):
         rec = arr.record
@@ -174,16 +202,25 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     commits = []
     errors: list[BaseException] = []
     try:
-        for _, arr, fut in opened:
-            store = fut.result()
-            for piece in arr.shards:
-                index = tuple(slice(a, b) for a, b in piece.index)
-                commits.append(_arrays.write(store, index, _arrays.byte_view(piece.data)))
-        # Hashed here, while tensorstore's threads write the same (unchanging) bytes.
-        for pos, arr, _ in opened:
-            digests += [(pos, piece.index, _digest.of(piece.data)) for piece in arr.shards]
+        for pos, arr, fut in opened:
+            pieces = arr.shards
+            if index is not None:
+                pieces = _share_cells(pos, arr, root, index, linker, digests, sharing)
+            if pieces:
+                store = fut.result()
+            for piece in pieces:
+                index_ = tuple(slice(a, b) for a, b in piece.index)
+                commits.append(_arrays.write(store, index_, _arrays.byte_view(piece.data)))
+                sharing.written += piece.data.nbytes
+        if index is None:
+            # Hashed here, while tensorstore's threads write the same (unchanging) bytes.
+            for pos, arr, _ in opened:
+                digests += [(pos, piece.index, _digest.of(piece.data)) for piece in arr.shards]
         if packed_future is not None:
-            _write_packed(snapshot, packed_future.result(), total, shard, errors, digests)
+            _write_packed(snapshot, packed_future, packed, errors, digests, sharing,
+                          index, linker, root)
+        if linker is not None:
+            linker.seal()
     finally:
         # Await every write, even after one failed: a write still running would
         # recreate its files after the failed temporary is removed.
@@ -195,6 +232,27 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     if errors:
         raise errors[0]
     return inline
+
+
+def _share_cells(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Index,
+                 linker: _links.Linker, digests: list, sharing: Sharing) -> list:
+    """Hashes a large leaf's pieces, links the files a kept checkpoint holds;
+    returns the pieces still to write."""
+    found = [(piece.index, _digest.of(piece.data)) for piece in arr.shards]
+    digests += [(pos, region, h) for region, h in found]
+    rec = arr.record
+    stored = list(arr.shape) + [arr.dtype.itemsize]
+    chunk, inner = _format.array_chunks(rec)
+    linked: set[tuple] = set()
+    for cell, in_cell in _units.cells(stored, chunk, found).items():
+        sources = index.find(_units.cell_key(stored, chunk, inner, cell, in_cell))
+        dest = os.path.join(root.path, _units.cell_path(_format.array_name(rec), cell))
+        if sources and linker.link(sources, dest):
+            linked.update(region for region, _ in in_cell)
+    rest = [piece for piece in arr.shards if piece.index not in linked]
+    sharing.shared += sum(piece.data.nbytes for piece in arr.shards) - sum(
+        piece.data.nbytes for piece in rest)
+    return rest
 
 
 def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray, int]]:
@@ -213,15 +271,21 @@ def _hash_placed(snapshot: _snapshot.Snapshot, placed: list[tuple[int, np.ndarra
         digests.append((pos, tuple((0, n) for n in shape), _digest.of(data)))
 
 
-def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: int,
-                  errors: list[BaseException], digests: list) -> None:
+def _write_packed(snapshot: _snapshot.Snapshot, opening: Any, packed: tuple[int, int, int],
+                  errors: list[BaseException], digests: list, sharing: Sharing,
+                  index: _units.Index | None, linker: _links.Linker | None, root: Dir) -> None:
     """Writes the packed array one shard file at a time, at most
     ``PACKED_WINDOW`` staged at once: memory stays bounded (no copy of all the
     small leaves at once) while tensorstore writes and fsyncs several files
     concurrently. Each staging buffer is fresh: tensorstore may keep
-    referencing what it was given after the write commits."""
+    referencing what it was given after the write commits.
+
+    With ``index``, the leaves in a shard are hashed before it is staged, and
+    a shard file a kept checkpoint holds is linked instead."""
+    total, shard, inner = packed
     placed = _placed(snapshot)
     inflight: list[Any] = []
+    store = None
 
     def settle_oldest() -> None:
         try:
@@ -230,21 +294,44 @@ def _write_packed(snapshot: _snapshot.Snapshot, store: Any, total: int, shard: i
             errors.append(e)
 
     hashed = 0
+    spans = _units.Overlapping()  # (offset, nbytes, digest) of the leaves hashed
     try:
-        for start in range(0, total, shard):
+        for i, start in enumerate(range(0, total, shard)):
+            length = min(shard, total - start)
+            if index is not None:
+                # Every leaf that starts in this shard, hashed before it is staged.
+                upto = hashed
+                while upto < len(placed) and placed[upto][0] < start + length:
+                    upto += 1
+                before = len(digests)
+                _hash_placed(snapshot, placed[hashed:upto], digests)
+                spans.leaves += [(off, len(data), h) for (off, data, _), (_, _, h)
+                          in zip(placed[hashed:upto], digests[before:])]
+                hashed = upto
+                key = _units.packed_key(shard, inner, start, length,
+                                        spans.within(start, start + length))
+                dest = os.path.join(root.path, _units.packed_path(i))
+                sources = index.find(key)
+                if sources and linker.link(sources, dest):
+                    sharing.shared += length
+                    continue
             if len(inflight) >= _arrays.PACKED_WINDOW:
                 settle_oldest()
             if errors:
                 return
-            buf = np.empty(min(shard, total - start), np.uint8)
+            if store is None:
+                store = opening.result()
+            buf = np.empty(length, np.uint8)
             _fill(buf, start, placed)
             inflight.append(_arrays.write(store, (slice(start, start + len(buf)),), buf))
-            # The leaves staged whole by now are hashed while that file is written.
-            upto = hashed
-            while upto < len(placed) and placed[upto][0] + len(placed[upto][1]) <= start + len(buf):
-                upto += 1
-            _hash_placed(snapshot, placed[hashed:upto], digests)
-            hashed = upto
+            sharing.written += length
+            if index is None:
+                # The leaves staged whole by now are hashed while that file is written.
+                upto = hashed
+                while upto < len(placed) and placed[upto][0] + len(placed[upto][1]) <= start + len(buf):
+                    upto += 1
+                _hash_placed(snapshot, placed[hashed:upto], digests)
+                hashed = upto
         _hash_placed(snapshot, placed[hashed:], digests)
     finally:
         while inflight:
