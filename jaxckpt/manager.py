@@ -147,9 +147,11 @@ class CheckpointManager:
                 # interrupted by Ctrl-C cannot leave this process holding it.
                 self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending,
                                       self._dir_lock.release if self._dir_lock else None)
-                self._queue.start(self._catalog, self._writer, _pipeline.Pipeline(
-                    self._root, self._catalog, self._superseded, self._stats,
-                    self._queue.finish, incremental))
+                pipeline = _pipeline.Pipeline(self._root, self._catalog, self._superseded,
+                                              self._stats, self._queue.finish, incremental)
+                # Single-process only: each process holds other pieces of a sharded array.
+                self._unchanged = None if self._agree.multi else pipeline.unchanged
+                self._queue.start(self._catalog, self._writer, pipeline)
             except BaseException:
                 if self._dir_lock is not None:
                     self._dir_lock.release()
@@ -208,7 +210,7 @@ class CheckpointManager:
         self._raise_error()
         _in_jit.wait_ready(self._handle, state)
         return self._save_sequence(
-            lambda: _snapshot.take(state, metadata),
+            lambda: _snapshot.take(state, metadata, self._unchanged),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
             checkpoint_number, check_interval, called, again=True)
 

@@ -195,3 +195,60 @@ def test_jax_arrays_sharded_over_devices_share_per_shard_file(tmp_path):
     restored = jaxckpt.restore(str(tmp_path / "ckpt-2"), {"base": base, "step": 0})
     np.testing.assert_array_equal(np.asarray(restored["base"]), np.asarray(base))
     assert restored["base"].sharding == sharding
+
+
+def _jax_base(seed: int = 0) -> jax.Array:
+    return jnp.asarray(_base(seed))
+
+
+def test_the_same_jax_array_saved_again_is_linked_even_once_donated(tmp_path):
+    base = _jax_base()
+    with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
+        m.save({"base": base, "step": 1}, 1)
+        m.wait_until_finished()
+        m.save({"base": base, "step": 2}, 2)
+        expected = np.asarray(base).copy()
+        base.delete()  # what donating it to the next step does
+        m.wait_until_finished()
+        assert m.last_save_stats.bytes_shared == expected.nbytes
+    np.testing.assert_array_equal(jaxckpt.restore(str(tmp_path / "ckpt-2"))["base"], expected)
+    assert jaxckpt.verify(str(tmp_path / "ckpt-2")) is None
+
+
+def test_the_same_jax_array_is_not_copied_again(tmp_path):
+    """Its files gone by hand and the array deleted: the save cannot have a copy."""
+    base = _jax_base()
+    with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
+        m.save({"base": base, "step": 1}, 1)
+        m.wait_until_finished()
+        shutil.rmtree(tmp_path / "ckpt-1")
+        m.save({"base": base, "step": 2}, 2)
+        base.delete()
+        with pytest.raises(jaxckpt.CheckpointWriteError) as raised:
+            m.wait_until_finished()
+        assert "['base'] was not copied by save()" in str(raised.value.__cause__)
+        assert m.latest_checkpoint is None or not m.latest_checkpoint.endswith("ckpt-2")
+
+
+def test_the_same_jax_array_with_its_files_gone_is_written_from_the_array(tmp_path):
+    base = _jax_base()
+    with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
+        m.save({"base": base, "step": 1}, 1)
+        m.wait_until_finished()
+        shutil.rmtree(tmp_path / "ckpt-1")
+        m.save({"base": base, "step": 2}, 2)
+        m.wait_until_finished()
+        assert m.last_save_stats.bytes_shared == 0
+    np.testing.assert_array_equal(jaxckpt.restore(str(tmp_path / "ckpt-2"))["base"],
+                                  np.asarray(base))
+
+
+def test_an_equal_but_new_jax_array_is_hashed_and_linked(tmp_path):
+    with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
+        m.save({"base": _jax_base(), "step": 1}, 1)
+        m.save({"base": _jax_base(), "step": 2}, 2)  # another object, the same bytes
+        m.save({"base": _jax_base(1), "step": 3}, 3)  # other bytes
+        m.wait_until_finished()
+        assert m.last_save_stats.bytes_shared == 0
+        assert m.stats.bytes_shared == _base().nbytes
+    np.testing.assert_array_equal(jaxckpt.restore(str(tmp_path / "ckpt-3"))["base"], _base(1))

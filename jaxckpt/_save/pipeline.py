@@ -45,8 +45,10 @@ class Pipeline:
         self._superseded = superseded
         self._stats = stats
         self._finish = finish  # (path, its done event): no longer pending
-        # The files of kept checkpoints a save may share (local directories).
+        # The files of kept checkpoints a save may share (local directories),
+        # and the jax.Arrays saved before (not copied again: see units.Unchanged).
         self._units = _units.Index(_manifest_or_none) if incremental and root.is_local else None
+        self.unchanged = _units.Unchanged() if self._units is not None else None
 
     def run(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
             coord: _multihost.SaveCoordinator, done: threading.Event, stats: _stats.SaveStats,
@@ -68,6 +70,8 @@ class Pipeline:
                 if self._units is not None:
                     self._units.add(path, manifest if manifest is not None
                                     else _manifest_or_none(path) or {})
+                    if not coord.multi:
+                        self.unchanged.remember(snapshot.arrays)
                 _faults.point("manager.committed")
                 self._superseded.written(path, snapshot.nbytes)
             except BaseException:

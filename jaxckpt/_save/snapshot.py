@@ -46,6 +46,11 @@ class ArrayLeaf:
     shard_shape: tuple[int, ...]  # the chunk grid that matches the sharding
     packed: bool = False  # small: stored in the shared packed array (written by process 0)
     exact: bool = False  # shards of several processes: chunk files must match them exactly
+    # An incremental save: the caller's jax.Array (for Unchanged.remember), and,
+    # when that same array was saved before, its pieces' (region, digest): then
+    # nothing was copied (``shards`` is empty) and the writer links its files.
+    origin: Any = None
+    known: list | None = None
 
     @property
     def nbytes(self) -> int:
@@ -187,8 +192,22 @@ def _pieces(leaf: jax.Array, shape: tuple[int, ...], mine: bool | None) -> list:
     return list(unique.items())
 
 
-def take(tree: Any, metadata: dict | None = None) -> Snapshot:
+def host_pieces(leaf: jax.Array) -> list[Shard]:
+    """Every distinct piece of a fully addressable ``jax.Array`` on the host
+    (waits for the copies): for a leaf ``take`` did not copy."""
+    shape = tuple(leaf.shape)
+    pieces = _pieces(leaf, shape, True)
+    for _, data in pieces:
+        data.copy_to_host_async()
+    return [Shard(index, np.asarray(data)) for index, data in pieces]
+
+
+def take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
     """See ``_take``; the cyclic garbage collector is paused meanwhile.
+
+    ``unchanged`` (``units.Unchanged``, incremental single-process saves):
+    a large ``jax.Array`` that is the very object a committed save of this
+    manager wrote is not copied at all; its digests come from that save.
 
     A snapshot of thousands of leaves allocates enough small objects to set
     off full collections of a large program's heap inside the blocking phase
@@ -196,7 +215,7 @@ def take(tree: Any, metadata: dict | None = None) -> Snapshot:
     frees it all the same.
     """
     with _gc.paused():
-        return _take(tree, metadata)
+        return _take(tree, metadata, unchanged)
 
 
 class _Paths:
@@ -278,7 +297,7 @@ def _check(path: tuple, leaf: Any) -> None:
     _tree.check_leaf(_tree.Entry(path, leaf))
 
 
-def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
+def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
     """Validates ``tree`` and copies it out of the caller's reach.
 
     Blocks on the device-to-host copies of every ``jax.Array`` shard this
@@ -325,6 +344,18 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
                 record = {"path": stored, "kind": "jax", "dtype": plain.dtype_name,
                           "shape": list(plain.shape)}
                 records.append(record)
+                if unchanged is not None and not plain.packed:
+                    arr = new_leaf(record, plain.dtype, plain.shape, [], plain.shape)
+                    arr.origin, arr.known = leaf, unchanged.get(leaf)
+                    if arr.known is not None:
+                        arrays.append(arr)
+                        continue
+                    arr.shards = [new_shard(plain.index, host_view(leaf))] if plain.on_cpu else []
+                    arrays.append(arr)
+                    if not plain.on_cpu:
+                        leaf.copy_to_host_async()
+                        pending.append((arr, [(plain.index, leaf)]))
+                    continue
                 if primary and plain.on_cpu:  # a view of the buffer, which it keeps alive
                     shards = [new_shard(plain.index, host_view(leaf))]
                 else:
@@ -351,6 +382,11 @@ def _take(tree: Any, metadata: dict | None = None) -> Snapshot:
             if leaf.is_fully_addressable:
                 arr.packed = small(shape, dtype)
                 mine = primary
+                if unchanged is not None and not arr.packed and record["kind"] == "jax":
+                    arr.origin, arr.known = leaf, unchanged.get(leaf)
+                    if arr.known is not None:
+                        arrays.append(arr)
+                        continue
             elif small(shape, dtype) and _primary_holds_all(leaf.sharding, shape):
                 arr.packed = True
                 mine = primary

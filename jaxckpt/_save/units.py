@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import math
 import os
+import threading
+import weakref
 from typing import Callable, Iterable
 
 from .._format import digest as _digest, manifest as _format
@@ -163,3 +165,49 @@ class Index:
     def __len__(self) -> int:
         return sum(len(files) for files in self._files.values())
 
+
+
+class Unchanged:
+    """``jax.Array`` objects a committed save wrote, with their pieces' digests.
+
+    A ``jax.Array`` never changes its value (donating or deleting it makes it
+    unusable instead), so the very object saved again has the same bytes: an
+    incremental save neither copies it off the device nor hashes it, and the
+    writer links its files (falling back to the array itself if they are
+    gone). Entries go when their array is garbage-collected. ``get`` runs on
+    the caller's thread, ``remember`` on the writer's.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, tuple[weakref.ref, list[tuple[Region, str]]]] = {}
+
+    def get(self, leaf: object) -> list[tuple[Region, str]] | None:
+        found = self._seen.get(id(leaf))
+        if found is not None and found[0]() is leaf:
+            return found[1]
+        return None
+
+    def remember(self, arrays: Iterable, kept: bool = True) -> None:
+        """Records the arrays of a committed save (``ArrayLeaf`` with ``origin``)."""
+        with self._lock:
+            for arr in arrays:
+                if arr.origin is None or "xxh3" not in arr.record:
+                    continue
+                key = id(arr.origin)
+                try:
+                    ref = weakref.ref(arr.origin, self._forget(key))
+                except TypeError:
+                    continue
+                self._seen[key] = (ref, [(tuple(tuple(ax) for ax in index), h)
+                                         for index, h in arr.record["xxh3"]])
+
+    def _forget(self, key: int):
+        def forget(ref: weakref.ref) -> None:
+            with self._lock:
+                if self._seen.get(key, (None,))[0] is ref:
+                    del self._seen[key]
+        return forget
+
+    def __len__(self) -> int:
+        return len(self._seen)

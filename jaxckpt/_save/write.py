@@ -16,11 +16,12 @@ import numpy as np
 
 from .._directory import coordinate as _multihost
 from . import snapshot as _snapshot, units as _units
-from .. import _faults
+from .. import _faults, _tree
 from .._commit import atomic as _commit
 from .._format import digest as _digest, manifest as _format, names as _names
 from .._storage import arrays as _arrays, links as _links
 from .._storage.location import Dir
+from ..errors import CheckpointError
 
 
 @dataclasses.dataclass
@@ -185,6 +186,9 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         inline, total = buf.tobytes(), 0
         _hash_placed(snapshot, placed, digests)
         sharing.written += sum(len(data) for _, data, _ in placed)
+    for pos, arr in enumerate(snapshot.arrays):
+        if arr.known is not None:
+            _link_known(pos, arr, root, index, linker, digests, sharing)
     opened = []
     for pos, arr in enumerate(snapshot.arrays):
         rec = arr.record
@@ -232,6 +236,47 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     if errors:
         raise errors[0]
     return inline
+
+
+def _link_known(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Index | None,
+                linker: _links.Linker | None, digests: list, sharing: Sharing) -> None:
+    """Links the files of a leaf that ``save`` did not copy (the same
+    ``jax.Array`` a committed save wrote). A file no kept checkpoint holds any
+    more is written from the array itself, which must still exist."""
+    rec = arr.record
+    stored = list(arr.shape) + [arr.dtype.itemsize]
+    chunk, inner = _format.array_chunks(rec)
+    missing: set[tuple] = set()
+    grouped = _units.cells(stored, chunk, arr.known)
+    if not grouped:
+        missing = {region for region, _ in arr.known}
+    for cell, in_cell in grouped.items():
+        key = _units.cell_key(stored, chunk, inner, cell, in_cell)
+        dest = os.path.join(root.path, _units.cell_path(_format.array_name(rec), cell))
+        sources = index.find(key) if index is not None else []
+        if sources and linker is not None and linker.link(sources, dest):
+            digests += [(pos, region, h) for region, h in in_cell]
+            sharing.shared += sum(_nbytes(region) for region, _ in in_cell) * stored[-1]
+        else:
+            missing.update(region for region, _ in in_cell)
+    arr.known = None
+    if not missing:
+        return
+    source = arr.origin
+    if source.is_deleted():
+        raise CheckpointError(
+            f"the leaf {_tree.path_str(rec['path'])} was not copied by save(): it is the same "
+            "jax.Array that an earlier save of this manager wrote, but no kept checkpoint "
+            "holds its files any more (deleted by hand?) and the array has since been "
+            "deleted or donated; save it again")
+    arr.shards = [piece for piece in _snapshot.host_pieces(source) if piece.index in missing]
+
+
+def _nbytes(region: tuple) -> int:
+    n = 1
+    for a, b in region:
+        n *= b - a
+    return n
 
 
 def _share_cells(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Index,
