@@ -31,7 +31,7 @@ def test_python_snippets_run_in_order(tmp_path):
     python = [body for lang, body in BLOCKS if lang == "python"
               and not any(s in body for s in ("s3://", "gs://", "jax.distributed",
                                                   "save_in_jit"))]
-    assert len(python) == 2
+    assert len(python) == 3
     ns = _exec(python[0], {}, tmp_path)  # the Flax training loop
     run = str(tmp_path / "run")
     assert jaxckpt.latest_checkpoint(run) == os.path.join(run, "ckpt-300")
@@ -43,6 +43,8 @@ def test_python_snippets_run_in_order(tmp_path):
     assert ns["start"] == 300 and ns["mngr"].stats.saves == 0
     _exec(python[1], {}, tmp_path)  # the one-off checkpoints
     assert jaxckpt.user_metadata(tmp_path / "one") == {"note": "before fine-tuning"}
+    ns = _exec(python[2], {}, tmp_path)  # incremental saves
+    assert ns["mngr"].last_save_stats.bytes_shared == ns["base"].nbytes
 
 
 def _columns(block: str) -> tuple[str, str]:
