@@ -124,7 +124,10 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         return EXIT_OK
     console = _console()
     console.print(_display.rich_text(listing.directory))
-    console.print(_display.rich_table(listing.headers, listing.rows(), right=(1, 3)))
+    console.print(_display.rich_table(listing.headers, listing.rows(), right=listing.right))
+    footer = listing.footer()
+    if footer:
+        console.print(_display.rich_text(footer))
     return EXIT_OK
 
 
@@ -158,7 +161,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     title = f"checkpoint {info.path}" + (f"  ({note})" if note else "")
     console.print(_display.rich_text(title))
     console.print(_display.rich_text(_display.text_fields(info.fields())))
-    console.print(_display.rich_table(("key path", "shape", "dtype", "bytes"), info.rows(),
+    console.print(_display.rich_table(info.headers, info.rows(),
                                       right=(3,), footer=info.footer()))
     return EXIT_OK
 

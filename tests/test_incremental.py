@@ -252,3 +252,29 @@ def test_an_equal_but_new_jax_array_is_hashed_and_linked(tmp_path):
         assert m.last_save_stats.bytes_shared == 0
         assert m.stats.bytes_shared == _base().nbytes
     np.testing.assert_array_equal(jaxckpt.restore(str(tmp_path / "ckpt-3"))["base"], _base(1))
+
+
+def test_ls_and_show_give_own_and_shared_bytes_and_the_total_on_disk(tmp_path, capsys):
+    from jaxckpt.cli import main
+
+    base = _base()
+    with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
+        for step in (1, 2, 3):
+            m.save(_state(step, base), step)
+    listing = jaxckpt.list_checkpoints(str(tmp_path))
+    assert listing.shares and [e.shared_bytes for e in listing] == [base.nbytes + 24] * 3
+    own = sum(e.nbytes - e.shared_bytes for e in listing)
+    assert listing.disk_bytes == own + base.nbytes + 24  # the shared file counted once
+    assert main(["ls", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[1].split() == ["name", "number", "committed", "size", "shared",
+                                           "status"]
+    assert "on disk: " in out and "counted once" in out
+    info = jaxckpt.inspect(str(tmp_path / "ckpt-2"))
+    assert info.shared_bytes == base.nbytes + 24
+    assert {leaf.path: leaf.shared for leaf in info.leaves if leaf.kind != "py"} == {
+        "['adapter']": False, "['base']": True, "['bias']": False}
+    assert main(["show", str(tmp_path / "ckpt-2")]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith("[")}
+    assert rows["['base']"][-1] == "shared" and rows["['adapter']"][-1] != "shared"

@@ -217,7 +217,7 @@ def run(directory: str, *, steps: int = 300, every: int = 10, kill_at: int | Non
     listing = _listing.list_checkpoints(directory)
     say(f"on disk after the kill (newest committed: "
         f"{os.path.basename(latest_at_kill) if latest_at_kill else 'none'}):")
-    say(_display.rich_table(listing.headers, listing.rows(), right=(1, 3)))
+    say(_display.rich_table(listing.headers, listing.rows(), right=listing.right))
     current[0] = second
     _run_child(second, directory, steps, every, keep, None, show)
 

@@ -17,7 +17,7 @@ from .. import _tree
 from .._format import manifest as _format
 from .._read import reader as _reader
 from .._storage import location as _location
-from .listing import REPR_ROWS, disk_bytes
+from .listing import REPR_ROWS, disk_usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +28,8 @@ class LeafInfo:
     NumPy scalar), ``key`` (typed PRNG keys; ``dtype`` is ``key<impl>``) or
     ``py`` (a Python value, held in the manifest; ``value`` is it).
     ``stored``: ``packed``, ``array a/<n>``, ``empty`` or ``manifest``.
+    ``shared``: some file holding its bytes is hard-linked with another
+    checkpoint (an incremental save's); local checkpoints only.
     """
 
     path: str
@@ -37,6 +39,7 @@ class LeafInfo:
     nbytes: int
     stored: str
     value: Any = None
+    shared: bool = False
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -46,7 +49,8 @@ class LeafInfo:
         return out
 
 
-def _leaf_info(leaf: dict) -> LeafInfo:
+def _leaf_info(leaf: dict, manifest: dict | None = None, linked: frozenset | set = frozenset()
+               ) -> LeafInfo:
     path = _tree.path_str(leaf["path"])
     kind = leaf["kind"]
     if kind == "py":
@@ -56,10 +60,26 @@ def _leaf_info(leaf: dict) -> LeafInfo:
     stored = (f"array {_format.ARRAYS}/{_format.array_name(leaf)}"
               if kind_of_where == _format.WHERE_ARRAY else kind_of_where)
     nbytes = _reader.nbytes_of(leaf)
+    shared = bool(linked) and _is_shared(leaf, manifest, linked)
     if kind == "key":
         return LeafInfo(path, kind, tuple(leaf["key_shape"]), f"key<{leaf['impl']}>",
-                        nbytes, stored)
-    return LeafInfo(path, kind, tuple(leaf["shape"]), leaf["dtype"], nbytes, stored)
+                        nbytes, stored, shared=shared)
+    return LeafInfo(path, kind, tuple(leaf["shape"]), leaf["dtype"], nbytes, stored,
+                    shared=shared)
+
+
+def _is_shared(leaf: dict, manifest: dict, linked: set) -> bool:
+    """Whether a file holding the leaf's bytes is in ``linked``."""
+    kind = _format.where_kind(leaf)
+    if kind == _format.WHERE_ARRAY:
+        prefix = f"{_format.ARRAYS}/{_format.array_name(leaf)}/"
+        return any(rel.startswith(prefix) for rel in linked)
+    if kind == _format.WHERE_PACKED and "packed_inline" not in manifest:
+        offset, n = _format.packed_span(leaf)
+        shard = manifest.get("packed_shard") or manifest.get("packed_nbytes") or 1
+        return any(f"{_format.PACKED}/c/{i}" in linked
+                   for i in range(offset // shard, (offset + max(n, 1) - 1) // shard + 1))
+    return False
 
 
 _LEAF_HEADERS = ("key path", "shape", "dtype", "bytes")
@@ -77,6 +97,8 @@ class CheckpointInfo:
         metadata: the ``metadata`` dict given to ``save``, or None.
         leaves: every leaf in save order.
         disk_bytes: bytes of its files on disk.
+        shared_bytes: the part of ``disk_bytes`` in files hard-linked with
+            another checkpoint (incremental saves); 0 on object stores.
     """
 
     path: str
@@ -86,6 +108,7 @@ class CheckpointInfo:
     metadata: dict | None
     leaves: tuple[LeafInfo, ...]
     disk_bytes: int
+    shared_bytes: int = 0
 
     @property
     def nbytes(self) -> int:
@@ -100,10 +123,21 @@ class CheckpointInfo:
             else:
                 out.append([leaf.path, str(leaf.shape), leaf.dtype,
                             _display.human_bytes(leaf.nbytes)])
+            if self.shares:
+                out[-1].append("shared" if leaf.shared else "")
         return out
 
+    @property
+    def shares(self) -> bool:
+        return any(leaf.shared for leaf in self.leaves)
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        return _LEAF_HEADERS + ("files",) if self.shares else _LEAF_HEADERS
+
     def footer(self) -> list[str]:
-        return [f"total: {len(self.leaves)} leaves", "", "", _display.human_bytes(self.nbytes)]
+        return [f"total: {len(self.leaves)} leaves", "", "", _display.human_bytes(self.nbytes)
+                ] + ([""] if self.shares else [])
 
     def fields(self) -> list[tuple[str, str]]:
         out = [
@@ -114,6 +148,9 @@ class CheckpointInfo:
             ("array bytes", _display.human_bytes(self.nbytes)),
             ("on disk", _display.human_bytes(self.disk_bytes)),
         ]
+        if self.shared_bytes:
+            out.append(("shared", f"{_display.human_bytes(self.shared_bytes)} hard-linked "
+                                  "with other checkpoints"))
         if self.metadata is not None:
             out.append(("metadata", _short(json.dumps(self.metadata, sort_keys=True), 120)))
         return out
@@ -128,6 +165,7 @@ class CheckpointInfo:
             "metadata": self.metadata,
             "nbytes": self.nbytes,
             "disk_bytes": self.disk_bytes,
+            "shared_bytes": self.shared_bytes,
             "leaves": [leaf.as_dict() for leaf in self.leaves],
         }
 
@@ -135,7 +173,7 @@ class CheckpointInfo:
         rows = self.rows()
         more = len(rows) - REPR_ROWS
         text = (f"checkpoint {self.path}\n{_display.text_fields(self.fields())}\n"
-                + _display.text_table(_LEAF_HEADERS, rows[:REPR_ROWS], right=(3,),
+                + _display.text_table(self.headers, rows[:REPR_ROWS], right=(3,),
                                       footer=self.footer()))
         return text + (f"\n... {more} more leaves" if more > 0 else "")
 
@@ -144,7 +182,7 @@ class CheckpointInfo:
         more = len(rows) - REPR_ROWS
         return (f"<div><strong>checkpoint</strong> <code>{html.escape(self.path)}</code>"
                 + _display.html_fields(self.fields())
-                + _display.html_table(_LEAF_HEADERS, rows[:REPR_ROWS], right=(3,),
+                + _display.html_table(self.headers, rows[:REPR_ROWS], right=(3,),
                                       footer=self.footer())
                 + (f"<p>... {more} more leaves</p>" if more > 0 else "") + "</div>")
 
@@ -170,12 +208,31 @@ def inspect(path: str) -> CheckpointInfo:
             committed = os.stat(os.path.join(path, _format.MANIFEST)).st_mtime
         except OSError:
             committed = None
+    nbytes, shared = disk_usage(path)
+    linked = _linked_files(where, manifest) if shared else set()
+    leaves = tuple(_leaf_info(leaf, manifest, linked) for leaf in manifest["leaves"])
     return CheckpointInfo(
         path=path,
         version=manifest["version"],
         created=manifest.get("created"),
         committed=committed,
         metadata=manifest.get("metadata"),
-        leaves=tuple(_leaf_info(leaf) for leaf in manifest["leaves"]),
-        disk_bytes=disk_bytes(path),
+        leaves=leaves,
+        disk_bytes=nbytes,
+        shared_bytes=shared,
     )
+
+
+def _linked_files(where: Any, manifest: dict) -> set[str]:
+    """Paths inside ``data`` of the files with another hard link."""
+    data = os.path.join(str(where), manifest.get("data") or "")
+    out = set()
+    for dirpath, _dirs, files in os.walk(data):
+        for name in files:
+            full = os.path.join(dirpath, name)
+            try:
+                if os.lstat(full).st_nlink > 1:
+                    out.add(os.path.relpath(full, data).replace(os.sep, "/"))
+            except OSError:
+                pass
+    return out

@@ -54,21 +54,35 @@ def disk_bytes(path: str | Dir) -> int | None:
     On object stores, which list keys without sizes, the stored array bytes
     of a committed checkpoint from its manifest (None if it has none).
     """
+    return disk_usage(path)[0]
+
+
+def disk_usage(path: str | Dir, inodes: dict | None = None) -> tuple[int | None, int]:
+    """(bytes, shared bytes) of the files under ``path``: shared files are
+    those with another hard link (an incremental save's, see ``_save.units``).
+    ``inodes`` collects (device, inode) -> size, to count a directory's total
+    with each shared file once. Object stores: see ``disk_bytes``; 0 shared.
+    """
     where = _location.locate(path)
     if not where.is_local:
         try:
             manifest = _reader.read_manifest(where)
         except Exception:
-            return None
-        return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"])
-    total = 0
+            return None, 0
+        return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"]), 0
+    total = shared = 0
     for dirpath, _dirs, files in os.walk(where.path):
         for name in files:
             try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
+                st = os.lstat(os.path.join(dirpath, name))
             except OSError:  # deleted while we walk
-                pass
-    return total
+                continue
+            total += st.st_size
+            if st.st_nlink > 1:
+                shared += st.st_size
+            if inodes is not None:
+                inodes[(st.st_dev, st.st_ino)] = st.st_size
+    return total, shared
 
 
 def _manifest_times(path: str) -> tuple[float | None, float | None]:
@@ -91,7 +105,9 @@ class CheckpointEntry:
 
     ``committed`` is when the commit record was written (its file's mtime);
     ``created`` is the checkpoint's timestamp (the manager's clock when
-    ``save`` was called), as in the state file.
+    ``save`` was called), as in the state file. ``shared_bytes``: the part of
+    ``nbytes`` in files hard-linked with another checkpoint (incremental
+    saves); ``nbytes - shared_bytes`` is what deleting it frees.
     """
 
     name: str
@@ -102,20 +118,34 @@ class CheckpointEntry:
     committed: float | None = None
     created: float | None = None
     note: str = ""
+    shared_bytes: int | None = None
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 _HEADERS = ("name", "number", "committed", "size", "status")
+_SHARED_HEADERS = ("name", "number", "committed", "size", "shared", "status")
 
 
 class CheckpointList(Sequence[CheckpointEntry]):
-    """The checkpoints in one directory, oldest number first; a table in Jupyter."""
+    """The checkpoints in one directory, oldest number first; a table in Jupyter.
 
-    def __init__(self, directory: str, entries: list[CheckpointEntry]):
+    ``disk_bytes``: every listed entry's files on disk, each file shared by
+    several checkpoints counted once (None on object stores). When any
+    checkpoint shares files the table has a ``shared`` column.
+    """
+
+    def __init__(self, directory: str, entries: list[CheckpointEntry],
+                 disk_bytes: int | None = None):
         self.directory = directory
         self.entries = entries
+        self.disk_bytes = disk_bytes
+
+    @property
+    def shares(self) -> bool:
+        """Whether any checkpoint here shares files with another."""
+        return any(e.shared_bytes for e in self.entries)
 
     def __getitem__(self, i: Any) -> Any:
         return self.entries[i]
@@ -129,30 +159,50 @@ class CheckpointList(Sequence[CheckpointEntry]):
     def rows(self) -> list[list[str]]:
         """Display rows: name, number, committed (local time), size, status."""
         out = []
+        shares = self.shares
         for e in self.entries:
             status = f"{e.status} ({e.note})" if e.note else e.status
-            out.append([e.name, "-" if e.number is None else str(e.number),
-                        _display.local_time(e.committed), _display.human_bytes(e.nbytes), status])
+            row = [e.name, "-" if e.number is None else str(e.number),
+                   _display.local_time(e.committed), _display.human_bytes(e.nbytes)]
+            if shares:
+                row.append(_display.human_bytes(e.shared_bytes) if e.shared_bytes else "-")
+            out.append(row + [status])
         return out
 
     @property
     def headers(self) -> tuple[str, ...]:
-        return _HEADERS
+        return _SHARED_HEADERS if self.shares else _HEADERS
+
+    def footer(self) -> str | None:
+        """The directory's total on disk, when checkpoints share files."""
+        if not self.shares or self.disk_bytes is None:
+            return None
+        return (f"on disk: {_display.human_bytes(self.disk_bytes)} in all "
+                "(a file shared by several checkpoints counted once)")
 
     def __repr__(self) -> str:
         if not self.entries:
             return f"no checkpoints in {self.directory}"
         rows = self.rows()
         more = len(rows) - REPR_ROWS
-        text = f"{self.directory}\n" + _display.text_table(_HEADERS, rows[:REPR_ROWS], right=(1, 3))
-        return text + (f"\n... {more} more" if more > 0 else "")
+        text = f"{self.directory}\n" + _display.text_table(self.headers, rows[:REPR_ROWS],
+                                                            right=self.right)
+        footer = self.footer()
+        return (text + (f"\n... {more} more" if more > 0 else "")
+                + (f"\n{footer}" if footer else ""))
+
+    @property
+    def right(self) -> tuple[int, ...]:
+        return (1, 3, 4) if self.shares else (1, 3)
 
     def _repr_html_(self) -> str:
         if not self.entries:
             return f"<p>no checkpoints in <code>{html.escape(self.directory)}</code></p>"
         rows = self.rows()
-        return _display.html_table(_HEADERS, rows[:REPR_ROWS], right=(1, 3),
-                                   caption=self.directory)
+        footer = self.footer()
+        return _display.html_table(self.headers, rows[:REPR_ROWS], right=self.right,
+                                   caption=self.directory) + (
+            f"<p>{html.escape(footer)}</p>" if footer else "")
 
 
 def _basename(path: str) -> str:
@@ -209,6 +259,12 @@ def list_checkpoints(
         return checkpoint_name is None or name == checkpoint_name
 
     entries: list[CheckpointEntry] = []
+    inodes: dict = {}
+
+    def usage(path: str) -> dict:
+        nbytes, shared = disk_usage(path, inodes)
+        return {"nbytes": nbytes, "shared_bytes": shared}
+
     seen: set[str] = set()
     shown_pending: set[str] = set()
     for name in root.subdirs():
@@ -228,8 +284,7 @@ def list_checkpoints(
                 shown_pending.add(mine)
             else:
                 status, note = UNCOMMITTED, _LEFTOVER_NOTES[leftover.kind]
-            entries.append(CheckpointEntry(name, path, number, status, disk_bytes(path),
-                                           note=note))
+            entries.append(CheckpointEntry(name, path, number, status, note=note, **usage(path)))
             continue
         committed = _commit.is_committed(path)
         number = int(numbered["number"]) if numbered else None
@@ -241,12 +296,12 @@ def list_checkpoints(
         if committed:
             created, when = _manifest_times(path)
             status = LATEST if path == latest else ACTIVE if path in active else PRESERVED
-            entries.append(CheckpointEntry(name, path, number, status, disk_bytes(path),
-                                           committed=when, created=created))
+            entries.append(CheckpointEntry(name, path, number, status, committed=when,
+                                           created=created, **usage(path)))
         else:
             note = "named in the state file" if path in active else "no commit record"
-            entries.append(CheckpointEntry(name, path, number, UNCOMMITTED, disk_bytes(path),
-                                           note=note))
+            entries.append(CheckpointEntry(name, path, number, UNCOMMITTED, note=note,
+                                           **usage(path)))
     for path in named:
         if path in seen:
             continue
@@ -260,7 +315,7 @@ def list_checkpoints(
             created, when = _manifest_times(path)
             entries.append(CheckpointEntry(shown, path, number,
                                            LATEST if path == latest else ACTIVE,
-                                           disk_bytes(path), committed=when, created=created))
+                                           committed=when, created=created, **usage(path)))
         else:
             entries.append(CheckpointEntry(shown, path, number, MISSING, None,
                                            note="named in the state file"))
@@ -271,4 +326,5 @@ def list_checkpoints(
             entries.append(CheckpointEntry(base, path, int(m["number"]), PENDING, None,
                                            note="queued"))
     entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name.lstrip("."), e.name))
-    return CheckpointList(directory, entries)
+    return CheckpointList(directory, entries,
+                          sum(inodes.values()) if root.is_local else None)
