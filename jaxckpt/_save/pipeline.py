@@ -68,8 +68,9 @@ class Pipeline:
                                         created=timestamp, coordinator=coord, sharing=sharing)
                 stats.bytes_written, stats.bytes_shared = sharing.written, sharing.shared
                 if self._units is not None:
-                    self._units.add(path, manifest if manifest is not None
-                                    else _manifest_or_none(path) or {})
+                    if sharing.units is None and "leaves" not in manifest:
+                        manifest = _manifest_or_none(path) or {}  # not process 0
+                    self._units.add(path, manifest, sharing.units)
                     if not coord.multi:
                         self.unchanged.remember(snapshot.arrays)
                 _faults.point("manager.committed")

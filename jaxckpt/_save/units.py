@@ -153,10 +153,13 @@ class Index:
                 if manifest is not None:
                     self.add(path, manifest)
 
-    def add(self, path: str, manifest: dict) -> None:
+    def add(self, path: str, manifest: dict, units: list[tuple[Key, str]] | None = None) -> None:
+        """Records checkpoint ``path``'s files: ``units`` (key, path inside
+        ``data``) as the writer found them, else every file of its manifest."""
         data = os.path.join(path, manifest.get("data") or "")
-        self._files[path] = {key: os.path.join(data, rel)
-                             for key, rel, _ in of_manifest(manifest)}
+        if units is None:
+            units = [(key, rel) for key, rel, _ in of_manifest(manifest)]
+        self._files[path] = {key: os.path.join(data, rel) for key, rel in units}
 
     def find(self, key: Key) -> list[str]:
         """Files holding ``key``'s bytes, newest checkpoint first."""

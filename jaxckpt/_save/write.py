@@ -35,6 +35,9 @@ class Sharing:
     index: _units.Index | None = None
     written: int = 0  # array bytes this process wrote
     shared: int = 0  # array bytes this process hard-linked from kept checkpoints
+    # (key, path inside the data directory) of every file this process wrote
+    # or linked, when their keys were computed (None: not computed).
+    units: list | None = None
 
 
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
@@ -97,9 +100,9 @@ def write(
     created: float,
     coordinator: _multihost.SaveCoordinator,
     sharing: Sharing | None = None,
-) -> dict | None:
+) -> dict:
     """Writes ``snapshot`` as the committed checkpoint ``final``; returns its
-    manifest on process 0 (None on the others).
+    manifest on process 0 (on the others, only its ``data``).
 
     With ``sharing``, files whose bytes a kept checkpoint already holds are
     hard-linked from it instead of written (``_units``), and the bytes
@@ -130,7 +133,7 @@ def write(
     coord.part_done(None, _digest.encode(digests) if coord.multi and not coord.primary else "")
     if not coord.primary:
         coord.wait_commit()
-        return None
+        return {"data": staging.data_key}  # all this process knows of the manifest
     try:
         for payload in coord.wait_parts():
             digests += _digest.decode(payload)
@@ -176,6 +179,8 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     total, shard, inner = packed
     index = sharing.index if sharing.index is not None and len(sharing.index) else None
     linker = _links.Linker() if index is not None else None
+    if index is not None:
+        sharing.units = []
     inline = None
     if total and primary and total <= _format.INLINE_BYTES:
         # A file of its own would cost 3 directories, 3 fsyncs and a rename
@@ -252,7 +257,10 @@ def _link_known(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Ind
         missing = {region for region, _ in arr.known}
     for cell, in_cell in grouped.items():
         key = _units.cell_key(stored, chunk, inner, cell, in_cell)
-        dest = os.path.join(root.path, _units.cell_path(_format.array_name(rec), cell))
+        rel = _units.cell_path(_format.array_name(rec), cell)
+        if sharing.units is not None:
+            sharing.units.append((key, rel))
+        dest = os.path.join(root.path, rel)
         sources = index.find(key) if index is not None else []
         if sources and linker is not None and linker.link(sources, dest):
             digests += [(pos, region, h) for region, h in in_cell]
@@ -290,8 +298,11 @@ def _share_cells(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.In
     chunk, inner = _format.array_chunks(rec)
     linked: set[tuple] = set()
     for cell, in_cell in _units.cells(stored, chunk, found).items():
-        sources = index.find(_units.cell_key(stored, chunk, inner, cell, in_cell))
-        dest = os.path.join(root.path, _units.cell_path(_format.array_name(rec), cell))
+        key = _units.cell_key(stored, chunk, inner, cell, in_cell)
+        rel = _units.cell_path(_format.array_name(rec), cell)
+        sharing.units.append((key, rel))
+        sources = index.find(key)
+        dest = os.path.join(root.path, rel)
         if sources and linker.link(sources, dest):
             linked.update(region for region, _ in in_cell)
     rest = [piece for piece in arr.shards if piece.index not in linked]
@@ -355,6 +366,7 @@ def _write_packed(snapshot: _snapshot.Snapshot, opening: Any, packed: tuple[int,
                 hashed = upto
                 key = _units.packed_key(shard, inner, start, length,
                                         spans.within(start, start + length))
+                sharing.units.append((key, _units.packed_path(i)))
                 dest = os.path.join(root.path, _units.packed_path(i))
                 sources = index.find(key)
                 if sources and linker.link(sources, dest):
