@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from jaxckpt import CorruptCheckpointError
-from jaxckpt._storage import location as _location
+from jaxckpt._storage import context as _context, location as _location
 from jaxckpt._storage.location import KvDir, LocalDir
 
 
@@ -107,7 +107,7 @@ def test_memory_read_write_list_delete():
 
 def test_request_limits_fit_the_stated_timeout():
     for timeout in (12.0, 60.0, 120.0, 600.0):
-        retries, stall = _location._request_limits(timeout)
+        retries, stall = _context._request_limits(timeout)
         delays, d = [], float(retries["initial_delay"][:-1])
         for _ in range(retries["max_retries"]):
             delays.append(min(d, float(retries["max_delay"][:-1])))
@@ -118,6 +118,6 @@ def test_request_limits_fit_the_stated_timeout():
 
 @pytest.mark.parametrize("raw", ["5", "x", "nan", "inf", "-20"])
 def test_a_bad_timeout_setting_is_refused(monkeypatch, raw):
-    monkeypatch.setenv(_location.TIMEOUT_ENV, raw)
+    monkeypatch.setenv(_context.TIMEOUT_ENV, raw)
     with pytest.raises(ValueError, match="JAXCKPT_OBJECT_STORE_TIMEOUT_S"):
-        _location.timeout_s()
+        _context.timeout_s()
