@@ -55,20 +55,14 @@ def disk_bytes(path: str | Dir) -> int | None:
     of a committed checkpoint from its manifest (None if it has none).
     """
     where = _location.locate(path)
-    if not where.is_local:
-        try:
-            manifest = _reader.read_manifest(where)
-        except Exception:
-            return None
-        return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"])
-    total = 0
-    for dirpath, _dirs, files in os.walk(where.path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:  # deleted while we walk
-                pass
-    return total
+    total = where.file_bytes()
+    if total is not None:
+        return total
+    try:
+        manifest = _reader.read_manifest(where)
+    except Exception:
+        return None
+    return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"])
 
 
 def _manifest_times(path: str) -> tuple[float | None, float | None]:
