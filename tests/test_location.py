@@ -102,6 +102,26 @@ def test_memory_read_write_list_delete():
     assert not d.exists()
 
 
+def test_the_local_and_object_store_differences_as_methods(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "g").write_bytes(b"abc")
+    os.symlink(tmp_path / "f", tmp_path / "d" / "link")  # links are not followed
+    local, file = _location.locate(tmp_path / "d"), _location.locate(tmp_path / "f")
+    assert local.is_dir() and not file.is_dir() and local.listing_is_cheap
+    assert local.file_bytes() == 3 + len(os.readlink(tmp_path / "d" / "link"))
+    local.check_is_not_a_file()
+    _location.locate(tmp_path / "missing").check_is_not_a_file()
+    with pytest.raises(NotADirectoryError, match=r"f is a file, not a checkpoint directory"):
+        file.check_is_not_a_file()
+    with pytest.raises(KeyError, match="custom"):
+        file.check_is_not_a_file(KeyError, "custom")
+    kv = _location.locate("memory://methods/x")
+    kv.write("a/b", b"12")
+    assert kv.is_dir() and not kv.listing_is_cheap and kv.file_bytes() is None
+    kv.check_is_not_a_file()
+
+
 # ------------------------------------------------- request limits (from test_lifecycle.py)
 
 
