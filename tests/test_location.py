@@ -109,6 +109,9 @@ def test_the_local_and_object_store_differences_as_methods(tmp_path):
     os.symlink(tmp_path / "f", tmp_path / "d" / "link")  # links are not followed
     local, file = _location.locate(tmp_path / "d"), _location.locate(tmp_path / "f")
     assert local.is_dir() and not file.is_dir() and local.listing_is_cheap
+    assert local.mtime("e/g") == os.stat(tmp_path / "d" / "e" / "g").st_mtime
+    with pytest.raises(FileNotFoundError):
+        local.mtime("missing")
     assert local.file_bytes() == 3 + len(os.readlink(tmp_path / "d" / "link"))
     local.check_is_not_a_file()
     _location.locate(tmp_path / "missing").check_is_not_a_file()
@@ -119,6 +122,7 @@ def test_the_local_and_object_store_differences_as_methods(tmp_path):
     kv = _location.locate("memory://methods/x")
     kv.write("a/b", b"12")
     assert kv.is_dir() and not kv.listing_is_cheap and kv.file_bytes() is None
+    assert kv.mtime("a/b") is None
     kv.check_is_not_a_file()
 
 

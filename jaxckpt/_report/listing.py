@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import html
-import os
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import render as _display
@@ -71,12 +70,10 @@ def _manifest_times(path: str) -> tuple[float | None, float | None]:
     where = _location.locate(path)
     try:
         created = _reader.read_manifest(where).get("created")
-        if not where.is_local:
-            return created, created
-        committed = os.stat(os.path.join(where.path, _format.MANIFEST)).st_mtime
+        committed = where.mtime(_format.MANIFEST)
     except Exception:  # damaged manifests are verify's business, not the listing's
         return None, None
-    return created, committed
+    return created, created if committed is None else committed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -160,6 +160,14 @@ class LocalDir:
         if os.path.exists(self.path) and not os.path.isdir(self.path):
             raise error(message or f"{self} is a file, not a checkpoint directory")
 
+    def mtime(self, key: str) -> float | None:
+        """The modification time of file ``key``.
+
+        Raises:
+            OSError: it cannot be stat'ed (missing, no permission).
+        """
+        return os.stat(os.path.join(self.path, key)).st_mtime
+
     def file_bytes(self) -> int | None:
         """Bytes of every file under this directory (sizes, not blocks); links not followed."""
         total = 0
@@ -286,6 +294,10 @@ class KvDir:
     def check_is_not_a_file(self, error: type[Exception] = NotADirectoryError,
                             message: str | None = None) -> None:
         """Nothing to check: no file can stand where a key prefix is."""
+
+    def mtime(self, key: str) -> float | None:
+        """None: object stores give no modification times here."""
+        return None
 
     def file_bytes(self) -> int | None:
         """None: object-store listings carry no sizes here."""
