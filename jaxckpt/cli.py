@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -143,7 +142,7 @@ def _resolve_checkpoint(path: str) -> tuple[str, str | None]:
         return path, None
     if not where.exists():
         raise UsageError(f"no such file or directory: {path}")
-    latest = _api.latest_checkpoint(where) if not where.is_local or os.path.isdir(path) else None
+    latest = _api.latest_checkpoint(where) if where.is_dir() else None
     if latest is None:
         return path, None  # let the reader explain what is wrong with it
     return latest, f"latest checkpoint in {path}"
@@ -179,7 +178,7 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
         return [path], [], []
     if not where.exists():
         raise UsageError(f"no such file or directory: {path}")
-    if where.is_local and not os.path.isdir(path):
+    if not where.is_dir():
         raise UsageError(f"{path} is a file, not a checkpoint or a directory of checkpoints")
     data = (_format.PACKED, _format.ARRAYS)
     if any(n in data or _names.data_token(n) is not None for n in where.subdirs()):

@@ -1,4 +1,4 @@
-"""jaxckpt._commit.atomic, unit by unit: tokens, the commit check, stage/commit/remove, the sweep.
+"""jaxckpt._commit.atomic, unit by unit: tokens, the commit check, stage/commit/remove.
 
 The crash-safety of the whole protocol (fault points, replaces without
 RENAME_EXCHANGE, object stores) is tested end to end in test_commit_protocol.py.
@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from jaxckpt._commit import atomic as _commit
+from jaxckpt._commit import atomic as _commit, sweep as _sweep
 from jaxckpt._format import manifest as _format, names as _names
 from jaxckpt._storage import location as _location
 
@@ -74,7 +74,7 @@ def test_local_stage_commit_replace_and_remove(tmp_path):
 
     with pytest.raises(FileExistsError):
         _stage_and_commit(final, b"two")
-    _commit.sweep_leftovers(tmp_path, "ckpt")  # the refused save's temporary
+    _sweep.sweep_leftovers(tmp_path, "ckpt")  # the refused save's temporary
     second = _stage_and_commit(final, b"two", replace=True)
     assert sorted(os.listdir(tmp_path)) == ["ckpt-1"]  # the old one is gone, no leftovers
     assert os.listdir(tmp_path / "ckpt-1" / second.data_key) == ["bytes"]
@@ -108,18 +108,6 @@ def test_delete_entry(tmp_path):
     assert _commit.delete_entry(str(tmp_path / "d")) is None
     assert _commit.delete_entry(str(tmp_path / "f")) is None
     assert os.listdir(tmp_path) == []
-
-
-def test_sweep_removes_only_this_names_leftovers(tmp_path):
-    leftovers = [_names.tmp("ckpt-1", "ab12"), _names.trash("ckpt-2")]
-    for entry in leftovers + [_names.tmp("other-1", "cd34"), _names.deleting("ckpt-3"),
-                              "ckpt-4", ".ckpt-x.tmp-ab"]:
-        (tmp_path / entry).mkdir()
-    removed = _commit.sweep_leftovers(str(tmp_path), "ckpt")
-    assert sorted(removed) == sorted(str(tmp_path / e) for e in leftovers)
-    assert sorted(os.listdir(tmp_path)) == sorted(
-        [_names.tmp("other-1", "cd34"), _names.deleting("ckpt-3"), "ckpt-4", ".ckpt-x.tmp-ab"])
-    assert _commit.sweep_leftovers(str(tmp_path / "missing"), "ckpt") == []
 
 
 def test_object_store_stage_commit_and_remove():

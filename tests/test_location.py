@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from jaxckpt import CorruptCheckpointError
-from jaxckpt._storage import location as _location
+from jaxckpt._storage import context as _context, location as _location
 from jaxckpt._storage.location import KvDir, LocalDir
 
 
@@ -102,12 +102,36 @@ def test_memory_read_write_list_delete():
     assert not d.exists()
 
 
+def test_the_local_and_object_store_differences_as_methods(tmp_path):
+    (tmp_path / "f").write_bytes(b"x")
+    (tmp_path / "d" / "e").mkdir(parents=True)
+    (tmp_path / "d" / "e" / "g").write_bytes(b"abc")
+    os.symlink(tmp_path / "f", tmp_path / "d" / "link")  # links are not followed
+    local, file = _location.locate(tmp_path / "d"), _location.locate(tmp_path / "f")
+    assert local.is_dir() and not file.is_dir() and local.listing_is_cheap
+    assert local.mtime("e/g") == os.stat(tmp_path / "d" / "e" / "g").st_mtime
+    with pytest.raises(FileNotFoundError):
+        local.mtime("missing")
+    assert local.file_bytes() == 3 + len(os.readlink(tmp_path / "d" / "link"))
+    local.check_is_not_a_file()
+    _location.locate(tmp_path / "missing").check_is_not_a_file()
+    with pytest.raises(NotADirectoryError, match=r"f is a file, not a checkpoint directory"):
+        file.check_is_not_a_file()
+    with pytest.raises(KeyError, match="custom"):
+        file.check_is_not_a_file(KeyError, "custom")
+    kv = _location.locate("memory://methods/x")
+    kv.write("a/b", b"12")
+    assert kv.is_dir() and not kv.listing_is_cheap and kv.file_bytes() is None
+    assert kv.mtime("a/b") is None
+    kv.check_is_not_a_file()
+
+
 # ------------------------------------------------- request limits (from test_lifecycle.py)
 
 
 def test_request_limits_fit_the_stated_timeout():
     for timeout in (12.0, 60.0, 120.0, 600.0):
-        retries, stall = _location._request_limits(timeout)
+        retries, stall = _context._request_limits(timeout)
         delays, d = [], float(retries["initial_delay"][:-1])
         for _ in range(retries["max_retries"]):
             delays.append(min(d, float(retries["max_delay"][:-1])))
@@ -118,6 +142,6 @@ def test_request_limits_fit_the_stated_timeout():
 
 @pytest.mark.parametrize("raw", ["5", "x", "nan", "inf", "-20"])
 def test_a_bad_timeout_setting_is_refused(monkeypatch, raw):
-    monkeypatch.setenv(_location.TIMEOUT_ENV, raw)
+    monkeypatch.setenv(_context.TIMEOUT_ENV, raw)
     with pytest.raises(ValueError, match="JAXCKPT_OBJECT_STORE_TIMEOUT_S"):
-        _location.timeout_s()
+        _context.timeout_s()

@@ -8,11 +8,12 @@ first renames the checkpoint to ``.<name>.trash-<id>`` (atomic, so a reader
 never sees half a checkpoint under its name), then removes it; nothing is
 ever followed through a symbolic link. Where ``RENAME_EXCHANGE`` is refused
 (NFS, many FUSE mounts) a replace renames the old checkpoint aside to
-``.<name>.old-<id>`` first; the next manager's sweep puts a checkpoint back
-under ``<name>`` if a crash came between the two renames, then removes every
-leftover (``_names`` builds and parses all of these names).
+``.<name>.old-<id>`` first; the next manager's sweep (``_commit/sweep``) puts
+a checkpoint back under ``<name>`` if a crash came between the two renames,
+then removes every leftover (``_format/names`` builds and parses all of these
+names).
 
-The manifest (``_format.MANIFEST``) is written last inside the checkpoint, so
+The manifest (``_format/manifest.MANIFEST``) is written last inside the checkpoint, so
 a directory without one is never taken for a checkpoint.
 
 Object stores cannot rename: there the manifest's single PUT is the commit.
@@ -20,8 +21,9 @@ The arrays are written under a fresh ``<name>/d-<token>/`` prefix that the
 manifest names, so replacing a checkpoint overwrites only the manifest and
 then deletes the old data. Deletion removes the manifest first. A data prefix without a manifest,
 or one no manifest names, is a leftover; a manager sweeps it once it is older
-than ``LEASE_S`` (its token starts with its creation time), because a save in
-flight in another process looks the same until its manifest lands.
+than ``LEASE_S`` (its token starts with its creation time; ``_commit/sweep``),
+because a save in flight in another process looks the same until its
+manifest lands.
 
 ``LocalCommit`` and ``ObjectStoreCommit`` are the two protocols behind one
 interface; ``protocol(where)`` picks one, and the module-level functions
@@ -179,9 +181,6 @@ class LocalCommit:
     def remove(self, where: Dir) -> None:
         _remove_local(where.path)
 
-    def sweep_leftovers(self, where: Dir, checkpoint_name: str) -> list[str]:
-        return _sweep_local(where.path, checkpoint_name)
-
 
 class ObjectStoreCommit:
     """Object stores: the arrays under a fresh data prefix; the manifest's single PUT commits."""
@@ -205,7 +204,7 @@ class ObjectStoreCommit:
             raise FileExistsError(errno.EEXIST, "checkpoint already exists", str(final))
         _check_staged_data(staging, manifest)
         final.write(_format.MANIFEST, manifest)
-        _drop_unnamed_data(final, staging.data_key, also=_data_named(previous, final))
+        drop_unnamed_data(final, staging.data_key, also=_data_named(previous, final))
 
     def abort(self, staging: Staging) -> None:
         try:
@@ -216,9 +215,6 @@ class ObjectStoreCommit:
     def remove(self, where: Dir) -> None:
         where.delete(_format.MANIFEST)
         where.delete_all()
-
-    def sweep_leftovers(self, where: Dir, checkpoint_name: str) -> list[str]:
-        return _sweep_kv(where, checkpoint_name)
 
 
 _LOCAL, _OBJECT_STORE = LocalCommit(), ObjectStoreCommit()
@@ -268,7 +264,7 @@ def abort(staging: Staging) -> None:
     protocol(staging.data).abort(staging)
 
 
-def _drop_unnamed_data(final: KvDir, keep: str | None, *, also: str | None = None,
+def drop_unnamed_data(final: KvDir, keep: str | None, *, also: str | None = None,
                        now: float | None = None) -> list[str]:
     """Deletes data prefixes of ``final`` other than ``keep``: ``also`` (the
     data a replaced manifest named) and those older than ``LEASE_S``, never a
@@ -383,95 +379,3 @@ def _remove_local(path: str) -> None:
 def discard(tmp: str) -> None:
     """Best-effort removal of a temporary after a failed write."""
     delete_entry(tmp)
-
-
-def sweep_leftovers(directory: str | Dir, checkpoint_name: str) -> list[str]:
-    """Removes temporaries, trash and set-aside copies of ``checkpoint_name``
-    left by a crash, after putting back a checkpoint that a crash inside a
-    two-rename replace left without its name. Returns what was removed."""
-    where = _location.locate(directory)
-    return protocol(where).sweep_leftovers(where, checkpoint_name)
-
-
-def _sweep_local(directory: str, checkpoint_name: str) -> list[str]:
-    try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return []
-    mine = {}
-    for name in names:
-        found = _names.parse(name)
-        if (found is not None and found.kind != _names.DELETING
-                and _names.number_of(found.base, checkpoint_name) is not None):
-            mine[name] = found
-    for name in _repair(directory, mine):
-        del mine[name]
-    removed = []
-    for name in mine:
-        path = os.path.join(directory, name)
-        error = delete_entry(path)
-        if error is None:
-            removed.append(path)
-        else:
-            log.warning("could not remove the leftover %s: %r", path, error)
-    if removed:
-        log.warning("removed %d leftover(s) of interrupted saves in %s", len(removed), directory)
-    return removed
-
-
-def _repair(directory: str, leftovers: dict[str, _names.Leftover]) -> list[str]:
-    """A crash between a two-rename replace's renames left ``.<name>.old-<t>``
-    and no ``<name>``: rolls forward to ``.<name>.tmp-<t>`` if it holds an intact
-    manifest (it was durable before the first rename), else back to the old
-    copy. Returns the leftover names put back."""
-    restored = []
-    asides = sorted(((n, f) for n, f in leftovers.items() if f.kind == _names.OLD),
-                    key=lambda item: item[1].token, reverse=True)  # newest first
-    for name, found in asides:
-        final = os.path.join(directory, found.base)
-        if os.path.lexists(final):
-            continue
-        tmp = _names.tmp(found.base, found.token)
-        chosen = tmp if tmp in leftovers and _intact(os.path.join(directory, tmp)) else name
-        if os.path.islink(os.path.join(directory, chosen)):
-            continue
-        os.rename(os.path.join(directory, chosen), final)
-        _durable.fsync_dir(directory)
-        restored.append(chosen)
-        log.warning("%s was missing after an interrupted replace; put back %s (the %s "
-                    "checkpoint)", final, chosen, "new" if chosen == tmp else "old")
-    return restored
-
-
-def _intact(path: str) -> bool:
-    """A real directory whose manifest parses (magic, checksum, msgpack)."""
-    if os.path.islink(path) or not os.path.isdir(path):
-        return False
-    try:
-        with open(os.path.join(path, _format.MANIFEST), "rb") as f:
-            _format.unpack_manifest(f.read(), path)
-    except Exception:
-        return False
-    return True
-
-
-def _sweep_kv(directory: KvDir, checkpoint_name: str) -> list[str]:
-    """Object stores: data prefixes without a manifest, or that no manifest
-    names, once they are older than ``LEASE_S``."""
-    removed = []
-    now = time.time()
-    for name in directory.listdir():
-        if _names.number_of(name, checkpoint_name) is None:
-            continue
-        ckpt = directory.join(name)
-        raw = ckpt.read(_format.MANIFEST)
-        keep = None
-        if raw is not None:
-            try:
-                keep = _format.unpack_manifest(raw, str(ckpt)).get("data")
-            except Exception:  # a damaged manifest is reported by restore, not swept
-                continue
-        removed += [str(ckpt.join(n)) for n in _drop_unnamed_data(ckpt, keep, now=now)]
-    if removed:
-        log.warning("removed %d leftover(s) of interrupted saves in %s", len(removed), directory)
-    return removed

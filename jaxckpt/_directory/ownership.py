@@ -15,7 +15,7 @@ from typing import Callable
 
 from . import agree as _agree, recovery as _recovery
 from .._commit import state_file as _state_file
-from .._commit import atomic as _commit, deletions as _deletions
+from .._commit import deletions as _deletions, sweep as _sweep
 from . import coordinate as _multihost
 from .._storage import location as _location
 
@@ -45,7 +45,7 @@ def recover(root: _location.Dir, name: str, agree: _agree.Agreement,
         if sweep:
             # Leftovers first: a crash inside a replace may have left checkpoint
             # N under a leftover's name only, which the sweep puts back.
-            _commit.sweep_leftovers(root, name)
+            _sweep.sweep_leftovers(root, name)
         return _recovery.recover(root, number_of, path_of, now())
 
     if not share:

@@ -151,7 +151,7 @@ def _finite_stamps(root: Dir, state: _state_file.CheckpointState,
 
 
 def _dedupe(entries: list[tuple[str, float | None]]) -> list[tuple[str, float | None]]:
-    """First position, last timestamp: as ``_policy.recover`` for our own."""
+    """First position, last timestamp: as ``_directory/policy.recover`` for our own."""
     out: dict[str, float | None] = {}
     for raw, ts in entries:
         out[raw] = ts

@@ -51,7 +51,7 @@ def newest_named(root: _location.Dir, state: _state_file.CheckpointState) -> str
 
 
 def _warn_if_unrecorded(root: _location.Dir) -> None:
-    if not root.is_local:  # a listing of an object store costs a request: not on every call
+    if not root.listing_is_cheap:  # a listing of an object store costs a request: not on every call
         return
     committed = sorted(n for n in root.listdir()
                        if not n.startswith(".") and _names.split_numbered(n)

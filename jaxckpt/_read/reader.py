@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -174,16 +173,10 @@ class Reader:
         else:
             declared, names = nbytes_of(leaf), (_format.ARRAYS, _format.array_name(leaf))
             what = f"leaf {_tree.path_str(leaf['path'])}"
-        if not self.where.is_local or declared < _BIG_READ_BYTES:
+        if declared < _BIG_READ_BYTES:
             return
-        stored = 0
-        for dirpath, _dirs, files in os.walk(_child(self.data, *names).path):
-            for name in files:
-                try:
-                    stored += os.lstat(os.path.join(dirpath, name)).st_size
-                except OSError:  # gone meanwhile: the read reports it
-                    pass
-        if stored < declared:
+        stored = _child(self.data, *names).file_bytes()  # files gone meanwhile: the read reports it
+        if stored is not None and stored < declared:
             raise self.unless_changed(CorruptCheckpointError(
                 f"{self.path}: {what} declares {declared} bytes, but its files hold "
                 f"{stored}; the checkpoint is damaged or incomplete"))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
-import os
 from typing import Any
 
 from . import render as _display
@@ -202,12 +201,12 @@ def inspect(path: str) -> CheckpointInfo:
     where = _location.locate(path)
     path = str(where)
     manifest = _reader.read_manifest(where)
-    committed = manifest.get("created")
-    if where.is_local:
-        try:
-            committed = os.stat(os.path.join(path, _format.MANIFEST)).st_mtime
-        except OSError:
-            committed = None
+    try:
+        committed = where.mtime(_format.MANIFEST)
+    except OSError:
+        committed = None
+    else:
+        committed = manifest.get("created") if committed is None else committed
     nbytes, shared = disk_usage(path)
     linked = _linked_files(where, manifest) if shared else set()
     leaves = tuple(_leaf_info(leaf, manifest, linked) for leaf in manifest["leaves"])

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import errno
 import html
-import os
 from typing import Any, Iterable, Iterator, Sequence
 
 from . import render as _display
@@ -64,25 +63,14 @@ def disk_usage(path: str | Dir, inodes: dict | None = None) -> tuple[int | None,
     with each shared file once. Object stores: see ``disk_bytes``; 0 shared.
     """
     where = _location.locate(path)
-    if not where.is_local:
-        try:
-            manifest = _reader.read_manifest(where)
-        except Exception:
-            return None, 0
-        return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"]), 0
-    total = shared = 0
-    for dirpath, _dirs, files in os.walk(where.path):
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(dirpath, name))
-            except OSError:  # deleted while we walk
-                continue
-            total += st.st_size
-            if st.st_nlink > 1:
-                shared += st.st_size
-            if inodes is not None:
-                inodes[(st.st_dev, st.st_ino)] = st.st_size
-    return total, shared
+    usage = where.file_usage(inodes)
+    if usage[0] is not None:
+        return usage
+    try:
+        manifest = _reader.read_manifest(where)
+    except Exception:
+        return None, 0
+    return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"]), 0
 
 
 def _manifest_times(path: str) -> tuple[float | None, float | None]:
@@ -91,12 +79,10 @@ def _manifest_times(path: str) -> tuple[float | None, float | None]:
     where = _location.locate(path)
     try:
         created = _reader.read_manifest(where).get("created")
-        if not where.is_local:
-            return created, created
-        committed = os.stat(os.path.join(where.path, _format.MANIFEST)).st_mtime
+        committed = where.mtime(_format.MANIFEST)
     except Exception:  # damaged manifests are verify's business, not the listing's
         return None, None
-    return created, committed
+    return created, created if committed is None else committed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,4 +313,4 @@ def list_checkpoints(
                                            note="queued"))
     entries.sort(key=lambda e: (e.number is None, e.number or 0, e.name.lstrip("."), e.name))
     return CheckpointList(directory, entries,
-                          sum(inodes.values()) if root.is_local else None)
+                          sum(inodes.values()) if inodes or root.listing_is_cheap else None)

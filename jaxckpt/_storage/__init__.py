@@ -1,5 +1,6 @@
 """Where bytes live: directories as local paths or object-store URLs (``location``),
-tensorstore arrays (``arrays``), fsync and durable writes (``durable``), and dropping
+the process-wide tensorstore context and request limits (``context``), tensorstore arrays
+(``arrays``), fsync and durable writes (``durable``), and dropping
 cached pages (``page_cache``).
 
 May import: ``errors`` only (the bottom layer).

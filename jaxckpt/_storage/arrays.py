@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 import tensorstore as ts
 
-from . import location as _location
+from . import context as _context
 
 INNER_BYTES = 4 << 20
 # The packed array's shard files staged at once (the packing constants are
@@ -105,7 +105,7 @@ def array_spec(
 
 
 def open_array(spec: dict) -> ts.Future:
-    return ts.open(spec, context=_location.context())
+    return ts.open(spec, context=_context.context())
 
 
 def write(store: ts.TensorStore, index: tuple, data: np.ndarray) -> ts.Future:

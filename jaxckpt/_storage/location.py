@@ -11,7 +11,9 @@ S3 URLs follow the AWS SDKs' environment: ``AWS_ENDPOINT_URL_S3`` or
 ``AWS_ENDPOINT_URL`` for a private endpoint, ``AWS_REGION`` or
 ``AWS_DEFAULT_REGION``; credentials come from tensorstore's default AWS chain
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance
-metadata). GCS URLs use Google's application-default credentials.
+metadata). GCS URLs use Google's application-default credentials. The process-wide
+tensorstore context and the object-store request limits are in
+``_storage/context``.
 """
 
 from __future__ import annotations
@@ -19,93 +21,16 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import threading
 import urllib.parse
 from typing import Union
 
 import tensorstore as ts
 
+from . import context as _context
 from ..errors import CorruptCheckpointError
 
 _KV_SCHEMES = {"s3": "s3", "gs": "gcs", "memory": "memory"}
 _READ_ONLY_SCHEMES = ("http", "https")
-
-_context_lock = threading.Lock()
-_context: ts.Context | None = None
-
-TIMEOUT_ENV = "JAXCKPT_OBJECT_STORE_TIMEOUT_S"
-DEFAULT_TIMEOUT_S = 120.0
-_RETRIES_MAX = 8
-
-
-def timeout_s() -> float:
-    """Seconds within which an object-store request fails if the endpoint stops
-    answering: ``JAXCKPT_OBJECT_STORE_TIMEOUT_S``, default 120, at least 12.
-
-    Raises:
-        ValueError: the variable is not a number of seconds >= 12.
-    """
-    raw = os.environ.get(TIMEOUT_ENV)
-    if raw is None or not raw.strip():
-        return DEFAULT_TIMEOUT_S
-    try:
-        value = float(raw)
-    except ValueError:
-        value = float("nan")
-    if not value >= 12 or value == float("inf"):
-        raise ValueError(f"{TIMEOUT_ENV} must be a number of seconds >= 12, got {raw!r}")
-    return value
-
-
-def _request_limits(timeout: float) -> tuple[dict, int]:
-    """(retry settings, stall seconds) whose worst case fits in ``timeout``.
-
-    tensorstore has no deadline per request, only curl's low-speed watchdog
-    (an attempt that moves under 1 byte/s for the stall time is abandoned)
-    and a retry budget. An endpoint that accepts connections and never
-    answers costs every attempt the full stall: 9 attempts of timeout/12
-    plus backoff 1/480 .. 1/30 of it (0.25 s .. 4 s at 120 s, about 20 s in
-    all) is at most 0.92 * timeout. Failing fast (refused, 5xx) costs the
-    backoff alone. Without the watchdog tensorstore waited 842 s.
-    """
-    stall = max(1, int(timeout / 12))
-    retries = {"max_retries": _RETRIES_MAX, "initial_delay": f"{timeout / 480:.3f}s",
-               "max_delay": f"{timeout / 30:.3f}s"}
-    return retries, stall
-
-
-def context() -> ts.Context:
-    """The process-wide tensorstore context.
-
-    Shared so that ``memory://`` checkpoints outlive the call that wrote them
-    and connections to object stores are reused. Its first call sets
-    tensorstore's curl stall watchdog (``TENSORSTORE_CURL_LOW_SPEED_*``)
-    unless the environment already sets it, before any request is made.
-    """
-    global _context
-    with _context_lock:
-        if _context is None:
-            retries, stall = _request_limits(timeout_s())
-            # Read by tensorstore when it makes its HTTP transport, at the
-            # first object-store request; a user's own setting wins.
-            os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_TIME_SECONDS", str(stall))
-            os.environ.setdefault("TENSORSTORE_CURL_LOW_SPEED_LIMIT_BYTES", "1")
-            spec = {
-                "file_io_concurrency": {"limit": 32},
-                # Reads map the file and copy once into our buffer, instead of
-                # pread into tensorstore's buffer and then a copy into ours:
-                # W1's restore 0.54-1.2 s -> 0.18-0.21 s here.
-                "file_io_mode": {"mode": "memmap"},
-                "s3_request_retries": retries,
-                "gcs_request_retries": retries,
-            }
-            try:
-                _context = ts.Context(spec)
-            except ValueError:  # a tensorstore without file_io_mode
-                del spec["file_io_mode"]
-                _context = ts.Context(spec)
-        return _context
-
 
 # A FIFO opened without O_NONBLOCK waits for a writer forever.
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
@@ -115,6 +40,7 @@ class LocalDir:
     """A directory on a local (or mounted shared) filesystem."""
 
     is_local = True
+    listing_is_cheap = True  # one listdir, no request
 
     def __init__(self, path: str):
         self.path = os.path.abspath(path)
@@ -221,11 +147,54 @@ class LocalDir:
                 out.append(name)
         return out
 
+    def is_dir(self) -> bool:
+        """True if this is a directory (or a link to one)."""
+        return os.path.isdir(self.path)
+
+    def check_is_not_a_file(self, error: type[Exception] = NotADirectoryError,
+                            message: str | None = None) -> None:
+        """Raises ``error`` if something other than a directory stands here.
+
+        ``message`` defaults to "<path> is a file, not a checkpoint directory".
+        """
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise error(message or f"{self} is a file, not a checkpoint directory")
+
+    def mtime(self, key: str) -> float | None:
+        """The modification time of file ``key``.
+
+        Raises:
+            OSError: it cannot be stat'ed (missing, no permission).
+        """
+        return os.stat(os.path.join(self.path, key)).st_mtime
+
+    def file_bytes(self) -> int | None:
+        """Bytes of every file under this directory (sizes, not blocks); links not followed."""
+        return self.file_usage()[0]
+
+    def file_usage(self, inodes: dict | None = None) -> tuple[int | None, int]:
+        """(bytes, bytes in files with another hard link) under this directory;
+        ``inodes`` collects (device, inode) -> size, to count shared files once."""
+        total = shared = 0
+        for dirpath, _dirs, files in os.walk(self.path):
+            for name in files:
+                try:
+                    st = os.lstat(os.path.join(dirpath, name))
+                except OSError:  # deleted while we walk
+                    continue
+                total += st.st_size
+                if st.st_nlink > 1:
+                    shared += st.st_size
+                if inodes is not None:
+                    inodes[(st.st_dev, st.st_ino)] = st.st_size
+        return total, shared
+
 
 class KvDir:
     """A key prefix in a tensorstore key-value store (object store or memory)."""
 
     is_local = False
+    listing_is_cheap = False  # a listing costs a request
 
     def __init__(self, url: str, spec: dict):
         self.url = url.rstrip("/")
@@ -266,7 +235,7 @@ class KvDir:
     def store(self) -> ts.KvStore:
         if self._store is None:
             self._store = self._do("open", lambda: ts.KvStore.open(
-                self.spec, context=context()).result())
+                self.spec, context=_context.context()).result())
         return self._store
 
     def _do(self, what: str, fn):
@@ -327,6 +296,25 @@ class KvDir:
     def subdirs(self) -> list[str]:
         """The first components that have keys below them (the "directories")."""
         return sorted({k.split("/", 1)[0] for k in self.keys() if "/" in k})
+
+    def is_dir(self) -> bool:
+        """True: any prefix can hold keys."""
+        return True
+
+    def check_is_not_a_file(self, error: type[Exception] = NotADirectoryError,
+                            message: str | None = None) -> None:
+        """Nothing to check: no file can stand where a key prefix is."""
+
+    def mtime(self, key: str) -> float | None:
+        """None: object stores give no modification times here."""
+        return None
+
+    def file_bytes(self) -> int | None:
+        """None: object-store listings carry no sizes here."""
+        return None
+
+    def file_usage(self, inodes: dict | None = None) -> tuple[int | None, int]:
+        return None, 0
 
 
 Dir = Union[LocalDir, KvDir]
@@ -415,5 +403,4 @@ def locate(path: str | os.PathLike | Dir) -> Dir:
 def refuse_file(where: Dir, error: type[Exception] = NotADirectoryError) -> None:
     """Raises ``error`` if ``where`` is a local file (anything but a directory):
     one check and one message for every call that needs a checkpoint directory."""
-    if where.is_local and os.path.exists(where.path) and not os.path.isdir(where.path):
-        raise error(f"{where} is a file, not a checkpoint directory")
+    where.check_is_not_a_file(error)
