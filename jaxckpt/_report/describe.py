@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import html
 import json
+import os
 from typing import Any
 
 from . import render as _display
