@@ -1,20 +1,23 @@
 """jaxckpt against Orbax and the hardware's limits, in one run (issue 3).
 
-    python benchmarks/bench.py [--workloads W1,W2,W3,W4] [--scale 1] [--reps 3]
+    python benchmarks/bench.py [--workloads W1,W2,W3,W4,W5] [--scale 1] [--reps 3]
                                [--dir DIR] [--json PATH] [--cold] [--settle S]
 
 Prints one table and writes every sample to JSON (default
-``benchmarks/results/bench-<UTC time>.json``). For each of W1-W3 the same
+``benchmarks/results/bench-<UTC time>.json``). For each of W1-W3 the same-shaped
 tree is written, in the same directory, by plain file writes + fsync (one
 file per leaf, and one packed file), by Orbax's async CheckpointManager and
 by jaxckpt's, with the contenders interleaved save by save so that a change
 in machine load hits all of them alike; then each restores its newest
 checkpoint (the raw files are read into fresh NumPy buffers). W4 trains a
-small jitted Flax MLP with and without checkpointing. A contender that fails
+small jitted Flax MLP with and without checkpointing. Every W1-W3 save gets
+fresh arrays with every byte changed, and jaxckpt runs twice, incremental
+(its default) and with ``incremental=False``. W5 (bench_finetune) is a LoRA
+fine-tune: a 1 GiB frozen base, only adapters and moments change. A contender that fails
 is reported in its cells; the others go on. See the table's footnotes for
 what each number means.
 
-Modules: bench_trees (W1-W3), bench_savers (raw, Orbax, jaxckpt), bench_train
+Modules: bench_trees (W1-W3, W5), bench_finetune (W5), bench_savers (raw, Orbax, jaxckpt), bench_train
 (W4), bench_memory (peak RSS, page faults, memcpy), bench_probes (imports,
 fsync under strace), bench_report (the table). profile_jaxckpt.py times
 jaxckpt's internals on the same trees.
@@ -42,6 +45,7 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import bench_finetune  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_probes  # noqa: E402
 from bench_report import render, stat  # noqa: E402
@@ -120,13 +124,19 @@ def storage_workload(name: str, args: argparse.Namespace, root: str) -> dict:
         # Two warm-up saves: from the third on, a manager has a superseded
         # checkpoint whose cached pages it recycles (steady state; the first
         # save after opening has none, which the README reports apart).
+        # Every save gets fresh arrays with every byte changed (the same tree for
+        # every contender), made outside the timings: saving one tree again would
+        # let an incremental checkpointer share it all.
         for w in range(WARMUP_SAVES):
-            each(lambda k, s, w=w: s.save(w), "warm-up save")
+            tree = bench_trees.vary(name, tree)
+            each(lambda k, s, w=w, tree=tree: s.save(w, tree), "warm-up save")
         for i in range(WARMUP_SAVES, WARMUP_SAVES + saves):
-            def one_save(key: str, saver: Any, i: int = i) -> None:
+            tree = bench_trees.vary(name, tree)
+
+            def one_save(key: str, saver: Any, i: int = i, tree: Any = tree) -> None:
                 _settle(settle)
                 with bench_memory.PeakRSS() as peak:
-                    block, commit = saver.save(i)
+                    block, commit = saver.save(i, tree)
                 r = results[key]
                 r["block"].append(block)
                 r["commit"].append(commit)
@@ -298,8 +308,8 @@ def _versions() -> dict:
 def parse(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--workloads", default="W1,W2,W3,W4",
-                    help="comma-separated subset of W1,W2,W3,W4 (default: all)")
+    ap.add_argument("--workloads", default="W1,W2,W3,W4,W5",
+                    help="comma-separated subset of W1,W2,W3,W4,W5 (default: all)")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="multiplies every tree's bytes (leaf counts stay)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions after a warm-up")
@@ -330,9 +340,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                     help="print the table of an earlier run's JSON and exit")
     args = ap.parse_args(argv)
     args.workloads = [w.strip().upper() for w in args.workloads.split(",") if w.strip()]
-    bad = [w for w in args.workloads if w not in ("W1", "W2", "W3", "W4")]
+    bad = [w for w in args.workloads if w not in ("W1", "W2", "W3", "W4", "W5")]
     if bad:
-        ap.error(f"unknown workload(s) {bad}; choose from W1,W2,W3,W4")
+        ap.error(f"unknown workload(s) {bad}; choose from W1,W2,W3,W4,W5")
     if args.reps < 1:
         ap.error("--reps must be >= 1")
     if not args.scale > 0:
@@ -372,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if name == "W4":
                     report["workloads"][name] = train_workload(args, root)
+                elif name == "W5":
+                    report["workloads"][name] = bench_finetune.workload(args, root)
                 else:
                     report["workloads"][name] = storage_workload(name, args, root)
             except Exception as e:  # report it; the other workloads go on

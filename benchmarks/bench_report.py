@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import statistics
+from typing import Any
 
 MiB = 1 << 20
 # Buffered writes: issue 3's "raw write+fsync"; "limit" is the fastest of them.
@@ -145,6 +146,15 @@ def storage_rows(t: Table, name: str, res: dict, full: bool) -> None:
               ratio(med(j), med(limit)) if field != "block" else "-", text,
               _verdict(ok, full or text == "<= 1.1x limit"))
 
+    off = c.get("jaxckpt_full")
+    if off is not None:  # issue 16: incremental on (default) against off, all bytes changed
+        for field, label in (("block", "save() blocks, incremental=False, ms"),
+                             ("commit", "save -> committed, incremental=False, ms")):
+            on, o = med(c["jaxckpt"].get(field)), med(off.get(field))
+            ok = None if on is None or o is None else on <= 1.03 * o
+            t.row(f"  {label}", "", "", _err_or(res, "jaxckpt_full", cell(off.get(field))), "",
+                  "", f"on <= 1.03x off (on/off {ratio(on, o)})", _verdict(ok, True))
+
     def mib(s: dict | None) -> str:
         return cell(s, 1 / MiB) if s else "-"
 
@@ -182,6 +192,61 @@ def storage_rows(t: Table, name: str, res: dict, full: bool) -> None:
         t.row("  limit: fault in state-size memory, warm, ms", cell(res["touch_warm"]))
     t.row("  limit: memcpy into fresh buffers, ms", cell(res["memcpy_fresh"]))
     t.row("  limit: memcpy into reused buffers, ms", cell(res["memcpy_reused"]))
+
+
+def finetune_rows(t: Table, res: dict, full: bool) -> None:
+    """W5 (issue 16): a frozen base, only adapters and moments change."""
+    c = res["contenders"]
+    changed = res["changed_bytes"]
+    t.section(f"W5: LoRA fine-tune, {res['tree']}; {changed / MiB:.1f} MiB in "
+              f"{res['changed_leaves']} leaves change between saves; {res['saves']} saves, "
+              "all kept; limit: raw write+fsync of only the changed leaves")
+    j, f, o = c["jaxckpt"], c["jaxckpt_full"], c["orbax"]
+    raws = [c[k] for k in ("raw_changed_packed", "raw_changed_per_leaf") if c[k].get("commit")]
+    raw = min(raws, key=lambda r: r["commit"]["median"]) if raws else {}
+    mb = lambda s: cell(s, 1 / MiB) if s else "-"  # noqa: E731
+    num = lambda v: "-" if v is None else _num(v / MiB)  # noqa: E731
+    err = lambda k, text: _err_or(res, k, text)  # noqa: E731
+
+    def row(label: str, field: str, fmt: Any, target: str = "", ok: bool | None = None) -> None:
+        jv, ov, lv = med(j.get(field)), med(o.get(field)), med(raw.get(field))
+        t.row(f"  {label}", fmt(raw.get(field)), err("orbax", fmt(o.get(field))),
+              err("jaxckpt", fmt(j.get(field))), ratio(jv, ov), ratio(jv, lv), target,
+              _verdict(ok, True))
+        if field in f:
+            t.row(f"  {label}, incremental=False", "", "", err("jaxckpt_full", fmt(f.get(field))),
+                  ratio(med(f.get(field)), ov), ratio(med(f.get(field)), lv))
+
+    manifest = j.get("manifest_bytes") or 0
+    bound = 1.1 * (changed + manifest)
+    jw = med(j.get("written"))
+    row("bytes written per save (new blocks on disk, du), MiB", "written", mb,
+        f"<= 1.1x (changed + manifest) = {num(bound)}",
+        None if jw is None else jw <= bound)
+    if j.get("stats_written"):
+        t.row("  last_save_stats bytes_written / bytes_shared, MiB", "", "",
+              f"{mb(j['stats_written'])} / {mb(j['stats_shared'])}")
+    t.row("  changed bytes / manifest, MiB", num(changed), "", f"{num(changed)} / {num(manifest)}")
+    row("save() blocks the caller, ms", "block", cell)
+    fc, jc = med(f.get("commit")), med(j.get("commit"))
+    row("save -> committed, ms", "commit", cell,
+        f"<= 5% of incremental=False ({ratio(jc, fc)})",
+        None if jc is None or fc is None else jc <= 0.05 * fc)
+    fs = lambda r: "-" if r.get("first_commit") is None else _num(r["first_commit"] * 1e3)  # noqa: E731
+    t.row("  first save (nothing to share) -> committed, ms", fs(raw), err("orbax", fs(o)),
+          err("jaxckpt", fs(j)))
+    t.row("  first save, incremental=False, ms", "", "", err("jaxckpt_full", fs(f)))
+    row("restore with target, ms (limit: read of the changed files)", "restore", cell)
+    du = lambda r: num(r.get("du_after"))  # noqa: E731
+    one = f.get("du_checkpoint")
+    ok = None if j.get("du_after") is None or not one else j["du_after"] <= 1.2 * one
+    t.row(f"  disk used after {res['saves']} saves (du), MiB", du(raw), err("orbax", du(o)),
+          err("jaxckpt", du(j)), ratio(j.get("du_after"), o.get("du_after")),
+          ratio(j.get("du_after"), raw.get("du_after")),
+          f"<= 1.2x one full checkpoint ({ratio(j.get('du_after'), one)})", _verdict(ok, True))
+    t.row(f"  disk used after {res['saves']} saves, incremental=False, MiB", "", "",
+          err("jaxckpt_full", du(f)))
+    t.row("  one full checkpoint (du, incremental=False), MiB", "", "", num(one))
 
 
 def train_rows(t: Table, res: dict, full: bool) -> None:
@@ -265,6 +330,8 @@ def render(report: dict) -> str:
             t.section(f"{name}: FAILED: {res['error']}")
         elif name == "W4":
             train_rows(t, res, full)
+        elif name == "W5":
+            finetune_rows(t, res, full)
         else:
             storage_rows(t, name, res, full)
     process_rows(t, report.get("imports"), report.get("growth"), report.get("fsync"),

@@ -4,10 +4,13 @@ Each saver owns one fresh directory, keeps every checkpoint it writes until
 ``close`` (``max_to_keep=None``, so no deletion falls inside a timing), and
 exposes the same three calls, so that the harness can interleave them:
 
-- ``save(n)`` -> (seconds ``save`` blocked, seconds until committed);
+- ``save(n, tree)`` -> (seconds ``save`` blocked, seconds until committed);
+  ``tree`` is the state to save (the harness passes fresh arrays each save,
+  the same to every contender; ``None`` saves the tree given at setup);
 - ``restore()`` -> seconds to restore the newest checkpoint into the target
   (ShapeDtypeStructs with the leaves' shardings), arrays ready;
-- ``files()`` -> files in the newest checkpoint, ``disk_bytes()`` their size.
+- ``files()`` -> files in the newest checkpoint, ``disk_bytes()`` their size;
+  ``du()`` -> bytes allocated under the saver's directory, each inode once.
 """
 
 from __future__ import annotations
@@ -26,6 +29,20 @@ import numpy as np
 
 def _files(path: str) -> list[str]:
     return [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
+
+
+def du(path: str) -> int:
+    """Allocated bytes under ``path`` as ``du`` counts them: each inode once
+    (a hard-linked file counts once), its blocks, directories included."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for d, dirs, names in os.walk(path):
+        for name in [d] + [os.path.join(d, n) for n in names]:
+            st = os.lstat(name)
+            if (st.st_dev, st.st_ino) not in seen:
+                seen.add((st.st_dev, st.st_ino))
+                total += st.st_blocks * 512
+    return total
 
 
 def _fsync_dir(path: str) -> None:
@@ -76,6 +93,15 @@ class Saver:
     def disk_bytes(self) -> int:
         return sum(os.path.getsize(f) for f in _files(self.latest)) if self.latest else 0
 
+    def du(self) -> int:
+        return du(self.dir)
+
+    def use(self, tree: Any) -> Any:
+        """The tree to save: ``tree``, or the setup's when None."""
+        if tree is not None:
+            self.tree = tree
+        return self.tree
+
     def evict_latest(self) -> None:
         if self.latest:
             evict(self.latest)
@@ -114,7 +140,9 @@ class RawFiles(Saver):
             self.pool.shutdown()
         super().close()
 
-    def save(self, n: int) -> tuple[float, float]:
+    def save(self, n: int, tree: Any = None) -> tuple[float, float]:
+        if tree is not None:
+            self.host = [np.asarray(x) for x in jax.tree.leaves(tree)]
         path = os.path.join(self.dir, str(n))
         t = time.perf_counter()
         os.mkdir(path)
@@ -196,7 +224,9 @@ class RawDirect(Saver):
         self.staging = _aligned(self.padded)
         np.frombuffer(self.staging, np.uint8).fill(0)  # touched once, outside timings
 
-    def save(self, n: int) -> tuple[float, float]:
+    def save(self, n: int, tree: Any = None) -> tuple[float, float]:
+        if tree is not None:
+            self.host = [np.asarray(x) for x in jax.tree.leaves(tree)]
         path = os.path.join(self.dir, str(n))
         t = time.perf_counter()
         os.mkdir(path)
@@ -257,9 +287,10 @@ class OrbaxSaver(Saver):
         opts = ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=True)
         self.mngr = ocp.CheckpointManager(os.path.join(directory, "run"), options=opts)
 
-    def save(self, n: int) -> tuple[float, float]:
+    def save(self, n: int, tree: Any = None) -> tuple[float, float]:
+        tree = self.use(tree)
         t = time.perf_counter()
-        self.mngr.save(n, args=self.ocp.args.StandardSave(self.tree))
+        self.mngr.save(n, args=self.ocp.args.StandardSave(tree))
         blocked = time.perf_counter() - t
         self.mngr.wait_until_finished()
         committed = time.perf_counter() - t
@@ -279,24 +310,38 @@ class OrbaxSaver(Saver):
 
 
 class JaxckptSaver(Saver):
-    """jaxckpt ``CheckpointManager``; restore with a ShapeDtypeStruct target."""
+    """jaxckpt ``CheckpointManager``; restore with a ShapeDtypeStruct target.
+
+    ``incremental``: the manager's option (True, its default, shares the
+    files a kept checkpoint holds). ``stats`` is the last save's
+    ``last_save_stats``."""
 
     name = "jaxckpt"
 
-    def __init__(self, directory: str, tree: Any, target: Any):
+    def __init__(self, directory: str, tree: Any, target: Any, incremental: bool = True):
         super().__init__(directory, tree, target)
         import jaxckpt
 
-        self.mngr = jaxckpt.CheckpointManager(os.path.join(directory, "run"), max_to_keep=None)
+        self.name = "jaxckpt" if incremental else "jaxckpt, incremental=False"
+        self.mngr = jaxckpt.CheckpointManager(os.path.join(directory, "run"), max_to_keep=None,
+                                              incremental=incremental)
+        self.stats: Any = None
 
-    def save(self, n: int) -> tuple[float, float]:
+    def save(self, n: int, tree: Any = None) -> tuple[float, float]:
+        tree = self.use(tree)
         t = time.perf_counter()
-        path = self.mngr.save(self.tree, checkpoint_number=n)
+        path = self.mngr.save(tree, checkpoint_number=n)
         blocked = time.perf_counter() - t
         self.mngr.wait_until_finished()
         committed = time.perf_counter() - t
         self.latest = path
+        self.stats = self.mngr.last_save_stats
         return blocked, committed
+
+    def manifest_bytes(self) -> int:
+        from jaxckpt._format import names
+
+        return os.path.getsize(os.path.join(self.latest, names.MANIFEST)) if self.latest else 0
 
     def restore(self) -> float:
         return _timed_restore(lambda: self.mngr.restore(self.latest, self.target))
@@ -315,4 +360,5 @@ SAVERS = {
     "raw_direct": RawDirect,
     "orbax": OrbaxSaver,
     "jaxckpt": JaxckptSaver,
+    "jaxckpt_full": lambda d, tree, target: JaxckptSaver(d, tree, target, incremental=False),
 }

@@ -1,10 +1,16 @@
-"""The benchmark's state trees W1-W3, built the same way on every run.
+"""The benchmark's state trees W1-W3 and W5, built the same way on every run.
 
 W1: 512 MiB in 16 float32 matrices. W2: 256 MiB in 2000 leaves shaped like
 a transformer's params plus Adam's mu/nu. W3: 10 leaves, 10 KiB in all.
-``scale`` multiplies the bytes (the leaf counts stay). Leaves are
-``jax.Array`` on the default device, filled with seeded random values so that
-no layer below can cheat on zero pages.
+W5: a LoRA fine-tune, a 1 GiB frozen bfloat16 base plus 8 MiB of float32
+adapters and their Adam mu/nu. ``scale`` multiplies the bytes (the leaf
+counts stay). Leaves are ``jax.Array`` on the default device, filled with
+seeded random values so that no layer below can cheat on zero pages.
+
+``vary`` gives the tree of the next save: fresh arrays with every byte
+changed (W1-W3: a checkpointer that shares unchanged bytes must not be
+flattered by saving the same tree again), or, for W5, new adapters and
+moments beside the very same base arrays.
 """
 
 from __future__ import annotations
@@ -99,7 +105,58 @@ def w3(scale: float = 1.0) -> dict:
     return {f"v{i}": _random(rng, (n,)) for i in range(10)}
 
 
-BUILDERS = {"W1": w1, "W2": w2, "W3": w3}
+W5_LAYERS = 32
+W5_RANK = 8
+
+
+def w5(scale: float = 1.0) -> dict:
+    """A LoRA fine-tune: 32 frozen bfloat16 (d, d) kernels, 1 GiB at d = 4096,
+    plus rank-8 float32 adapters a (d, 8) and b (8, d) per kernel (8 MiB) and
+    Adam's mu and nu of them (8 MiB each). d shrinks with sqrt(scale)."""
+    d = max(64, int(round(4096 * math.sqrt(scale) / 64)) * 64)
+    rng = np.random.default_rng(5)
+    base = {f"layer_{i:02d}": {"kernel": _random(rng, (d, d), 0.02).astype(jnp.bfloat16)}
+            for i in range(W5_LAYERS)}
+
+    def adapters(s: float) -> dict:
+        return {f"layer_{i:02d}": {"a": _random(rng, (d, W5_RANK), s),
+                                   "b": _random(rng, (W5_RANK, d), s)}
+                for i in range(W5_LAYERS)}
+
+    return {"base": base, "lora": adapters(0.01),
+            "opt_state": {"count": jnp.asarray(0, jnp.int32), "mu": adapters(1e-3),
+                          "nu": jax.tree.map(jnp.abs, adapters(1e-6))},
+            "step": jnp.asarray(0, jnp.int32)}
+
+
+BUILDERS = {"W1": w1, "W2": w2, "W3": w3, "W5": w5}
+
+# W5's part that a training step changes; the base is frozen.
+W5_CHANGING = ("lora", "opt_state", "step")
+
+
+def changing(name: str, tree: Any) -> Any:
+    """The part of ``tree`` that changes between saves (all of it but W5's base)."""
+    if name == "W5":
+        return {k: tree[k] for k in W5_CHANGING}
+    return tree
+
+
+@jax.jit
+def _bump(x: jax.Array) -> jax.Array:
+    # + 1 changes every element of these trees (random floats, small ints).
+    return x + jnp.asarray(1, x.dtype)
+
+
+def vary(name: str, tree: Any) -> Any:
+    """The next save's tree: fresh arrays for every changing leaf, every byte
+    different; W5's base leaves are returned as the same objects, as a LoRA
+    loop that never passes the base through its update does."""
+    if name == "W5":
+        out = dict(tree)
+        out.update(jax.tree.map(_bump, changing(name, tree)))
+        return jax.block_until_ready(out)
+    return jax.block_until_ready(jax.tree.map(_bump, tree))
 
 
 def build(name: str, scale: float) -> Any:

@@ -46,3 +46,32 @@ def test_bench_runs_end_to_end(tmp_path):
     assert "save -> committed" in p.stdout and "W3:" in p.stdout
     # The temporary checkpoint directories are removed.
     assert [x.name for x in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_bench_w5_and_incremental_off_run(tmp_path):
+    """W5 (frozen base, changing adapters) and the incremental=False contender
+    produce samples; an incremental save writes less than a full one."""
+    out = tmp_path / "bench.json"
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--workloads", "W5,W3",
+         "--scale", "0.01", "--reps", "1", "--quiet", "0", "--no-probes", "--dir", str(tmp_path),
+         "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    w5 = report["workloads"]["W5"]["contenders"]
+    expected = ["jaxckpt", "jaxckpt_full", "raw_changed_packed", "raw_changed_per_leaf"]
+    if importlib.util.find_spec("orbax.checkpoint") is not None:
+        expected.append("orbax")
+    for key in expected:
+        assert w5[key]["error"] is None, (key, w5[key]["error"])
+        assert w5[key]["commit"]["n"] == report["workloads"]["W5"]["saves"] - 1, key
+        assert w5[key]["du_after"] > 0, key
+    # Byte counts, not times: sharing the frozen base must show (at scale 0.01
+    # its 9 MiB fill packed shard files of their own; at 0.001 all would share one).
+    assert w5["jaxckpt"]["stats_shared"]["median"] > 0
+    assert w5["jaxckpt_full"]["stats_shared"]["median"] == 0
+    assert w5["jaxckpt"]["du_after"] < w5["jaxckpt_full"]["du_after"]
+    assert report["workloads"]["W3"]["contenders"]["jaxckpt_full"]["error"] is None
+    assert "W5: LoRA fine-tune" in p.stdout and "incremental=False" in p.stdout
+    assert [x.name for x in tmp_path.iterdir()] == ["bench.json"]
