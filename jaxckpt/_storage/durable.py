@@ -2,9 +2,45 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
+import threading
+from typing import Iterable
 
 from . import location as _location
+
+# Directory fsyncs issued together: each waits for a journal commit, and
+# concurrent ones share commits (W5's 129 directories: ~100-140 ms one by
+# one, ~40-55 ms 8 at a time here; 32 at a time was slower again).
+FSYNC_THREADS = 8
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """In a forked child the pool's threads stayed in the parent: make a new one."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def fsync_dirs(paths: Iterable[str]) -> None:
+    """fsyncs every directory in ``paths``, several at a time; raises the first error."""
+    paths = list(paths)
+    if len(paths) <= 2:
+        for p in paths:
+            fsync_dir(p)
+        return
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS,
+                                                          thread_name_prefix="jaxckpt-fsync")
+    for future in [_pool.submit(fsync_dir, p) for p in paths]:
+        future.result()
 
 
 def fsync_tree(root: str) -> None:
@@ -15,9 +51,8 @@ def fsync_tree(root: str) -> None:
     is durable already; the directories above them are fsync'd here. ``root``
     itself is left to the commit, which fsyncs it after writing the manifest.
     """
-    for dirpath, dirnames, _files in os.walk(root, topdown=False):
-        if dirpath != root and dirnames:
-            fsync_dir(dirpath)
+    fsync_dirs(dirpath for dirpath, dirnames, _files in os.walk(root, topdown=False)
+               if dirpath != root and dirnames)
 
 
 def fsync_dir(path: str) -> None:

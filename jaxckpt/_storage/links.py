@@ -54,5 +54,4 @@ class Linker:
 
     def seal(self) -> None:
         """fsyncs every directory a link was made in."""
-        for d in sorted(self._dirs):
-            _durable.fsync_dir(d)
+        _durable.fsync_dirs(sorted(self._dirs))
