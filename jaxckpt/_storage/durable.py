@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import threading
 from typing import Iterable
@@ -13,34 +12,45 @@ from . import location as _location
 # concurrent ones share commits (W5's 129 directories: ~100-140 ms one by
 # one, ~40-55 ms 8 at a time here; 32 at a time was slower again).
 FSYNC_THREADS = 8
-_pool: concurrent.futures.ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child the pool's threads stayed in the parent: make a new one."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
 
 
 def fsync_dirs(paths: Iterable[str]) -> None:
-    """fsyncs every directory in ``paths``, several at a time; raises the first error."""
+    """fsyncs every directory in ``paths``, several at a time; raises the first error.
+
+    Short-lived threads rather than a pool: a save flushed at interpreter exit
+    may no longer submit to an executor (and a forked child has none of its
+    threads); where no thread can start, the rest are fsync'd one by one.
+    """
     paths = list(paths)
     if len(paths) <= 2:
         for p in paths:
             fsync_dir(p)
         return
-    global _pool
-    with _pool_lock:
-        if _pool is None:
-            _pool = concurrent.futures.ThreadPoolExecutor(FSYNC_THREADS,
-                                                          thread_name_prefix="jaxckpt-fsync")
-    for future in [_pool.submit(fsync_dir, p) for p in paths]:
-        future.result()
+    errors: list[BaseException] = []
+
+    def run(chunk: list[str]) -> None:
+        try:
+            for p in chunk:
+                fsync_dir(p)
+        except BaseException as e:  # handed to the caller below
+            errors.append(e)
+
+    n = min(FSYNC_THREADS, len(paths))
+    chunks = [paths[i::n] for i in range(n)]
+    threads = []
+    for chunk in chunks[1:]:
+        t = threading.Thread(target=run, args=(chunk,), name="jaxckpt-fsync", daemon=True)
+        try:
+            t.start()
+        except RuntimeError:  # interpreter shutting down
+            run(chunk)
+        else:
+            threads.append(t)
+    run(chunks[0])
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def fsync_tree(root: str) -> None:
