@@ -41,6 +41,7 @@ POINTS = (
     "multihost.part_written",  # this process's part is durable, not yet reported to process 0
     "state_file.before_replace",  # new state file durable in its temporary, not yet renamed
     "state_file.after_replace",  # new state file renamed into place, directory not yet fsync'd
+    "write.linked",  # an incremental save's hard links made, their directories not yet fsync'd
 )
 
 _ACTIONS = ("kill", "stop", "raise")

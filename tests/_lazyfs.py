@@ -22,6 +22,13 @@ ENOENT): the worker uses it to say "this commit returned here".
 the flags, so ``_FlagsFUSE`` passes them on); with ``LAZYFS_REFUSE_RENAME_FLAGS=1``
 it refuses any flag with EINVAL, as NFS does, so the library's two-rename
 fallback runs.
+
+``link`` adds a directory entry to an existing inode: like a create, the new
+name is durable only once its directory is fsync'd, and the inode's data is
+whatever was fsync'd through any of its names. An unlink drops one name; the
+inode lives on while another name reaches it. With ``LAZYFS_REFUSE_LINKS=1``
+it refuses links with EPERM (as some FUSE and network file systems do), so
+incremental saves fall back to writing every file.
 """
 
 from __future__ import annotations
@@ -63,6 +70,7 @@ def _serve(backing: str, mount: str, log_path: str) -> None:
 
     renameat2 = _libc_renameat2()
     refuse_flags = os.environ.get("LAZYFS_REFUSE_RENAME_FLAGS") == "1"
+    refuse_links = os.environ.get("LAZYFS_REFUSE_LINKS") == "1"
 
     class PowerCutFS(mfusepy.Operations):
         use_ns = True
@@ -220,7 +228,16 @@ def _serve(backing: str, mount: str, log_path: str) -> None:
             raise OSError(errno.EPERM, "the power-cut file system models no links")
 
         def link(self, target, source):
-            raise OSError(errno.EPERM, "the power-cut file system models no links")
+            # mfusepy's order: ``target`` is the new name, ``source`` the existing file.
+            if refuse_links:
+                raise OSError(errno.EPERM, "this power-cut file system refuses hard links")
+            ino = self._resolve(source)
+            if self.nodes[ino].kind != "f":
+                raise OSError(errno.EPERM, "")
+            os.link(self._full(source), self._full(target))
+            parent, name = self._parent(target)
+            self.nodes[parent].children[name] = ino
+            self.log.append(("link", parent, name, ino))
 
         def destroy(self, path):
             with open(log_path + ".part", "wb") as f:
@@ -256,6 +273,12 @@ class Durable:
                 self.pending[ino] = []
             else:
                 self.live_data[ino], self.durable_data[ino] = bytearray(), b""
+            self.live_entries[parent][name] = ino
+            self.pending[parent].append(((name, ino),))
+        elif kind == "link":
+            # One more name for an existing file: pending in its directory like
+            # a create; the data is the inode's, whichever name reaches it.
+            _, parent, name, ino = op
             self.live_entries[parent][name] = ino
             self.pending[parent].append(((name, ino),))
         elif kind == "write":
@@ -351,13 +374,14 @@ def fuse_unavailable() -> str | None:
 
 
 @contextlib.contextmanager
-def mounted(tmp: str, refuse_rename_flags: bool = False):
+def mounted(tmp: str, refuse_rename_flags: bool = False, refuse_links: bool = False):
     """Mounts a power-cut file system under ``tmp``; yields ``(mount, log)``
     where ``log`` is a list filled with the recorded operations on unmount."""
     backing, mount, log_path = (os.path.join(tmp, n) for n in ("backing", "mnt", "ops.pickle"))
     os.makedirs(backing)
     os.makedirs(mount)
-    env = dict(os.environ, LAZYFS_REFUSE_RENAME_FLAGS="1" if refuse_rename_flags else "0")
+    env = dict(os.environ, LAZYFS_REFUSE_RENAME_FLAGS="1" if refuse_rename_flags else "0",
+               LAZYFS_REFUSE_LINKS="1" if refuse_links else "0")
     server = subprocess.Popen([sys.executable, __file__, backing, mount, log_path], env=env)
     log: list[tuple] = []
     try:

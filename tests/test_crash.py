@@ -100,6 +100,11 @@ def _finish_cleanly(directory, last: int) -> None:
     assert check_sound(directory, state) == last + 1
     named = [os.path.basename(p) for p in named_paths(directory)]
     assert sorted(os.listdir(directory)) == sorted(["checkpoint", *named])
+    # The saves were incremental: the newest shares its unchanged leaves' files
+    # (two "mid" leaves and "frozen") with the one before, by hard links.
+    newest = os.path.join(directory, f"ckpt-{last + 1}")
+    links = [n for r, _, fs in os.walk(newest) for n in fs if os.stat(os.path.join(r, n)).st_nlink > 1]
+    assert len(links) >= 3, f"{newest} shares no files: the saves were not incremental"
 
 
 def _random_kill(w: Worker, rng: random.Random, stopped: bool) -> None:
@@ -117,7 +122,8 @@ def _random_kill(w: Worker, rng: random.Random, stopped: bool) -> None:
     w.kill()
 
 
-_NEAR_POINTS = ("manager.before_delete", "state_file.before_replace", "manager.committed")
+_NEAR_POINTS = ("manager.before_delete", "state_file.before_replace", "manager.committed",
+                "write.linked")
 _n_chains = -(-ROUNDS // CHAIN)
 
 
@@ -149,6 +155,10 @@ _AIMED = {
     "publish-then-state-file": [("commit.before_publish", 1, r"^\.ckpt-2\.tmp-[0-9a-f]+$"),
                                 ("state_file.before_replace", 1, r"^checkpoint\.tmp-[0-9a-f]+$"),
                                 ("state_file.after_replace", 1, None)],
+    # An incremental save killed with its hard links made, not yet fsync'd
+    # (ckpt-1's save has nothing to link: the first kill is in ckpt-3's).
+    "incremental": [("write.linked", 1, r"^\.ckpt-3\.tmp-[0-9a-f]+$"),
+                    ("write.linked", 0, r"^\.ckpt-3\.tmp-[0-9a-f]+$")],
     # Round 2 dies in the new manager's sweep of ckpt-1 (before it prints "start"),
     # round 3 in the retention deletion of ckpt-2.
     "deletion": [("manager.before_delete", 0, r"^\.ckpt-1\.deleting$"),

@@ -51,17 +51,53 @@ TORTURE = os.environ.get("JAXCKPT_POWER_CUTS") == "all"
 SAMPLE = 40  # cut points per recorded run in `make test`
 
 
-def _record(tmp, saves: str, fallback: bool, break_fsync_dir: bool = False) -> list[tuple]:
+def _record(tmp, saves: str, fallback: bool, break_fsync_dir: bool = False,
+            refuse_links: bool = False, break_link_seal: bool = False) -> list[tuple]:
     """Runs the worker's saves on a power-cut file system; returns the operation log."""
-    env = dict(os.environ, POWER_CUT_BREAK_FSYNC_DIR="1" if break_fsync_dir else "0")
+    env = dict(os.environ, POWER_CUT_BREAK_FSYNC_DIR="1" if break_fsync_dir else "0",
+               POWER_CUT_BREAK_LINK_SEAL="1" if break_link_seal else "0")
     env.pop("JAXCKPT_NO_RENAME_EXCHANGE", None)
-    with _lazyfs.mounted(str(tmp), refuse_rename_flags=fallback) as (mount, log):
+    with _lazyfs.mounted(str(tmp), refuse_rename_flags=fallback,
+                         refuse_links=refuse_links) as (mount, log):
         run = subprocess.run([sys.executable, worker.__file__, mount, saves], env=env,
                              capture_output=True, text=True, timeout=600)
         assert run.returncode == 0 and run.stdout.strip() == "done", run.stderr[-4000:]
     if saves != "plain":  # the intended replace path ran
         assert any(op[0] == "rename" and op[5] for op in log) != fallback
+        # The incremental saves shared files by hard links (both big's and a
+        # packed shard's), unless the file system refused them.
+        linked = _linked_names(log)
+        if refuse_links:
+            assert not linked, linked[:5]
+        else:
+            assert any("/packed/" in p for p in linked) and any("/a/" in p for p in linked), (
+                f"no packed shard and large-leaf file linked: {linked[:10]}")
+            TALLY["power-cut runs with hard links"] += 1
     return log
+
+
+def _linked_names(log: list[tuple]) -> list[str]:
+    """The paths (at the time) of every hard link made in ``log``."""
+    names: dict[int, tuple[int, str]] = {}  # inode -> (parent, name), directories only
+    out = []
+
+    def path(ino: int) -> str:
+        parts = []
+        while ino in names:
+            ino, name = names[ino]
+            parts.append(name)
+        return "/".join(reversed(parts))
+
+    for op in log:
+        if op[0] == "new" and op[4] == "d":
+            names[op[3]] = (op[1], op[2])
+        elif op[0] == "rename":
+            moved = [i for i, v in names.items() if v == (op[1], op[2])]
+            for i in moved:
+                names[i] = (op[3], op[4])
+        elif op[0] == "link":
+            out.append(path(op[1]) + "/" + op[2])
+    return out
 
 
 def _version_on_disk(directory: str, number: int) -> int:
@@ -162,8 +198,25 @@ def _cuts(log: list[tuple], seed: int) -> list[int]:
 
 @pytest.mark.parametrize("fallback", [False, True], ids=["exchange", "two-renames"])
 def test_power_cuts_keep_the_newest_returned_checkpoint(tmp_path, fallback):
+    """Incremental saves (hard links, checked in ``_record``), both replace paths."""
     log = _record(tmp_path / "rec", "long" if TORTURE else "short", fallback)
     _cut_and_check(tmp_path, log, _cuts(log, seed=int(fallback)))
+
+
+def test_power_cuts_where_links_are_refused(tmp_path):
+    """A file system that refuses hard links: incremental saves write every
+    file instead (``Linker.refused``), with the same guarantees."""
+    log = _record(tmp_path / "rec", "short", fallback=False, refuse_links=True)
+    _cut_and_check(tmp_path, log, _cuts(log, seed=2))
+
+
+def test_harness_catches_unsealed_links(tmp_path):
+    """Without the fsync of the directories links were made in, some cut after
+    a commit returned loses a linked file of it (a manifest naming a file that
+    is not durable): the harness must see that."""
+    log = _record(tmp_path / "rec", "short", fallback=False, break_link_seal=True)
+    with pytest.raises(AssertionError, match="damaged or missing"):
+        _cut_and_check(tmp_path, log, _cuts(log, seed=0), tally=False)
 
 
 def test_harness_catches_missing_directory_fsyncs(tmp_path):

@@ -229,6 +229,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
             _write_packed(snapshot, packed_future, packed, errors, digests, sharing,
                           index, linker, root)
         if linker is not None:
+            _faults.point("write.linked")
             linker.seal()
     finally:
         # Await every write, even after one failed: a write still running would
