@@ -2,44 +2,37 @@
 
 Each job lives in the module named for it; this one connects them:
 
-- ``_policy``: argument checks, the interval rule, retention (pure);
-- ``_ownership``: recovery and tidying on open, closing together;
-- ``_queue``: numbering and queueing, the one save sequence of ``save`` and
-  ``save_in_jit``'s host callback (``_snapshot`` makes the snapshot);
-- ``_pipeline``: one save on the writer thread (``_writer``), start to end:
-  write and fsync, commit, then publish (replace the state file, and only
+- ``_directory/policy``: argument checks, the interval rule, retention (pure);
+- ``_save/opening``: take over, lock, recover and tidy (``_directory/ownership``),
+  start the writer; ``_save/lifecycle``: the checks every call makes, closing;
+- ``_save/queue``: numbering and queueing, the one save sequence of ``save`` and
+  ``save_in_jit``'s host callback (``_save/snapshot`` makes the snapshot);
+- ``_save/pipeline``: one save on the writer thread (``_save/writer``), start to
+  end: write and fsync, commit, then publish (replace the state file, and only
   then delete what the retention rules drop);
 - ``_managed_restore``: restores after a pending save, agreed, with fallback;
-- ``_registry.Handle``: the callables handed to ``_registry``, ``_in_jit``
-  and ``tf_compat``, so that none of them reads this class's private state.
+- ``_directory/registry.Handle``: the callables handed to the registry,
+  ``_save/in_jit`` and ``tf_compat``, so that none of them reads this class's
+  private state.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
 import warnings
 from typing import Any, Callable
 
-
-from . import _faults
-from ._directory import (agree as _agree, catalog as _catalog, lock as _lock,
-                         ownership as _ownership, policy as _policy, registry as _registry)
-from ._format import names as _names
 from . import _managed_restore
-from ._report import render as _display, listing as _listing
-from ._save import in_jit as _in_jit, pipeline as _pipeline, queue as _queue, snapshot as _snapshot, stats as _stats
-from ._directory import coordinate as _multihost
-from ._storage import durable as _durable, location as _location, page_cache as _page_cache
+from ._directory import agree as _agree, coordinate as _multihost, policy as _policy
+from ._directory import registry as _registry
 from ._directory.policy import as_number
-from ._save.writer import Writer
-from .errors import (CheckpointNotFoundError, CheckpointWriteError, ForkedManagerError,
-                     ManagerClosedError, ReadOnlyManagerError)
-
-log = logging.getLogger("jaxckpt")
-
+from ._report import listing as _listing, render as _display
+from ._save import (in_jit as _in_jit, lifecycle as _lifecycle, opening as _opening,
+                    queue as _queue, snapshot as _snapshot, stats as _stats)
+from ._storage import location as _location
+from .errors import CheckpointNotFoundError  # noqa: F401  (tf_compat raises it from here)
 
 class CheckpointManager:
     """Manages numbered checkpoints of a pytree in one directory.
@@ -102,79 +95,47 @@ class CheckpointManager:
             last_checkpoint_step=last_checkpoint_step)
         self._read_only = read_only
         self._max_to_keep, self._interval = options.max_to_keep, options.interval
-        last_step = options.last_step
         self._keep_hours = keep_checkpoint_every_n_hours
         self._name = checkpoint_name
         self._step_counter = step_counter
         self._init_fn = init_fn
-        self._clock = clock
-        self._timeout = float(coordination_timeout_s)
         self._root = _location.locate(directory)
         self._dir = str(self._root)
-        self._primary = _multihost.process_index() == 0
         if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
             raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
         self._scope = _multihost.scope(self._dir, "mngr", _registry.instance_number(self._dir))
-        # Decisions shared by every process (process 0 decides; see _agree).
-        self._agree = _agree.Agreement(self._scope + "/agree", self._timeout, self._dir)
-        self._closed_together = False
-        self._number_of = _ownership.number_parser(checkpoint_name)
-
+        timeout = float(coordination_timeout_s)
+        # Decisions shared by every process (process 0 decides; see _directory/agree).
+        self._agree = _agree.Agreement(self._scope + "/agree", timeout, self._dir)
         self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._stats = _stats.StatsRecorder()
-        self._queue = _queue.SaveQueue(self._scope, self._timeout, self._interval, last_step,
-                                       step_counter, clock, self._checkpoint_path, self._stats)
-        self._closed_why = "it was closed"
-        with _registry.opening:
-            if not read_only:  # a reader leaves a writer in this process alone
-                _registry.take_over(self._dir)
-            if self._root.is_local and not read_only:
-                _durable.makedirs_durably(self._dir)
-            # None: a URL, not process 0, or a reader (which may run beside the writer)
-            self._dir_lock = None if read_only else _lock.acquire(self._dir)
-            try:
-                # Process 0 alone cleans up (and commits, and deletes); a reader never.
-                self._recover(opening=True)
-                if self._primary and not read_only:
-                    _ownership.tidy(self._root, self._name, self._named)
-                self._superseded = _page_cache.Superseded(self._root.is_local,
-                                                          self._catalog.checkpoints)
-                # The writer thread releases the lock as it stops: even a close()
-                # interrupted by Ctrl-C cannot leave this process holding it.
-                self._writer = Writer(f"jaxckpt-writer:{self._dir}", max_pending,
-                                      self._dir_lock.release if self._dir_lock else None)
-                self._queue.start(self._catalog, self._writer, _pipeline.Pipeline(
-                    self._root, self._catalog, self._superseded, self._stats,
-                    self._queue.finish))
-            except BaseException:
-                if self._dir_lock is not None:
-                    self._dir_lock.release()
-                raise
-            self._closed = False
+        self._opener = _opening.Opener(
+            self._root, checkpoint_name, self._agree, clock, max_to_keep=self._max_to_keep,
+            keep_hours=self._keep_hours, primary=_multihost.process_index() == 0,
+            read_only=read_only)
+        self._queue = _queue.SaveQueue(self._scope, timeout, self._interval, options.last_step,
+                                       step_counter, clock, self._opener.path_of, self._stats)
+        with self._opener.open(self._queue, self._stats, max_pending) as opened:
+            self._catalog, self._writer = opened.catalog, opened.writer
+            self._dir_lock = opened.dir_lock
+            self._life = _lifecycle.Lifecycle(self._dir, read_only, self._writer,
+                                              self._dir_lock, self._save_lock)
             self._restorer = _managed_restore.ManagedRestore(
                 self._root, self._agree, self._queue.done_event, self._writer.wait,
                 self._newest_first, self._queue.restored)
+            life = self._life
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
-                close=self.close, close_because=self._close, closed_why=self._closed_reason,
-                writer_stopped=self._writer_stopped, check_open=self._check_open,
+                close=self.close, close_because=self._close, closed_why=life.closed_reason,
+                writer_stopped=life.writer_stopped, check_open=life.check_open,
                 report=self._writer.report, save_host_snapshot=self._save_host_snapshot,
-                restore_newest_sound=self._restorer.newest_sound, path_for=self._path_for)
+                restore_newest_sound=self._restorer.newest_sound, path_for=self._opener.path_for)
             if not read_only:
                 _registry.register(self._handle, self._agree.multi)
 
-    # ------------------------------------------------------------ recovery
-
-    def _recover(self, opening: bool = False) -> None:
-        writer = opening and not self._read_only
-        found = _ownership.recover(
-            self._root, self._name, self._agree, self._number_of, self._checkpoint_path,
-            lambda: _policy.clock_reading(self._clock), sweep=writer and self._primary,
-            share=writer and self._agree.multi)
-        self._queue.max_number, self._named = found.max_number, found.named
-        self._catalog = _catalog.Catalog(
-            self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
-            keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
+    @property
+    def _closed(self) -> bool:
+        return self._life.closed
 
     # ------------------------------------------------------------ saving
 
@@ -199,9 +160,9 @@ class CheckpointManager:
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
         called = time.perf_counter()
-        self._check_open()
-        self._check_writable()
-        self._raise_error()
+        self._life.check_open()
+        self._life.check_writable()
+        self._life.raise_error()
         _in_jit.wait_ready(self._handle, state)
         return self._save_sequence(
             lambda: _snapshot.take(state, metadata),
@@ -211,53 +172,17 @@ class CheckpointManager:
     def _save_sequence(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
                        checkpoint_number: Any, check_interval: bool, called: float,
                        again: bool = False) -> str | None:
-        """Every save's rules and queueing (``_queue``), under ``_save_lock``."""
+        """Every save's rules and queueing (``_save/queue``), under ``_save_lock``."""
         with self._save_lock:
             if again:
-                self._check_open()  # again: close() may have won the lock
+                self._life.check_open()  # again: close() may have won the lock
             return self._queue.save(take, step_of, checkpoint_number, check_interval, called)
-
-    def _raise_error(self) -> None:
-        error = self._writer.take_error() if hasattr(self, "_writer") else None
-        if error is not None:
-            raise CheckpointWriteError(
-                f"a background save in {self._dir} failed; that checkpoint was not "
-                f"committed and earlier ones are intact: {error!r}") from error
-
-    def _check_process(self) -> None:
-        """Raises in a forked child: the writer thread stayed in the parent."""
-        if self._writer.pid != os.getpid():
-            raise ForkedManagerError(
-                f"this CheckpointManager for {self._dir} belongs to process {self._writer.pid} "
-                f"and this is a child forked from it (pid {os.getpid()}); its writer thread "
-                "stayed in the parent, so it cannot save or wait here. Make a new "
-                "CheckpointManager in the child (another directory, or after the parent's "
-                "manager is closed).")
-
-    def _check_open(self) -> None:
-        self._check_process()
-        if self._closed:
-            raise ManagerClosedError(
-                f"CheckpointManager for {self._dir} is closed ({self._closed_why}); "
-                "make a new one to save or restore")
-
-    def _check_writable(self) -> None:
-        if self._read_only:
-            raise ReadOnlyManagerError(
-                f"CheckpointManager for {self._dir} is read-only (read_only=True): it restores "
-                "and lists but never saves; make one without read_only to save")
-
-    def _closed_reason(self) -> str | None:
-        return self._closed_why if self._closed else None
-
-    def _writer_stopped(self) -> bool:
-        return self._writer.stopped
 
     def _refresh(self) -> None:
         """A reader re-reads the state file: the writer is another manager."""
-        if self._read_only and not self._closed:
+        if self._read_only and not self._life.closed:
             with self._save_lock:
-                self._recover()
+                self._catalog = self._opener.recover()
 
     def wait_until_finished(self) -> None:
         """Blocks until every queued save is committed (or failed).
@@ -265,10 +190,10 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: a background save failed.
         """
-        self._check_process()
+        self._life.check_process()
         _in_jit.drain(self._handle)
         self._writer.wait()
-        self._raise_error()
+        self._life.raise_error()
 
     def close(self) -> None:
         """Waits for pending saves and stops the writer; idempotent.
@@ -280,36 +205,11 @@ class CheckpointManager:
             CheckpointWriteError: a background save failed.
             CoordinationTimeoutError: another process did not close its manager in time (named).
         """
-        failed = True
-        try:
-            self._close("close() was called")
-            failed = False
-        finally:
-            self._close_together(quiet=failed)
+        self._life.close_all(lambda: _in_jit.drain(self._handle), self._agree, self._scope)
 
-    def _close_together(self, quiet: bool) -> None:
-        if self._closed_together or not self._agree.multi or self._writer.pid != os.getpid():
-            return
-        self._closed_together = True
-        _ownership.close_together(self._agree, self._scope, self._dir, quiet)
 
     def _close(self, why: str) -> None:
-        if self._writer.pid != os.getpid():
-            return  # a forked child's copy: the parent's writer and lock are not ours
-        if not self._closed:
-            # Outside the lock: a pending save_in_jit callback takes it.
-            _in_jit.drain(self._handle)
-        with self._save_lock:  # a save in progress finishes queueing first
-            if not self._closed:
-                self._closed_why = why
-                self._closed = True
-            # Even if already closed: a close() interrupted by Ctrl-C left the
-            # writer finishing; this joins it (it releases the directory lock
-            # as it stops, so the lock is free once this returns).
-            self._writer.close()
-            if self._dir_lock is not None:
-                self._dir_lock.release()
-        self._raise_error()
+        self._life.close(why, lambda: _in_jit.drain(self._handle))
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -368,7 +268,7 @@ class CheckpointManager:
         In a multi-process program every process must run it for the same
         steps: each writes its own block of the large leaves (see the README).
         """
-        self._check_writable()
+        self._life.check_writable()
         _in_jit.save(self._handle, state, step, checkpoint_number, check_interval, metadata)
 
     def _save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
@@ -379,18 +279,10 @@ class CheckpointManager:
         host call to raise.
         """
         called = time.perf_counter()
-        self._check_open()
+        self._life.check_open()
         return self._save_sequence(take, lambda: step, number, check_interval, called)
 
     # ------------------------------------------------------------ reading
-
-    def _checkpoint_path(self, number: int) -> str:
-        return str(self._root.join(_names.numbered(self._name, number)))
-
-    def _path_for(self, checkpoint: Any) -> str:
-        if isinstance(checkpoint, (str, os.PathLike)):
-            return str(_location.locate(checkpoint))
-        return self._checkpoint_path(as_number(checkpoint, "checkpoint"))
 
     def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False,
                 progress: bool = False) -> Any:
@@ -405,16 +297,10 @@ class CheckpointManager:
             ForkedManagerError: in a process forked from the manager's (use
                 ``jaxckpt.restore(path)`` there, or a new manager).
         """
-        self._check_process()
+        self._life.check_process()
         _in_jit.drain(self._handle)
-        if checkpoint is None:
-            _faults.point("manager.restore_waits")
-            self._writer.wait()
-            path = self._restorer.agreed(self.latest_checkpoint)
-            if path is None:
-                raise CheckpointNotFoundError(f"no committed checkpoint in {self._dir}")
-        else:
-            path = self._path_for(checkpoint)
+        path = (self._restorer.latest(lambda: self.latest_checkpoint) if checkpoint is None
+                else self._opener.path_for(checkpoint))
         return self._restorer.restore(path, target, partial=partial, progress=progress)
 
     def restore_or_initialize(self, target: Any = None) -> Any:
@@ -429,22 +315,9 @@ class CheckpointManager:
             CorruptCheckpointError: checkpoints exist but none of them restores.
             StructureMismatchError: ``target`` does not fit the checkpoint.
         """
-        self._check_process()
+        self._life.check_process()
         _in_jit.drain(self._handle)
-        self._writer.wait()
-        # In a multi-process program whether there is one is process 0's call
-        # too (a reader's own view may lag or lead): newest_sound asks.
-        if self._agree.multi or self.latest_checkpoint is not None:
-            if target is None and self._init_fn is not None:
-                import jax
-
-                target = jax.eval_shape(self._init_fn)
-            found = self._restorer.newest_sound(target)
-            if found is not None:
-                return found[1]
-        if self._init_fn is not None:
-            return self._init_fn()
-        return None
+        return self._restorer.or_initialize(target, self._init_fn, lambda: self.latest_checkpoint)
 
     def _newest_first(self) -> list[str]:
         self._refresh()  # a reader follows the writer's state file
@@ -499,18 +372,14 @@ class CheckpointManager:
                                        self._interval, len(self.pending), self.stats)
 
     def __str__(self) -> str:
-        return (f"CheckpointManager\n{_display.text_fields(self._fields())}\n"
-                f"{self.list_checkpoints()!r}")
+        return _display.manager_text(self._fields(), repr(self.list_checkpoints()))
 
     def _repr_html_(self) -> str:
-        return ("<div><strong>CheckpointManager</strong>" + _display.html_fields(self._fields())
-                + self.list_checkpoints()._repr_html_() + "</div>")
+        return _display.manager_html(self._fields(), self.list_checkpoints()._repr_html_())
 
     def __repr__(self) -> str:
-        pending = self.pending
-        return (f"CheckpointManager({self._dir!r}, max_to_keep={self._max_to_keep}, "
-                f"{len(self.checkpoints)} checkpoint(s), latest={self.latest_checkpoint!r}"
-                + (f", {len(pending)} pending" if pending else "") + ")")
+        return _display.manager_repr(self._dir, self._max_to_keep, len(self.checkpoints),
+                                     self.latest_checkpoint, len(self.pending))
 
 
 def handle(mngr: CheckpointManager) -> _registry.Handle:
