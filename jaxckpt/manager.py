@@ -19,18 +19,18 @@ Each job lives in the module named for it; this one connects them:
 from __future__ import annotations
 
 import os
-import threading
 import time
 import warnings
 from typing import Any, Callable
 
 from . import _managed_restore
-from ._directory import agree as _agree, coordinate as _multihost, policy as _policy
+from ._directory import agree as _agree, catalog as _catalog, coordinate as _multihost
+from ._directory import policy as _policy
 from ._directory import registry as _registry
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
-from ._save import (in_jit as _in_jit, lifecycle as _lifecycle, opening as _opening,
-                    queue as _queue, snapshot as _snapshot, stats as _stats)
+from ._save import (in_jit as _in_jit, opening as _opening, queue as _queue,
+                    snapshot as _snapshot, stats as _stats)
 from ._storage import location as _location
 from .errors import CheckpointNotFoundError  # noqa: F401  (tf_compat raises it from here)
 
@@ -57,12 +57,9 @@ class CheckpointManager:
             ``ReadOnlyManagerError``. ``latest_checkpoint``, ``checkpoints`` and
             ``restore`` re-read the state file, so they follow the writer.
 
-    Methods are thread-safe. ``save`` blocks only for the host snapshot (and
-    while ``max_pending`` saves are already in flight).
-
-    One process writes a directory: the manager holds a lock on it (process 0
-    only in a multi-process JAX program; none for URL directories) that dies
-    with the process. A new manager on the same directory in the same process
+    Methods are thread-safe; ``save`` blocks only for the host snapshot (and
+    while ``max_pending`` saves are in flight). One process writes a directory
+    (it holds a lock, see the README); a new manager on it in this process
     takes over: the old one is flushed and closed, with a warning.
 
     Raises:
@@ -71,22 +68,14 @@ class CheckpointManager:
             anything is written.
     """
 
-    def __init__(
-        self,
-        directory: str | os.PathLike,
-        *,
-        max_to_keep: int | None = 5,
-        keep_checkpoint_every_n_hours: float | None = None,
-        checkpoint_name: str = "ckpt",
-        step_counter: Callable[[Any], Any] | None = None,
-        checkpoint_interval: int | None = None,
-        init_fn: Callable[[], Any] | None = None,
-        last_checkpoint_step: int | None = None,
-        clock: Callable[[], float] = time.time,
-        max_pending: int = 1,
-        coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
-        read_only: bool = False,
-    ):
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 5,
+                 keep_checkpoint_every_n_hours: float | None = None, checkpoint_name: str = "ckpt",
+                 step_counter: Callable[[Any], Any] | None = None,
+                 checkpoint_interval: int | None = None, init_fn: Callable[[], Any] | None = None,
+                 last_checkpoint_step: int | None = None, clock: Callable[[], float] = time.time,
+                 max_pending: int = 1,
+                 coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
+                 read_only: bool = False):
         options = _policy.manager_options(
             read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
@@ -107,7 +96,6 @@ class CheckpointManager:
         timeout = float(coordination_timeout_s)
         # Decisions shared by every process (process 0 decides; see _directory/agree).
         self._agree = _agree.Agreement(self._scope + "/agree", timeout, self._dir)
-        self._save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self._stats = _stats.StatsRecorder()
         self._opener = _opening.Opener(
             self._root, checkpoint_name, self._agree, clock, max_to_keep=self._max_to_keep,
@@ -118,17 +106,15 @@ class CheckpointManager:
         with self._opener.open(self._queue, self._stats, max_pending) as opened:
             self._catalog, self._writer = opened.catalog, opened.writer
             self._dir_lock = opened.dir_lock
-            self._life = _lifecycle.Lifecycle(self._dir, read_only, self._writer,
-                                              self._dir_lock, self._save_lock)
+            self._life = life = opened.life
             self._restorer = _managed_restore.ManagedRestore(
                 self._root, self._agree, self._queue.done_event, self._writer.wait,
-                self._newest_first, self._queue.restored)
-            life = self._life
+                lambda: self._catalog_now().newest_first(), self._queue.restored)
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
                 close=self.close, close_because=self._close, closed_why=life.closed_reason,
                 writer_stopped=life.writer_stopped, check_open=life.check_open,
-                report=self._writer.report, save_host_snapshot=self._save_host_snapshot,
+                report=self._writer.report, save_host_snapshot=self._queue.save_host_snapshot,
                 restore_newest_sound=self._restorer.newest_sound, path_for=self._opener.path_for)
             if not read_only:
                 _registry.register(self._handle, self._agree.multi)
@@ -139,14 +125,8 @@ class CheckpointManager:
 
     # ------------------------------------------------------------ saving
 
-    def save(
-        self,
-        state: Any,
-        checkpoint_number: Any = None,
-        check_interval: bool = True,
-        *,
-        metadata: dict | None = None,
-    ) -> str | None:
+    def save(self, state: Any, checkpoint_number: Any = None, check_interval: bool = True, *,
+             metadata: dict | None = None) -> str | None:
         """Snapshots ``state`` and queues its write; returns the checkpoint's path.
 
         Blocks until ``state`` is safe from the caller (host copies made), and
@@ -164,25 +144,17 @@ class CheckpointManager:
         self._life.check_writable()
         self._life.raise_error()
         _in_jit.wait_ready(self._handle, state)
-        return self._save_sequence(
+        return self._queue.save(  # the rules and the queueing, under the save lock
             lambda: _snapshot.take(state, metadata),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
             checkpoint_number, check_interval, called, again=True)
 
-    def _save_sequence(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
-                       checkpoint_number: Any, check_interval: bool, called: float,
-                       again: bool = False) -> str | None:
-        """Every save's rules and queueing (``_save/queue``), under ``_save_lock``."""
-        with self._save_lock:
-            if again:
-                self._life.check_open()  # again: close() may have won the lock
-            return self._queue.save(take, step_of, checkpoint_number, check_interval, called)
-
-    def _refresh(self) -> None:
-        """A reader re-reads the state file: the writer is another manager."""
+    def _catalog_now(self) -> _catalog.Catalog:
+        """A reader first re-reads the state file: the writer is another manager."""
         if self._read_only and not self._life.closed:
-            with self._save_lock:
+            with self._queue.save_lock:
                 self._catalog = self._opener.recover()
+        return self._catalog
 
     def wait_until_finished(self) -> None:
         """Blocks until every queued save is committed (or failed).
@@ -207,7 +179,6 @@ class CheckpointManager:
         """
         self._life.close_all(lambda: _in_jit.drain(self._handle), self._agree, self._scope)
 
-
     def _close(self, why: str) -> None:
         self._life.close(why, lambda: _in_jit.drain(self._handle))
 
@@ -224,25 +195,16 @@ class CheckpointManager:
 
     # ------------------------------------------------------------ saving from compiled code
 
-    def save_in_jit(
-        self,
-        state: Any,
-        step: Any = None,
-        *,
-        checkpoint_number: Any = None,
-        check_interval: bool = True,
-        metadata: dict | None = None,
-    ) -> None:
+    def save_in_jit(self, state: Any, step: Any = None, *, checkpoint_number: Any = None,
+                    check_interval: bool = True, metadata: dict | None = None) -> None:
         """Saves ``state`` from traced code: ``jax.jit``, ``lax.scan``, ``fori_loop``, ``cond``.
 
         Call it every step inside the compiled loop. On device it sends the
         state to the host only when ``step % checkpoint_interval == 0`` (every
-        call without an interval, or with ``check_interval=False``); non-sent
-        steps cost no copy and no host round trip. On the host the callback
-        applies ``save()``'s rules to the concrete step (skip the step of the
-        last save; skip a step below ``last + checkpoint_interval`` when
-        ``check_interval``), copies the state out and queues the write on the
-        background writer without waiting for it.
+        call without an interval, or with ``check_interval=False``); on the
+        host the callback applies ``save()``'s rules to the concrete step and
+        queues the write without waiting for it. The README's "Checkpointing
+        inside jit / scan" has the details.
 
         Args:
             state: the pytree to save (traced arrays, PRNG keys, static leaves).
@@ -251,13 +213,10 @@ class CheckpointManager:
             check_interval: as in ``save``; a Python bool.
             metadata: a JSON-able dict stored with every checkpoint it makes.
 
-        Does not block: the work happens when the compiled code runs. A
-        failure there (a write, or the callback itself, e.g. a closed manager)
-        is raised as ``CheckpointWriteError`` by the next ``save``,
-        ``wait_until_finished`` or ``close``; ``wait_until_finished``,
-        ``close`` and ``restore()`` first wait for dispatched computations.
-        The manager is bound at trace time: a cached compiled function keeps
-        saving to the manager it was traced with.
+        Does not block: a failure when the compiled code runs (a write, or the
+        callback itself) is raised as ``CheckpointWriteError`` by the next
+        ``save``, ``wait_until_finished`` or ``close``. The manager is bound at
+        trace time: a cached compiled function keeps saving to it.
 
         Raises:
             TypeError: a leaf cannot be saved, or ``step`` is not an integer
@@ -270,17 +229,6 @@ class CheckpointManager:
         """
         self._life.check_writable()
         _in_jit.save(self._handle, state, step, checkpoint_number, check_interval, metadata)
-
-    def _save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
-                            number: int, check_interval: bool) -> str | None:
-        """save()'s rules and queueing, for a snapshot made by save_in_jit's callback.
-
-        Unlike ``save`` it leaves an earlier background failure for the next
-        host call to raise.
-        """
-        called = time.perf_counter()
-        self._life.check_open()
-        return self._save_sequence(take, lambda: step, number, check_interval, called)
 
     # ------------------------------------------------------------ reading
 
@@ -319,10 +267,6 @@ class CheckpointManager:
         _in_jit.drain(self._handle)
         return self._restorer.or_initialize(target, self._init_fn, lambda: self.latest_checkpoint)
 
-    def _newest_first(self) -> list[str]:
-        self._refresh()  # a reader follows the writer's state file
-        return self._catalog.newest_first()
-
     @property
     def directory(self) -> str:
         return self._dir
@@ -330,14 +274,12 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[str]:
         """Committed, managed checkpoints, oldest first. Never blocks."""
-        self._refresh()
-        return self._catalog.checkpoints
+        return self._catalog_now().checkpoints
 
     @property
     def latest_checkpoint(self) -> str | None:
         """The newest committed checkpoint. Never blocks."""
-        self._refresh()
-        return self._catalog.latest
+        return self._catalog_now().latest
 
     @property
     def checkpoint_interval(self) -> int | None:

@@ -16,7 +16,7 @@ import dataclasses
 import os
 from typing import Any, Callable, Iterator
 
-from . import pipeline as _pipeline, queue as _queue, stats as _stats
+from . import lifecycle as _lifecycle, pipeline as _pipeline, queue as _queue, stats as _stats
 from .._directory import (agree as _agree, catalog as _catalog, lock as _lock,
                           ownership as _ownership, policy as _policy, registry as _registry)
 from .._format import names as _names
@@ -31,6 +31,7 @@ class Opened:
     catalog: _catalog.Catalog
     writer: Writer
     dir_lock: _lock.DirectoryLock | None  # None: a URL, not process 0, or a reader
+    life: _lifecycle.Lifecycle
 
 
 class Opener:
@@ -99,10 +100,12 @@ class Opener:
                 # interrupted by Ctrl-C cannot leave this process holding it.
                 writer = Writer(f"jaxckpt-writer:{directory}", max_pending,
                                 dir_lock.release if dir_lock else None)
-                self._queue.start(catalog, writer, _pipeline.Pipeline(
-                    root, catalog, superseded, stats, self._queue.finish))
+                life = _lifecycle.Lifecycle(directory, read_only, writer, dir_lock,
+                                            queue.save_lock)
+                queue.start(catalog, writer, _pipeline.Pipeline(
+                    root, catalog, superseded, stats, queue.finish), life.check_open)
             except BaseException:
                 if dir_lock is not None:
                     dir_lock.release()
                 raise
-            yield Opened(catalog, writer, dir_lock)
+            yield Opened(catalog, writer, dir_lock, life)
