@@ -24,15 +24,15 @@ import warnings
 from typing import Any, Callable
 
 from . import _managed_restore
-from ._directory import agree as _agree, catalog as _catalog, coordinate as _multihost
-from ._directory import policy as _policy
-from ._directory import registry as _registry
+from ._directory import (agree as _agree, coordinate as _multihost, policy as _policy,
+                         registry as _registry)
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
 from ._save import (in_jit as _in_jit, opening as _opening, queue as _queue,
                     snapshot as _snapshot, stats as _stats)
 from ._storage import location as _location
 from .errors import CheckpointNotFoundError  # noqa: F401  (tf_compat raises it from here)
+
 
 class CheckpointManager:
     """Manages numbered checkpoints of a pytree in one directory.
@@ -82,12 +82,9 @@ class CheckpointManager:
             checkpoint_name=checkpoint_name, step_counter=step_counter, init_fn=init_fn,
             clock=clock, coordination_timeout_s=coordination_timeout_s,
             last_checkpoint_step=last_checkpoint_step)
-        self._read_only = read_only
         self._max_to_keep, self._interval = options.max_to_keep, options.interval
-        self._keep_hours = keep_checkpoint_every_n_hours
-        self._name = checkpoint_name
-        self._step_counter = step_counter
-        self._init_fn = init_fn
+        self._keep_hours, self._name = keep_checkpoint_every_n_hours, checkpoint_name
+        self._step_counter, self._init_fn = step_counter, init_fn
         self._root = _location.locate(directory)
         self._dir = str(self._root)
         if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
@@ -97,25 +94,24 @@ class CheckpointManager:
         # Decisions shared by every process (process 0 decides; see _directory/agree).
         self._agree = _agree.Agreement(self._scope + "/agree", timeout, self._dir)
         self._stats = _stats.StatsRecorder()
-        self._opener = _opening.Opener(
+        self._directory = _opening.Directory(
             self._root, checkpoint_name, self._agree, clock, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=_multihost.process_index() == 0,
             read_only=read_only)
         self._queue = _queue.SaveQueue(self._scope, timeout, self._interval, options.last_step,
-                                       step_counter, clock, self._opener.path_of, self._stats)
-        with self._opener.open(self._queue, self._stats, max_pending) as opened:
-            self._catalog, self._writer = opened.catalog, opened.writer
-            self._dir_lock = opened.dir_lock
-            self._life = life = opened.life
+                                       step_counter, clock, self._directory.path_of, self._stats)
+        with self._directory.open(self._queue, self._stats, max_pending) as opened:
+            self._writer, self._dir_lock, self._life = opened.writer, opened.dir_lock, opened.life
+            life = self._life
             self._restorer = _managed_restore.ManagedRestore(
                 self._root, self._agree, self._queue.done_event, self._writer.wait,
-                lambda: self._catalog_now().newest_first(), self._queue.restored)
+                lambda: self._directory.catalog().newest_first(), self._queue.restored)
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
                 close=self.close, close_because=self._close, closed_why=life.closed_reason,
                 writer_stopped=life.writer_stopped, check_open=life.check_open,
                 report=self._writer.report, save_host_snapshot=self._queue.save_host_snapshot,
-                restore_newest_sound=self._restorer.newest_sound, path_for=self._opener.path_for)
+                restore_newest_sound=self._restorer.newest_sound, path_for=self._directory.path_for)
             if not read_only:
                 _registry.register(self._handle, self._agree.multi)
 
@@ -148,13 +144,6 @@ class CheckpointManager:
             lambda: _snapshot.take(state, metadata),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
             checkpoint_number, check_interval, called, again=True)
-
-    def _catalog_now(self) -> _catalog.Catalog:
-        """A reader first re-reads the state file: the writer is another manager."""
-        if self._read_only and not self._life.closed:
-            with self._queue.save_lock:
-                self._catalog = self._opener.recover()
-        return self._catalog
 
     def wait_until_finished(self) -> None:
         """Blocks until every queued save is committed (or failed).
@@ -248,7 +237,7 @@ class CheckpointManager:
         self._life.check_process()
         _in_jit.drain(self._handle)
         path = (self._restorer.latest(lambda: self.latest_checkpoint) if checkpoint is None
-                else self._opener.path_for(checkpoint))
+                else self._directory.path_for(checkpoint))
         return self._restorer.restore(path, target, partial=partial, progress=progress)
 
     def restore_or_initialize(self, target: Any = None) -> Any:
@@ -274,12 +263,12 @@ class CheckpointManager:
     @property
     def checkpoints(self) -> list[str]:
         """Committed, managed checkpoints, oldest first. Never blocks."""
-        return self._catalog_now().checkpoints
+        return self._directory.catalog().checkpoints
 
     @property
     def latest_checkpoint(self) -> str | None:
         """The newest committed checkpoint. Never blocks."""
-        return self._catalog_now().latest
+        return self._directory.catalog().latest
 
     @property
     def checkpoint_interval(self) -> int | None:

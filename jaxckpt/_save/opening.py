@@ -1,12 +1,13 @@
-"""A manager opening its directory, in order, and a reader reading it again.
+"""A manager's directory: opening it, in order; its catalog; its checkpoints' paths.
 
-Under this process's opening lock (``_directory/registry.opening``): take
-over from an older manager on the same directory in this process, create the
-directory, lock it (``_directory/lock``), recover what a crash left
-(``_directory/ownership.recover``), tidy (process 0), then start the writer
-thread and the save queue. The caller registers the manager inside the same
-lock, in the body of ``Opener.open``. A reader (``read_only``) does none of
-the writing steps, and re-reads the state file with ``Opener.recover``.
+``Directory.open``, under this process's opening lock
+(``_directory/registry.opening``): take over from an older manager on the
+same directory in this process, create the directory, lock it
+(``_directory/lock``), recover what a crash left (``_directory/ownership``),
+tidy (process 0), then start the writer thread and the save queue. The
+caller registers the manager inside the same lock, in the body of ``open``.
+A reader (``read_only``) does none of the writing steps; its
+``Directory.catalog`` re-reads the state file each time.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ from .writer import Writer
 class Opened:
     """What an open directory gives its manager."""
 
-    catalog: _catalog.Catalog
     writer: Writer
     dir_lock: _lock.DirectoryLock | None  # None: a URL, not process 0, or a reader
     life: _lifecycle.Lifecycle
 
 
-class Opener:
-    """How one manager reads its directory: once on open, and (a reader) on every refresh."""
+class Directory:
+    """One manager's directory: read once on open, and (a reader) on every ``catalog()``."""
 
     def __init__(self, root: _location.Dir, name: str, agree: _agree.Agreement,
                  clock: Callable[[], float], *, max_to_keep: int | None,
@@ -44,6 +44,8 @@ class Opener:
         self._name = name
         self._agree = agree
         self._queue: _queue.SaveQueue | None = None  # given by open
+        self._life: _lifecycle.Lifecycle | None = None
+        self._catalog: _catalog.Catalog | None = None
         self._clock = clock
         self._max_to_keep = max_to_keep
         self._keep_hours = keep_hours
@@ -61,6 +63,14 @@ class Opener:
         if isinstance(checkpoint, (str, os.PathLike)):
             return str(_location.locate(checkpoint))
         return self.path_of(_policy.as_number(checkpoint, "checkpoint"))
+
+    def catalog(self) -> _catalog.Catalog:
+        """The committed checkpoints; a reader first re-reads the state file
+        (the writer is another manager)."""
+        if self._read_only and not self._life.closed:
+            with self._queue.save_lock:
+                self._catalog = self.recover()
+        return self._catalog
 
     def recover(self, opening: bool = False) -> _catalog.Catalog:
         """The catalog as the state file and the disk show it; sets the queue's numbering."""
@@ -92,7 +102,7 @@ class Opener:
                 _durable.makedirs_durably(directory)
             dir_lock = None if read_only else _lock.acquire(directory)
             try:
-                catalog = self.recover(opening=True)
+                self._catalog = catalog = self.recover(opening=True)
                 if self._primary and not read_only:
                     _ownership.tidy(root, self._name, self._named)
                 superseded = _page_cache.Superseded(root.is_local, catalog.checkpoints)
@@ -100,12 +110,12 @@ class Opener:
                 # interrupted by Ctrl-C cannot leave this process holding it.
                 writer = Writer(f"jaxckpt-writer:{directory}", max_pending,
                                 dir_lock.release if dir_lock else None)
-                life = _lifecycle.Lifecycle(directory, read_only, writer, dir_lock,
-                                            queue.save_lock)
+                self._life = life = _lifecycle.Lifecycle(directory, read_only, writer,
+                                                         dir_lock, queue.save_lock)
                 queue.start(catalog, writer, _pipeline.Pipeline(
                     root, catalog, superseded, stats, queue.finish), life.check_open)
             except BaseException:
                 if dir_lock is not None:
                     dir_lock.release()
                 raise
-            yield Opened(catalog, writer, dir_lock, life)
+            yield Opened(writer, dir_lock, life)
