@@ -1,19 +1,15 @@
 """CheckpointManager: the public class, its lifecycle and the wiring.
 
 Each job lives in the module named for it; this one connects them:
-
-- ``_directory/policy``: argument checks, the interval rule, retention (pure);
-- ``_save/opening``: take over, lock, recover and tidy (``_directory/ownership``),
-  start the writer; ``_save/lifecycle``: the checks every call makes, closing;
-- ``_save/queue``: numbering and queueing, the one save sequence of ``save`` and
-  ``save_in_jit``'s host callback (``_save/snapshot`` makes the snapshot);
-- ``_save/pipeline``: one save on the writer thread (``_save/writer``), start to
-  end: write and fsync, commit, then publish (replace the state file, and only
-  then delete what the retention rules drop);
-- ``_managed_restore``: restores after a pending save, agreed, with fallback;
-- ``_directory/registry.Handle``: the callables handed to the registry,
-  ``_save/in_jit`` and ``tf_compat``, so that none of them reads this class's
-  private state.
+``_directory/policy`` checks the arguments; ``_save/opening`` opens the
+directory (take over, lock, recover, tidy), keeps its catalog and starts the
+writer; ``_save/lifecycle`` makes every call's checks and closes;
+``_save/queue`` numbers and queues the saves of ``save`` and ``save_in_jit``
+(``_save/snapshot`` makes the snapshot) for ``_save/pipeline``, one save on
+the writer thread from start to end; ``_managed_restore`` restores after a
+pending save, agreed, with fallback; ``_directory/registry.Handle`` carries
+the callables handed to the registry, ``_save/in_jit`` and ``tf_compat``, so
+that none of them reads this class's private state.
 """
 
 from __future__ import annotations
@@ -44,18 +40,17 @@ class CheckpointManager:
         checkpoint_name: checkpoint ``N`` is ``<directory>/<checkpoint_name>-<N>``.
         step_counter: ``state -> int``, read for ``checkpoint_interval``.
         checkpoint_interval: save only when the step advanced this much.
-        init_fn: zero-arg function giving the initial state, for
-            ``restore_or_initialize``.
+        init_fn: zero-arg function giving the initial state, for ``restore_or_initialize``.
         last_checkpoint_step: the step of the last checkpoint, for intervals.
         clock: zero-arg function giving seconds; stamps every checkpoint.
         max_pending: saves queued or being written before ``save`` blocks.
         coordination_timeout_s: in a multi-process program, how long a process
             waits for the others' parts (or process 0's commit) before it
             gives up on that save with an error naming the late process.
-        read_only: for readers (an evaluator beside a trainer): never saves,
-            sweeps, deletes, locks or writes anything; ``save`` raises
-            ``ReadOnlyManagerError``. ``latest_checkpoint``, ``checkpoints`` and
-            ``restore`` re-read the state file, so they follow the writer.
+        read_only: for readers (an evaluator beside a trainer): never saves, sweeps, deletes,
+            locks or writes anything; ``save`` raises ``ReadOnlyManagerError``. Its
+            ``latest_checkpoint``, ``checkpoints`` and ``restore`` re-read the state
+            file, so they follow the writer.
 
     Methods are thread-safe; ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are in flight). One process writes a directory
@@ -64,8 +59,7 @@ class CheckpointManager:
 
     Raises:
         DirectoryLockedError: another process's manager holds the directory.
-        ValueError, TypeError, NotADirectoryError: a bad argument, before
-            anything is written.
+        ValueError, TypeError, NotADirectoryError: a bad argument, before anything is written.
     """
 
     def __init__(self, directory: str | os.PathLike, *, max_to_keep: int | None = 5,
@@ -87,8 +81,7 @@ class CheckpointManager:
         self._step_counter, self._init_fn = step_counter, init_fn
         self._root = _location.locate(directory)
         self._dir = str(self._root)
-        if self._root.is_local and os.path.exists(self._dir) and not os.path.isdir(self._dir):
-            raise NotADirectoryError(f"checkpoint directory {self._dir} is a file")
+        _location.refuse_file(self._root)
         self._scope = _multihost.scope(self._dir, "mngr", _registry.instance_number(self._dir))
         timeout = float(coordination_timeout_s)
         # Decisions shared by every process (process 0 decides; see _directory/agree).
@@ -102,24 +95,24 @@ class CheckpointManager:
                                        step_counter, clock, self._directory.path_of, self._stats)
         with self._directory.open(self._queue, self._stats, max_pending) as opened:
             self._writer, self._dir_lock, self._life = opened.writer, opened.dir_lock, opened.life
-            life = self._life
             self._restorer = _managed_restore.ManagedRestore(
                 self._root, self._agree, self._queue.done_event, self._writer.wait,
                 lambda: self._directory.catalog().newest_first(), self._queue.restored)
+            life = self._life
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
-                close=self.close, close_because=self._close, closed_why=life.closed_reason,
+                close=self.close, close_because=life.close, closed_why=life.closed_reason,
                 writer_stopped=life.writer_stopped, check_open=life.check_open,
                 report=self._writer.report, save_host_snapshot=self._queue.save_host_snapshot,
-                restore_newest_sound=self._restorer.newest_sound, path_for=self._directory.path_for)
+                restore_newest_sound=self._restorer.newest_sound,
+                path_for=self._directory.path_for)
+            self._life.drain = lambda: _in_jit.drain(self._handle)
             if not read_only:
                 _registry.register(self._handle, self._agree.multi)
 
     @property
     def _closed(self) -> bool:
         return self._life.closed
-
-    # ------------------------------------------------------------ saving
 
     def save(self, state: Any, checkpoint_number: Any = None, check_interval: bool = True, *,
              metadata: dict | None = None) -> str | None:
@@ -136,9 +129,7 @@ class CheckpointManager:
             ValueError: ``checkpoint_number`` is not a non-negative integer.
         """
         called = time.perf_counter()
-        self._life.check_open()
-        self._life.check_writable()
-        self._life.raise_error()
+        self._life.check_save()
         _in_jit.wait_ready(self._handle, state)
         return self._queue.save(  # the rules and the queueing, under the save lock
             lambda: _snapshot.take(state, metadata),
@@ -166,10 +157,7 @@ class CheckpointManager:
             CheckpointWriteError: a background save failed.
             CoordinationTimeoutError: another process did not close its manager in time (named).
         """
-        self._life.close_all(lambda: _in_jit.drain(self._handle), self._agree, self._scope)
-
-    def _close(self, why: str) -> None:
-        self._life.close(why, lambda: _in_jit.drain(self._handle))
+        self._life.close_all(self._agree, self._scope)
 
     def __enter__(self) -> "CheckpointManager":
         return self
@@ -192,8 +180,9 @@ class CheckpointManager:
         state to the host only when ``step % checkpoint_interval == 0`` (every
         call without an interval, or with ``check_interval=False``); on the
         host the callback applies ``save()``'s rules to the concrete step and
-        queues the write without waiting for it. The README's "Checkpointing
-        inside jit / scan" has the details.
+        queues the write without waiting for it. In a multi-process program
+        every process must run it for the same steps. The README's
+        "Checkpointing inside jit / scan" has the details.
 
         Args:
             state: the pytree to save (traced arrays, PRNG keys, static leaves).
@@ -202,19 +191,16 @@ class CheckpointManager:
             check_interval: as in ``save``; a Python bool.
             metadata: a JSON-able dict stored with every checkpoint it makes.
 
-        Does not block: a failure when the compiled code runs (a write, or the
-        callback itself) is raised as ``CheckpointWriteError`` by the next
-        ``save``, ``wait_until_finished`` or ``close``. The manager is bound at
-        trace time: a cached compiled function keeps saving to it.
+        Does not block: a failure when the compiled code runs (a write, or the callback
+        itself) is raised as ``CheckpointWriteError`` by the next ``save``,
+        ``wait_until_finished`` or ``close``. The manager is bound at trace time: a cached
+        compiled function keeps saving to it.
 
         Raises:
             TypeError: a leaf cannot be saved, or ``step`` is not an integer
                 scalar (at trace time; nothing is compiled).
             ValueError: no ``step`` and no ``step_counter``, or a negative step.
             ManagerClosedError: the manager is closed.
-
-        In a multi-process program every process must run it for the same
-        steps: each writes its own block of the large leaves (see the README).
         """
         self._life.check_writable()
         _in_jit.save(self._handle, state, step, checkpoint_number, check_interval, metadata)
@@ -243,10 +229,9 @@ class CheckpointManager:
     def restore_or_initialize(self, target: Any = None) -> Any:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
 
-        Without ``target`` the structure comes from ``jax.eval_shape(init_fn)``
-        when ``init_fn`` is given, else the raw saved structure. A damaged or
-        vanished checkpoint is skipped, with a WARNING naming it, for the next
-        older one. Waits for pending saves first.
+        Without ``target`` the structure comes from ``jax.eval_shape(init_fn)`` when
+        ``init_fn`` is given, else the raw saved structure. A damaged or vanished checkpoint
+        is skipped, with a WARNING naming it, for the next older one. Waits for pending saves.
 
         Raises:
             CorruptCheckpointError: checkpoints exist but none of them restores.
@@ -281,11 +266,8 @@ class CheckpointManager:
 
     @property
     def last_save_stats(self) -> _stats.SaveStats | None:
-        """The newest save whose write finished (committed or failed), or None.
-
-        Its ``blocked_s``, ``write_s``, ``nbytes`` and ``deleted`` are final.
-        Never blocks.
-        """
+        """The newest save whose write finished (committed or failed), or None; its
+        ``blocked_s``, ``write_s``, ``nbytes`` and ``deleted`` are final. Never blocks."""
         return self._stats.last_finished()
 
     @property

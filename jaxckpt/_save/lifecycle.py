@@ -32,6 +32,8 @@ class Lifecycle:
         self.closed = False
         self.why = "it was closed"
         self.closed_together = False
+        # Waits for the manager's dispatched save_in_jit callbacks; set once it has a handle.
+        self.drain: Callable[[], None] = lambda: None
 
     def forked(self) -> bool:
         """A forked child's copy: the writer thread and the lock stayed in the parent."""
@@ -60,6 +62,12 @@ class Lifecycle:
                 f"CheckpointManager for {self.directory} is read-only (read_only=True): it "
                 "restores and lists but never saves; make one without read_only to save")
 
+    def check_save(self) -> None:
+        """Before a save: open, writable, and no earlier background failure (raised)."""
+        self.check_open()
+        self.check_writable()
+        self.raise_error()
+
     def closed_reason(self) -> str | None:
         return self.why if self.closed else None
 
@@ -74,12 +82,12 @@ class Lifecycle:
                 f"a background save in {self.directory} failed; that checkpoint was not "
                 f"committed and earlier ones are intact: {error!r}") from error
 
-    def close(self, why: str, drain: Callable[[], None]) -> None:
-        """Closes (``why`` says why, in later errors) once the in-jit callbacks ``drain``."""
+    def close(self, why: str) -> None:
+        """Closes once the save_in_jit callbacks drained; ``why`` goes into later errors."""
         if self.forked():
             return  # a forked child's copy: the parent's writer and lock are not ours
         if not self.closed:
-            drain()  # outside the lock: a pending save_in_jit callback takes it
+            self.drain()  # outside the lock: a pending save_in_jit callback takes it
         with self.save_lock:  # a save in progress finishes queueing first
             if not self.closed:
                 self.why = why
@@ -92,11 +100,11 @@ class Lifecycle:
                 self.dir_lock.release()
         self.raise_error()
 
-    def close_all(self, drain: Callable[[], None], agree: _agree.Agreement, scope: str) -> None:
+    def close_all(self, agree: _agree.Agreement, scope: str) -> None:
         """``close()``: closes, then (multi-process) waits for every process's close."""
         failed = True
         try:
-            self.close("close() was called", drain)
+            self.close("close() was called")
             failed = False
         finally:
             self.close_together(agree, scope, quiet=failed)
