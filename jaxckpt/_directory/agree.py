@@ -110,11 +110,10 @@ class Agreement:
             except TimeoutError:
                 late.append(i)
         if late:
-            who = ", ".join(str(i) for i in late)
+            who = _multihost.late_processes(late, self.count, phase, self.timeout_s)
             raise CoordinationTimeoutError(
-                f"{self.what}: process{'es' if len(late) > 1 else ''} {who} of {self.count} "
-                f"did not {phase} within {self.timeout_s:g} s (failed, died, late, or made "
-                "different jaxckpt calls); every process of the program must make the same ones")
+                f"{self.what}: {who} (failed, died, late, or made different jaxckpt calls); "
+                "every process of the program must make the same ones")
         return got
 
     def _get(self, client: Any, key: str, timeout_s: float, late: str) -> str:
