@@ -242,7 +242,7 @@ def for_call(kind: str, target: str, timeout_s: float) -> Agreement:
 # ------------------------------------------------------------ what a manager shares
 
 def encode_found(root: Any, found: Any) -> str:
-    """Process 0's view of a directory as it opens (``_recovery.Found``), with
+    """Process 0's view of a directory as it opens (``_directory/recovery.Found``), with
     paths relative to the directory, so that each process resolves them."""
     from .._commit import state_file as _state_file
 
@@ -257,7 +257,7 @@ def encode_found(root: Any, found: Any) -> str:
 
 
 def decode_found(root: Any, text: str) -> Any:
-    """A ``_recovery.Found`` from ``encode_found``; ``named`` is None (only
+    """A ``_directory/recovery.Found`` from ``encode_found``; ``named`` is None (only
     process 0 deletes, so only it needs the state file's names)."""
     from . import policy as _policy, recovery as _recovery
     from .._commit import state_file as _state_file

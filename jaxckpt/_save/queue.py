@@ -2,8 +2,8 @@
 
 Every save, from ``save`` or ``save_in_jit``'s host callback, runs the same
 steps in this order while ``SaveQueue.save_lock`` is held: the interval rule
-(``_policy.skips``), the number, the clock, the snapshot, then the queueing
-of ``_pipeline.Pipeline.run`` on the writer thread. The saves queued or being
+(``_directory/policy.skips``), the number, the clock, the snapshot, then the
+queueing of ``_save/pipeline.Pipeline.run`` on the writer thread. The saves queued or being
 written are this module's ``pending``.
 """
 
