@@ -63,6 +63,35 @@ class ManagedRestore:
         self._restored(path, result)
         return result
 
+    def latest(self, latest: Callable[[], str | None]) -> str:
+        """The ``latest()`` checkpoint once every pending save is done, as process 0 sees it.
+
+        Raises:
+            CheckpointNotFoundError: there is no committed checkpoint.
+        """
+        _faults.point("manager.restore_waits")
+        self._wait_all()
+        path = self.agreed(latest())
+        if path is None:
+            raise CheckpointNotFoundError(f"no committed checkpoint in {self._root}")
+        return path
+
+    def or_initialize(self, target: Any, init_fn: Callable[[], Any] | None,
+                      latest: Callable[[], str | None]) -> Any:
+        """``restore_or_initialize``: the newest sound checkpoint, else ``init_fn()`` or None."""
+        self._wait_all()
+        # In a multi-process program whether there is one is process 0's call
+        # too (a reader's own view may lag or lead): newest_sound asks.
+        if self._agree.multi or latest() is not None:
+            if target is None and init_fn is not None:
+                import jax
+
+                target = jax.eval_shape(init_fn)
+            found = self.newest_sound(target)
+            if found is not None:
+                return found[1]
+        return init_fn() if init_fn is not None else None
+
     def newest_sound(self, target: Any, restore: Callable[[str], Any] | None = None
                      ) -> tuple[str, Any] | None:
         """(path, state) of the newest checkpoint that restores, after every

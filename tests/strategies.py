@@ -6,7 +6,7 @@
 - ``shard_shapes``: a writer's shard as ``chunking`` sees it: leading extents, then
   the itemsize axis.
 - ``save_times``, ``max_to_keeps``, ``keep_hours``: inputs of the retention rules.
-- ``checkpoint_names``, ``tokens``: the parts of the on-disk names of ``_names``.
+- ``checkpoint_names``, ``tokens``: the parts of the on-disk names of ``_format/names``.
 
 The fuzz mutations of ``test_fuzz.py`` stay beside the code that applies them.
 """

@@ -53,7 +53,7 @@ def _generation_of(out: dict) -> set[int]:
 
 
 # Replaces number 1 again and again through the same path a manager's save
-# takes (``_write.write(replace=True)``), until its stdin closes.
+# takes (``_save/write.write(replace=True)``), until its stdin closes.
 _REPLACER = textwrap.dedent("""
     import os, sys, threading, time
     sys.path.insert(0, {tests!r})

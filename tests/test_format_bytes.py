@@ -12,7 +12,7 @@ A manager's ``checkpoint`` state file is pinned with its timestamps replaced.
 A dependency upgrade that changes these bytes (tensorstore's shard files,
 msgpack's encoding) fails it too, on purpose: the format is what is on disk.
 
-If the writer's output changes on purpose, bump ``_format.VERSION``, add a
+If the writer's output changes on purpose, bump ``_format/manifest.VERSION``, add a
 golden checkpoint (tests/golden/make_golden.py) and regenerate these files:
 
     python tests/test_format_bytes.py --regen

@@ -110,11 +110,10 @@ class Agreement:
             except TimeoutError:
                 late.append(i)
         if late:
-            who = ", ".join(str(i) for i in late)
+            who = _multihost.late_processes(late, self.count, phase, self.timeout_s)
             raise CoordinationTimeoutError(
-                f"{self.what}: process{'es' if len(late) > 1 else ''} {who} of {self.count} "
-                f"did not {phase} within {self.timeout_s:g} s (failed, died, late, or made "
-                "different jaxckpt calls); every process of the program must make the same ones")
+                f"{self.what}: {who} (failed, died, late, or made different jaxckpt calls); "
+                "every process of the program must make the same ones")
         return got
 
     def _get(self, client: Any, key: str, timeout_s: float, late: str) -> str:
@@ -243,7 +242,7 @@ def for_call(kind: str, target: str, timeout_s: float) -> Agreement:
 # ------------------------------------------------------------ what a manager shares
 
 def encode_found(root: Any, found: Any) -> str:
-    """Process 0's view of a directory as it opens (``_recovery.Found``), with
+    """Process 0's view of a directory as it opens (``_directory/recovery.Found``), with
     paths relative to the directory, so that each process resolves them."""
     from .._commit import state_file as _state_file
 
@@ -258,7 +257,7 @@ def encode_found(root: Any, found: Any) -> str:
 
 
 def decode_found(root: Any, text: str) -> Any:
-    """A ``_recovery.Found`` from ``encode_found``; ``named`` is None (only
+    """A ``_directory/recovery.Found`` from ``encode_found``; ``named`` is None (only
     process 0 deletes, so only it needs the state file's names)."""
     from . import policy as _policy, recovery as _recovery
     from .._commit import state_file as _state_file

@@ -1,7 +1,7 @@
 """The committed checkpoints of one managed directory: which are kept, which is latest.
 
 Bookkeeping only: what the retention rules keep and drop, and the state file
-that names them; ``_publish`` does the I/O of publishing a commit (mark
+that names them; ``_directory/publish`` does the I/O of publishing a commit (mark
 deletions, replace the state file, delete). Process 0 alone writes the state
 file and deletes; the other processes of a multi-process program keep the
 same bookkeeping.

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 
@@ -56,6 +56,17 @@ def _client():
 def client():
     """jax.distributed's key-value client, for the modules that build on this one."""
     return _client()
+
+
+def late_processes(late: Sequence[int], count: int, did_not: str, timeout_s: float,
+                   word: str | None = None) -> str:
+    """``process 2 of 3 did not <did_not> within 5 s``: who was late, for the others' errors.
+
+    ``word`` is "process" or "processes" by how many were late, unless given.
+    """
+    word = word or ("processes" if len(late) > 1 else "process")
+    names = ", ".join(str(i) for i in late)
+    return f"{word} {names} of {count} did not {did_not} within {timeout_s:g} s"
 
 
 class SaveCoordinator:
@@ -170,11 +181,10 @@ class SaveCoordinator:
             raise CoordinationError(f"{self.what}: not committed; writing failed in "
                                   + "; ".join(failed))
         if late:
-            names = ", ".join(str(i) for i in late)
-            raise CoordinationTimeoutError(
-                f"{self.what}: not committed; process(es) {names} of {self.count} did not "
-                f"report their part durable within {self.timeout_s:g} s (failed, died or "
-                "late). Earlier checkpoints are intact.")
+            who = late_processes(late, self.count, "report their part durable", self.timeout_s,
+                                 word="process(es)")
+            raise CoordinationTimeoutError(f"{self.what}: not committed; {who} (failed, died or "
+                                           "late). Earlier checkpoints are intact.")
         if self._previous is not None:
             # Every process has finished the previous save by now.
             try:

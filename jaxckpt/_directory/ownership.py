@@ -1,11 +1,12 @@
 """A manager taking and giving up its directory: recovery on open, closing together.
 
 On open, process 0 alone puts back what a crash left (leftovers, then
-``_recovery``) and every other process of a multi-process program takes its
+``_directory/recovery``) and every other process of a multi-process program takes its
 view; once the catalog is known, process 0 tidies (unfinished deletions,
 state-file temporaries). On close, every process waits until all have closed
 their manager, and process 0 then forgets the manager's coordination keys.
-The lock itself is ``_lock``; the take-over in this process ``_registry``.
+The lock itself is ``_directory/lock``; the take-over in this process
+``_directory/registry``; the whole opening sequence ``_save/opening``.
 """
 
 from __future__ import annotations

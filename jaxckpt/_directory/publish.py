@@ -32,7 +32,7 @@ class _Helper:
 
     Our own thread rather than a ``concurrent.futures`` pool: the pool's exit
     hook shuts it down before ``atexit`` handlers run, and the exit flush
-    (``_registry``) still commits pending saves then, each of which prepares
+    (``_directory/registry``) still commits pending saves then, each of which prepares
     a state file. A daemon thread keeps working until the interpreter
     finalises, after every ``atexit`` handler.
     """
@@ -104,7 +104,7 @@ class Publication:
     path: str
     kept: _policy.Retention
     delete: list[str]
-    state_file: concurrent.futures.Future | None  # of a _state_file.Replacement
+    state_file: concurrent.futures.Future | None  # of a _commit/state_file.Replacement
 
 
 def discard(pub: Publication) -> None:

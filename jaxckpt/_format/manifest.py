@@ -1,7 +1,7 @@
 """The on-disk layout of one checkpoint, written down in one place.
 
 ``FORMAT.md`` at the top of the repository is the full specification (names:
-``_names``); ``tests/test_format_bytes.py`` pins the bytes a save writes.
+``_format/names``); ``tests/test_format_bytes.py`` pins the bytes a save writes.
 
 A checkpoint is a directory (or object prefix) holding:
 
@@ -84,7 +84,7 @@ PACK_ALIGN = 64
 PACKED_INNER_BYTES = 256 << 10
 # The packed array is split into shard files of this size: tensorstore writes
 # them concurrently (256 MiB as one file: ~1.5 s here; as 4 MiB files: ~0.3 s),
-# and the writer stages at most _arrays.PACKED_WINDOW of them at a time, so a
+# and the writer stages at most _storage/arrays.PACKED_WINDOW of them at a time, so a
 # save never holds a second copy of all the small leaves.
 PACKED_SHARD_BYTES = 4 << 20
 # A packed array this small is stored in the manifest, not in a file of its own.

@@ -17,7 +17,7 @@ Beside checkpoint ``<base>`` (``ckpt-3``), on local filesystems:
     .<base>.old-<token>      a replace without RENAME_EXCHANGE: the old checkpoint set
                              aside while ``.<base>.tmp-<token>`` moves into its place
     .<base>.trash-<hex>      a checkpoint being deleted (out of sight, then removed)
-    .<base>.deleting         a deletion intent (``_deletions``; a file, or a key)
+    .<base>.deleting         a deletion intent (``_commit/deletions``; a file, or a key)
 
 Inside one checkpoint:
 

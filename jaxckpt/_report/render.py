@@ -142,3 +142,22 @@ def manager_fields(directory: str, max_to_keep: int | None, keep_hours: float | 
                         f"{seconds(stats.write_s)} of writer time"),
         ]
     return fields
+
+
+def manager_text(fields: Sequence[tuple[str, str]], listing: str) -> str:
+    """A CheckpointManager's ``str``: its header lines, then its checkpoint listing."""
+    return f"CheckpointManager\n{text_fields(fields)}\n{listing}"
+
+
+def manager_html(fields: Sequence[tuple[str, str]], listing_html: str) -> str:
+    """A CheckpointManager's ``_repr_html_``: its header table, then its listing's."""
+    return ("<div><strong>CheckpointManager</strong>" + html_fields(fields)
+            + listing_html + "</div>")
+
+
+def manager_repr(directory: str, max_to_keep: int | None, checkpoints: int,
+                 latest: str | None, pending: int) -> str:
+    """A CheckpointManager's one-line ``repr``."""
+    return (f"CheckpointManager({directory!r}, max_to_keep={max_to_keep}, "
+            f"{checkpoints} checkpoint(s), latest={latest!r}"
+            + (f", {pending} pending" if pending else "") + ")")

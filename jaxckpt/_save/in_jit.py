@@ -256,7 +256,7 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     """Stages a save of ``state`` into the computation being traced.
 
     See ``CheckpointManager.save_in_jit``; ``mngr`` is the manager's
-    ``_registry.Handle``. Everything that can be checked without the values
+    ``_directory/registry.Handle``. Everything that can be checked without the values
     is checked here, at trace time.
     """
     mngr.check_open()

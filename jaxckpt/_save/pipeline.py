@@ -3,17 +3,17 @@
 ``CheckpointManager.save`` makes the snapshot on the caller's thread and
 queues ``Pipeline.run`` for it; everything after that happens here, in order:
 
-1. drop the cached pages of superseded checkpoints (``_page_cache``);
+1. drop the cached pages of superseded checkpoints (``_storage/page_cache``);
 2. prepare the publication: the retention decision and the new state file
-   (``_catalog.prepare``), nothing visible yet;
-3. write and fsync the arrays and the manifest (``_write.write``);
+   (``_directory/catalog.Catalog.prepare``), nothing visible yet;
+3. write and fsync the arrays and the manifest (``_save/write.write``);
 4. commit: rename into place, or the object-store marker (inside ``write``);
 5. publish: replace the state file, then delete what retention dropped
-   (``_catalog.publish``); in a multi-process save process 0's decision;
+   (``Catalog.publish``); in a multi-process save process 0's decision;
 6. record the save's stats and mark it no longer pending.
 
 A failure at any step leaves earlier checkpoints and the state file as they
-were (``_catalog.discard`` / ``save_failed``) and is raised to the writer,
+were (``Catalog.discard`` / ``save_failed``) and is raised to the writer,
 which hands it to the caller's next call.
 """
 

@@ -1,9 +1,9 @@
 """Numbering and queueing: one manager's save sequence, on the caller's thread.
 
 Every save, from ``save`` or ``save_in_jit``'s host callback, runs the same
-steps in this order while the manager's save lock is held: the interval rule
-(``_policy.skips``), the number, the clock, the snapshot, then the queueing
-of ``_pipeline.Pipeline.run`` on the writer thread. The saves queued or being
+steps in this order while ``SaveQueue.save_lock`` is held: the interval rule
+(``_directory/policy.skips``), the number, the clock, the snapshot, then the
+queueing of ``_save/pipeline.Pipeline.run`` on the writer thread. The saves queued or being
 written are this module's ``pending``.
 """
 
@@ -39,22 +39,46 @@ class SaveQueue:
         self._seq = 0
         self.max_number = 0
         self.last_step = last_step
+        self.save_lock = threading.Lock()  # orders numbering with snapshots, and close
         self.lock = threading.Lock()  # guards pending
         self.pending: dict[str, threading.Event] = {}
         self._catalog: _catalog.Catalog | None = None
         self._writer: Writer | None = None
         self._pipeline: _pipeline.Pipeline | None = None
+        self._check_open: Callable[[], None] = lambda: None
 
-    def start(self, catalog: _catalog.Catalog, writer: Writer,
-              pipeline: _pipeline.Pipeline) -> None:
-        """Once the directory is open: where saves are numbered, queued and run."""
+    def start(self, catalog: _catalog.Catalog, writer: Writer, pipeline: _pipeline.Pipeline,
+              check_open: Callable[[], None]) -> None:
+        """Once the directory is open: where saves are numbered, queued and run;
+        ``check_open`` raises once the manager is closed (or in a forked child)."""
         self._catalog, self._writer, self._pipeline = catalog, writer, pipeline
+        self._check_open = check_open
 
     def save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
-             checkpoint_number: Any, check_interval: bool, called: float) -> str | None:
-        """Under the manager's save lock: every save's rules, in order; the path
-        queued, or None if the interval skips it. ``step_of`` is read only with
-        an interval; ``checkpoint_number`` None is the next number."""
+             checkpoint_number: Any, check_interval: bool, called: float, *,
+             again: bool = False) -> str | None:
+        """Under ``save_lock`` (``again``: after checking again that the manager
+        is open, as close() may have won the lock): every save's rules, in order;
+        the path queued, or None if the interval skips it. ``step_of`` is read
+        only with an interval; ``checkpoint_number`` None is the next number."""
+        with self.save_lock:
+            if again:
+                self._check_open()
+            return self._save(take, step_of, checkpoint_number, check_interval, called)
+
+    def save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
+                           number: int, check_interval: bool) -> str | None:
+        """save()'s rules and queueing, for a snapshot made by save_in_jit's callback.
+
+        Unlike ``save`` it leaves an earlier background failure for the next
+        host call to raise.
+        """
+        called = time.perf_counter()
+        self._check_open()
+        return self.save(take, lambda: step, number, check_interval, called)
+
+    def _save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
+              checkpoint_number: Any, check_interval: bool, called: float) -> str | None:
         step = None
         if self._interval is not None:
             step = step_of()

@@ -1,7 +1,7 @@
 """The write side of one checkpoint: lay out a snapshot, write it, commit it.
 
 Small leaves are packed back to back into one array (4 MiB shard files, written
-concurrently, for thousands of leaves); leaves of ``_format.LARGE_BYTES`` or
+concurrently, for thousands of leaves); leaves of ``_format/manifest.LARGE_BYTES`` or
 more get an array each, chunked along their sharding so that each writer owns
 whole files.
 """

@@ -21,7 +21,7 @@ from . import context as _context
 
 INNER_BYTES = 4 << 20
 # The packed array's shard files staged at once (the packing constants are
-# in _format, beside the layout they define).
+# in _format/manifest, beside the layout they define).
 PACKED_WINDOW = 4
 
 _CRC = [{"name": "bytes"}, {"name": "crc32c"}]
