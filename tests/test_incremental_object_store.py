@@ -258,3 +258,22 @@ def test_bad_shared_references_are_refused(case):
         with pytest.raises(CorruptCheckpointError, match="field shared"):
             call(path)
     TALLY["bad inputs refused"] += 1
+
+
+@slow
+def test_saving_a_referenced_number_again_keeps_what_others_reference(s3):
+    server, bucket = s3
+    d = f"s3://{bucket}/exp"
+    with jaxckpt.CheckpointManager(d, max_to_keep=3) as m:
+        m.save(_tree(1), checkpoint_number=1)
+        m.save(_tree(2), checkpoint_number=2)  # references ckpt-1's base object
+        m.wait_until_finished()
+        two = _reader.read_manifest(f"{d}/ckpt-2")
+        m.save(_tree(5), checkpoint_number=1)  # replaces ckpt-1: its old data goes...
+        m.wait_until_finished()
+        keys = server.keys(bucket, "exp/ckpt-1/")
+        # ... except the object ckpt-2 references.
+        assert f"exp/{two['shared'][_base_file(two)]}" in keys, keys
+        for number, i in ((1, 5), (2, 2)):
+            _same(jaxckpt.restore(f"{d}/ckpt-{number}"), _tree(i))
+            jaxckpt.verify(f"{d}/ckpt-{number}")
