@@ -34,6 +34,7 @@ POINTS = (
     "commit.exchanged",  # a replaced checkpoint swapped out, still in the temporary's name
     "commit.aside",  # no RENAME_EXCHANGE: the old checkpoint renamed aside, the new not yet in
     "commit.remove.renamed",  # a deleted checkpoint renamed to trash, files not yet removed
+    "commit.remove.unlisted",  # object stores: a deleted checkpoint's manifest gone, objects not yet
     "latest_checkpoint.read",  # latest_checkpoint read the state file, not yet its checkpoints
     "manager.committed",  # checkpoint in place, state file not yet updated
     "manager.before_delete",  # state file updated, an old checkpoint not yet deleted

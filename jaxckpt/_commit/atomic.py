@@ -23,7 +23,9 @@ then deletes the old data. Deletion removes the manifest first. A data prefix wi
 or one no manifest names, is a leftover; a manager sweeps it once it is older
 than ``LEASE_S`` (its token starts with its creation time; ``_commit/sweep``),
 because a save in flight in another process looks the same until its
-manifest lands.
+manifest lands. An incremental save's manifest may reference objects under
+an earlier checkpoint's prefix (``shared``, format 4): no deletion removes
+an object that a committed manifest references (``_commit/references``).
 
 ``LocalCommit`` and ``ObjectStoreCommit`` are the two protocols behind one
 interface; ``protocol(where)`` picks one, and the module-level functions
@@ -43,6 +45,7 @@ import stat
 import time
 from dataclasses import dataclass
 
+from . import references as _references
 from .. import _faults
 from .._format import manifest as _format, names as _names
 from .._storage import durable as _durable, location as _location
@@ -204,6 +207,8 @@ class ObjectStoreCommit:
             raise FileExistsError(errno.EEXIST, "checkpoint already exists", str(final))
         _check_staged_data(staging, manifest)
         final.write(_format.MANIFEST, manifest)
+        # The old data of a replaced save may be referenced by later checkpoints
+        # (read after the new manifest landed, so its references count too).
         drop_unnamed_data(final, staging.data_key, also=_data_named(previous, final))
 
     def abort(self, staging: Staging) -> None:
@@ -213,8 +218,25 @@ class ObjectStoreCommit:
             log.warning("could not remove staged data %s: %r", staging.data, e)
 
     def remove(self, where: Dir) -> None:
+        """The manifest first (the checkpoint is gone), then its objects that no
+        other committed manifest references, then the objects it referenced
+        that nothing references any more and whose own checkpoint is gone
+        (kept for it alone). A crash between the steps leaves every
+        remaining manifest's references in place; what it leaves behind the
+        sweep removes once the lease is over."""
+        mine = _references.shared_of(where.read(_format.MANIFEST), str(where))
         where.delete(_format.MANIFEST)
-        where.delete_all()
+        _faults.point("commit.remove.unlisted")
+        if _names.split_numbered(where.name) is None:
+            where.delete_all()  # only a manager's numbered checkpoints are referenced
+            return
+        found = _references.scan(where.parent())
+        where.delete_except(found.kept_under(f"{where.name}/"))
+        parent = where.parent()
+        for key in sorted(set(mine.values()) - found.referenced):
+            owner, data = key.split("/", 2)[:2]
+            if found.data.get(owner) != data:  # not a committed checkpoint's own object
+                parent.join(owner).delete(key.split("/", 1)[1])
 
 
 _LOCAL, _OBJECT_STORE = LocalCommit(), ObjectStoreCommit()
@@ -238,7 +260,8 @@ def _check_staged_data(staging: Staging, manifest: bytes) -> None:
     if not want:
         return
     have = set()
-    for key in staging.data.keys():
+    # Files the manifest references under earlier checkpoints count as present.
+    for key in [*staging.data.keys(), *record.get("shared", ())]:
         parts = key.split("/")
         have.add("/".join(parts[:2]) if parts[0] == _format.ARRAYS else parts[0])
     missing = sorted(want - have)
@@ -265,10 +288,13 @@ def abort(staging: Staging) -> None:
 
 
 def drop_unnamed_data(final: KvDir, keep: str | None, *, also: str | None = None,
-                       now: float | None = None) -> list[str]:
+                       now: float | None = None,
+                       scan: _references.Scan | None = None) -> list[str]:
     """Deletes data prefixes of ``final`` other than ``keep``: ``also`` (the
     data a replaced manifest named) and those older than ``LEASE_S``, never a
-    younger one (a save in flight elsewhere). Returns the names deleted."""
+    younger one (a save in flight elsewhere), and never an object a committed
+    manifest of the directory references (``scan``, read here if None and
+    needed). Returns the names deleted (some objects may remain in them)."""
     now = time.time() if now is None else now
     dropped = []
     for name in final.listdir():
@@ -276,7 +302,10 @@ def drop_unnamed_data(final: KvDir, keep: str | None, *, also: str | None = None
         if token is None or name == keep:
             continue
         if name == also or token_age_s(token, now) > LEASE_S:
-            final.join(name).delete_all()
+            if scan is None:  # only a manager's numbered checkpoints are referenced
+                scan = (_references.scan(final.parent()) if _names.split_numbered(final.name)
+                        else _references.Scan(set(), {}))
+            final.join(name).delete_except(scan.kept_under(f"{final.name}/{name}/"))
             dropped.append(name)
     return dropped
 

@@ -7,7 +7,8 @@ Locally that is every temporary ``.<name>.tmp-<id>``, trash
 checkpoint of that name, after a checkpoint that a crash inside a two-rename
 replace left without its name is put back (``_repair``). On object stores it
 is every data prefix ``<name>/d-<token>/`` that no manifest names, once it is
-older than ``atomic.LEASE_S``. ``_format/names`` builds and parses the names;
+older than ``atomic.LEASE_S``, less the objects in it that a committed
+manifest references (``_commit/references``). ``_format/names`` builds and parses the names;
 ``atomic`` holds the commit protocols that leave these behind.
 """
 
@@ -17,7 +18,7 @@ import logging
 import os
 import time
 
-from . import atomic as _commit
+from . import atomic as _commit, references as _references
 from .._format import manifest as _format, names as _names
 from .._storage import durable as _durable, location as _location
 from .._storage.location import Dir, KvDir
@@ -102,18 +103,15 @@ def _sweep_kv(directory: KvDir, checkpoint_name: str) -> list[str]:
     names, once they are older than ``atomic.LEASE_S``."""
     removed = []
     now = time.time()
+    # Every committed manifest's data and references, read once: an object a
+    # manifest references is never swept, however old its prefix.
+    found = _references.scan(directory)
     for name in directory.listdir():
-        if _names.number_of(name, checkpoint_name) is None:
-            continue
+        if _names.number_of(name, checkpoint_name) is None or name in found.damaged:
+            continue  # a damaged manifest is reported by restore, not swept
         ckpt = directory.join(name)
-        raw = ckpt.read(_format.MANIFEST)
-        keep = None
-        if raw is not None:
-            try:
-                keep = _format.unpack_manifest(raw, str(ckpt)).get("data")
-            except Exception:  # a damaged manifest is reported by restore, not swept
-                continue
-        removed += [str(ckpt.join(n)) for n in _commit.drop_unnamed_data(ckpt, keep, now=now)]
+        removed += [str(ckpt.join(n)) for n in _commit.drop_unnamed_data(
+            ckpt, found.data.get(name), now=now, scan=found)]
     if removed:
         log.warning("removed %d leftover(s) of interrupted saves in %s", len(removed), directory)
     return removed

@@ -20,6 +20,9 @@ hostile bytes cannot make a reader allocate or loop without limit:
   sharding and ~4 MiB inner chunks);
 - the packed array is at most one chunk (``MAX_PACKED_CHUNK``) larger than
   its leaves, which may not overlap, so reading it costs what its leaves do;
+- ``shared`` (version 4) names at most ``MAX_SHARED`` files, each one its
+  own leaves have, each referencing ``<name>-<N>/d-<hex>/<file>`` (never a
+  path of its own: no ``..``, no leading ``/``);
 - key paths are at most ``MAX_DEPTH`` tokens, user metadata at most
   ``MAX_NESTING`` containers deep (deeper ones break ``json`` and ``rich``),
   big integers at most ``MAX_BIGINT_DIGITS`` digits (Python's own limit).
@@ -58,11 +61,17 @@ MAX_DEPTH = 256
 MAX_NESTING = 100
 MAX_BIGINT_DIGITS = 4300
 MAX_INT = 1 << 62
+MAX_SHARED = 1 << 22
 
 KINDS = frozenset({"array", "jax", "scalar", "key", "py"})
 _TOKEN_KINDS = frozenset({"k", "a", "i", "f"})
 _HEX32 = re.compile(r"[0-9a-f]{32}")
 _BIGINT = re.compile(r"-?[0-9]{1,%d}" % MAX_BIGINT_DIGITS)
+# A file of a checkpoint's data, and what "shared" may reference: that file in
+# another checkpoint of the manager's directory (relative to the directory).
+_FILE = r"(?:a/[0-9]{1,12}/c(?:/[0-9]{1,12}){1,%d}|packed/c/[0-9]{1,12})" % (MAX_RANK + 1)
+_SHARED_FILE = re.compile(_FILE)
+_SHARED_SOURCE = re.compile(r"[^/\\\x00]{1,255}-[0-9]{1,20}/d-[0-9a-f]{1,64}/" + _FILE)
 
 _itemsizes: dict[str, int] = {}
 
@@ -197,6 +206,8 @@ def _check_where(leaf: dict, shape: list, itemsize: int, nbytes: int, state: dic
             raise _Bad("where", "an array name no other leaf uses", name)
         state["names"].add(name)
         stored = [*shape, itemsize]
+        state["grids"][name] = [-(-n // o) if type(o) is int and o > 0 else 0
+                                for n, o in zip(stored, outer)] if type(outer) is list else []
         for what, chunk in (("chunk", outer), ("inner chunk", inner)):
             if type(chunk) is not list or len(chunk) != len(stored) or not all(
                     type(n) is int and 0 < n <= MAX_INT for n in chunk) or chunk[-1] != itemsize:
@@ -342,11 +353,38 @@ def _check_packed(manifest: dict, end: int) -> None:
                    total)
 
 
+def _check_shared(manifest: dict, state: dict) -> None:
+    """Each key a file this manifest's leaves have, each value such a file in
+    another checkpoint of the directory (see ``_format/manifest``)."""
+    shared = manifest["shared"]
+    if type(shared) is not dict or len(shared) > MAX_SHARED:
+        raise _Bad("shared", f"a map of at most {MAX_SHARED} file -> key entries", show=False)
+    total, shard = manifest["packed_nbytes"], manifest.get("packed_shard") or 0
+    packed_files = -(-total // shard) if shard and "packed_inline" not in manifest else 0
+    for rel, source in shared.items():
+        if type(rel) is not str or _SHARED_FILE.fullmatch(rel) is None:
+            raise _Bad("shared", 'file names "a/<j>/c/<i>/..." or "packed/c/<i>"', rel)
+        parts = rel.split("/")
+        if parts[0] == _format.PACKED:
+            ok = int(parts[2]) < packed_files
+        else:
+            grid = state["grids"].get(parts[1])
+            cell = [int(i) for i in parts[3:]]
+            ok = grid is not None and len(cell) == len(grid) and all(
+                i < n for i, n in zip(cell, grid))
+        if not ok:
+            raise _Bad("shared", "files of this checkpoint's own leaves", rel)
+        if type(source) is not str or _SHARED_SOURCE.fullmatch(source) is None \
+                or source.split("/")[2] != parts[0]:
+            raise _Bad(f"shared[{rel!r}]", 'a key "<name>-<N>/d-<hex>/" and a file of the '
+                       "same kind", source)
+
+
 def check(manifest: Any, where: str) -> None:
     """Raises ``CorruptCheckpointError`` naming ``where`` and the field at fault."""
     from .. import _tree
 
-    state: dict = {"packed_end": 0, "names": set()}
+    state: dict = {"packed_end": 0, "names": set(), "grids": {}}
     field = _format.MANIFEST
     try:
         if type(manifest) is not dict:
@@ -381,6 +419,8 @@ def check(manifest: Any, where: str) -> None:
                 interior[node] = {path[-1]}
                 path = node
         _check_packed(manifest, state["packed_end"])
+        if "shared" in manifest:
+            _check_shared(manifest, state)
         _check_tree(paths, interior)
     except _Bad as bad:
         got = f", got {_short(bad.got)}" if bad.show else ""

@@ -20,7 +20,9 @@ where the payload is msgpack of::
      "leaves": [ {"path": [[kind, key], ...], "kind": ..., ...}, ... ],
      "data": "d-<token>"   (always from version 3; before, object stores only),
      "packed_inline": bytes  (optional: the packed array itself, when it is
-                              at most 64 KiB; then there is no packed/)}
+                              at most 64 KiB; then there is no packed/),
+     "shared": {file: key}   (optional, version 4: files of this checkpoint's
+                              data held by an earlier checkpoint's objects)}
 
 The arrays live under the ``data`` subdirectory, named after the save (a
 lowercase hex token). On object stores, which cannot rename, saving a number
@@ -51,6 +53,14 @@ recorded piece it covers whole: a read of exactly the pieces written (the
 same sharding, one device, packed leaves, ``verify``) or of the whole leaf.
 A read of part of a piece (a restore onto another sharding) cannot be
 checked by digest; the chunk checksums still apply.
+
+Version 4 (object stores' incremental saves) adds ``"shared"``: for each file
+of this checkpoint's data (``a/<j>/c/<i0>/...`` or ``packed/c/<i>``, relative
+to ``data``) that an earlier save of the same manager already wrote, the key
+of that object relative to the manager's directory
+(``<name>-<N>/d-<token>/a/<j>/c/...``). Readers layer those objects over the
+checkpoint's own (``_read/reader``); retention and the sweep never delete an
+object a committed manifest references (``_commit/references``).
 """
 
 from __future__ import annotations
@@ -68,9 +78,12 @@ from ..errors import CorruptCheckpointError
 
 MAGIC = b"JAXCKPT\x00"
 VERSION = 3
+# A manifest that references files of an earlier checkpoint ("shared", object
+# stores' incremental saves) says version 4; every other save stays version 3.
+SHARED_VERSION = 4
 # Version 1 stored the packed array as one file (no "packed_shard"); versions 1
 # and 2 keep local arrays beside the manifest (no "data") and have no digests.
-READABLE_VERSIONS = (1, 2, 3)
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST = _names.MANIFEST
 PACKED = _names.PACKED
 ARRAYS = _names.ARRAYS

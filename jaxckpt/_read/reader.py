@@ -103,6 +103,12 @@ class Reader:
         self.leaves: list[dict] = self.manifest["leaves"]
         data = self.manifest.get("data")
         self.data = _child(self.where, data) if data else self.where
+        # Format 4: files of this checkpoint's data held by an earlier
+        # checkpoint's objects, grouped by array ("a/<j>" or "packed").
+        self._shared: dict[str, list[tuple[str, str]]] = {}
+        for rel, source in (self.manifest.get("shared") or {}).items():
+            array, _, key = rel.partition("/c/")
+            self._shared.setdefault(array, []).append(("c/" + key, source))
         # Called with each leaf record once read_arrays has its data (progress bars).
         self.on_leaf_read: Callable[[dict], None] | None = None
         self._digests: dict[int, dict] = {}
@@ -152,15 +158,31 @@ class Reader:
         if leaf is None:
             self._check_stored_size(None)
         if leaf is not None:
-            spec = _arrays.array_spec(_child(self.data, _format.ARRAYS,
-                                             _format.array_name(leaf)).kvstore(),
-                                      shape, *_format.array_chunks(leaf), create=False)
+            name = _format.ARRAYS + "/" + _format.array_name(leaf)
+            kvstore = self._kvstore(_child(self.data, _format.ARRAYS, _format.array_name(leaf)),
+                                    name)
+            spec = _arrays.array_spec(kvstore, shape, *_format.array_chunks(leaf), create=False)
         else:
             total = self.manifest["packed_nbytes"]
             shard = self.manifest.get("packed_shard", total)  # one file before 0.2
-            spec = _arrays.array_spec(self.data.join(_format.PACKED).kvstore(), [total],
-                                       [shard], [self.manifest["packed_chunk"]], create=False)
+            kvstore = self._kvstore(self.data.join(_format.PACKED), _format.PACKED)
+            spec = _arrays.array_spec(kvstore, [total], [shard],
+                                      [self.manifest["packed_chunk"]], create=False)
         return _arrays.open_array(spec)
+
+    def _kvstore(self, own: Dir, array: str) -> dict:
+        """The kvstore of an array's files: its own prefix, with the files this
+        checkpoint references (``shared``) layered over it, each read from the
+        object it names (relative to the checkpoint's parent directory). A
+        missing object fails the read: the leaf is reported damaged."""
+        refs = self._shared.get(array)
+        if not refs:
+            return own.kvstore()
+        top = self.where.parent().kvstore()
+        layers = [{"base": own.kvstore(), "prefix": ""}]
+        layers += [{"exact": key, "base": {**top, "path": top["path"] + source}}
+                   for key, source in refs]
+        return {"driver": "kvstack", "layers": layers}
 
     def _check_stored_size(self, leaf: dict | None) -> None:
         """Locally, a large leaf's files (``None``: the packed array's) must hold
@@ -173,8 +195,8 @@ class Reader:
         else:
             declared, names = nbytes_of(leaf), (_format.ARRAYS, _format.array_name(leaf))
             what = f"leaf {_tree.path_str(leaf['path'])}"
-        if declared < _BIG_READ_BYTES:
-            return
+        if declared < _BIG_READ_BYTES or self._shared.get("/".join(names)):
+            return  # (some files elsewhere: the read reports what is missing)
         stored = _child(self.data, *names).file_bytes()  # files gone meanwhile: the read reports it
         if stored is not None and stored < declared:
             raise self.unless_changed(CorruptCheckpointError(

@@ -29,7 +29,8 @@ class LeafInfo:
     ``py`` (a Python value, held in the manifest; ``value`` is it).
     ``stored``: ``packed``, ``array a/<n>``, ``empty`` or ``manifest``.
     ``shared``: some file holding its bytes is hard-linked with another
-    checkpoint (an incremental save's); local checkpoints only.
+    checkpoint (an incremental save's), or on object stores is an earlier
+    checkpoint's object its manifest references.
     """
 
     path: str
@@ -98,7 +99,8 @@ class CheckpointInfo:
         leaves: every leaf in save order.
         disk_bytes: bytes of its files on disk.
         shared_bytes: the part of ``disk_bytes`` in files hard-linked with
-            another checkpoint (incremental saves); 0 on object stores.
+            another checkpoint (incremental saves; on object stores, in the
+            earlier checkpoints' objects its manifest references).
     """
 
     path: str
@@ -149,8 +151,9 @@ class CheckpointInfo:
             ("on disk", _display.human_bytes(self.disk_bytes)),
         ]
         if self.shared_bytes:
-            out.append(("shared", f"{_display.human_bytes(self.shared_bytes)} hard-linked "
-                                  "with other checkpoints"))
+            how = "referenced from" if "://" in self.path else "hard-linked with"
+            out.append(("shared", f"{_display.human_bytes(self.shared_bytes)} {how} "
+                                  "other checkpoints"))
         if self.metadata is not None:
             out.append(("metadata", _short(json.dumps(self.metadata, sort_keys=True), 120)))
         return out
@@ -209,7 +212,10 @@ def inspect(path: str) -> CheckpointInfo:
     else:
         committed = manifest.get("created") if committed is None else committed
     nbytes, shared = disk_usage(path)
-    linked = _linked_files(where, manifest) if shared else set()
+    linked = set()
+    if shared:  # hard-linked files locally; referenced ones on object stores
+        linked = (_linked_files(where, manifest) if where.is_local
+                  else set(manifest.get("shared") or ()))
     leaves = tuple(_leaf_info(leaf, manifest, linked) for leaf in manifest["leaves"])
     return CheckpointInfo(
         path=path,

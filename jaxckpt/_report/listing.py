@@ -28,7 +28,9 @@ from . import render as _display
 from .._commit import atomic as _commit
 from .._commit import state_file as _state_file
 from .._format import manifest as _format, names as _names
+from .._commit import references as _references
 from .._read import latest as _latest, reader as _reader
+from .._save import units as _units
 from .._storage import location as _location
 from .._storage.location import Dir
 
@@ -60,7 +62,9 @@ def disk_usage(path: str | Dir, inodes: dict | None = None) -> tuple[int | None,
     """(bytes, shared bytes) of the files under ``path``: shared files are
     those with another hard link (an incremental save's, see ``_save.units``).
     ``inodes`` collects (device, inode) -> size, to count a directory's total
-    with each shared file once. Object stores: see ``disk_bytes``; 0 shared.
+    with each shared file once. Object stores: see ``disk_bytes``; shared are
+    the files its manifest references under an earlier checkpoint (format 4's
+    ``shared``, sized from the manifest), and ``inodes`` collects object keys.
     """
     where = _location.locate(path)
     usage = where.file_usage(inodes)
@@ -70,7 +74,18 @@ def disk_usage(path: str | Dir, inodes: dict | None = None) -> tuple[int | None,
         manifest = _reader.read_manifest(where)
     except Exception:
         return None, 0
-    return sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"]), 0
+    nbytes = sum(_reader.nbytes_of(leaf) for leaf in manifest["leaves"])
+    references = manifest.get("shared") or {}
+    if not references and inodes is None:
+        return nbytes, 0
+    sizes = {rel: n for _, rel, n in _units.of_manifest(manifest)}
+    shared = sum(sizes.get(rel, 0) for rel in references)
+    if inodes is not None:
+        own = f"{where.name}/{manifest.get('data')}/"
+        for rel, n in sizes.items():
+            inodes[references.get(rel) or own + rel] = n
+        inodes[own] = max(0, nbytes - sum(sizes.values()))  # bytes in no unit (inline, v2)
+    return nbytes, shared
 
 
 def _manifest_times(path: str) -> tuple[float | None, float | None]:
@@ -246,6 +261,12 @@ def list_checkpoints(
 
     entries: list[CheckpointEntry] = []
     inodes: dict = {}
+    scanned: list = []
+
+    def references() -> _references.Scan:  # object stores: read once, when needed
+        if not scanned:
+            scanned.append(_references.scan(root))
+        return scanned[0]
 
     def usage(path: str) -> dict:
         nbytes, shared = disk_usage(path, inodes)
@@ -282,10 +303,17 @@ def list_checkpoints(
         if committed:
             created, when = _manifest_times(path)
             status = LATEST if path == latest else ACTIVE if path in active else PRESERVED
+            found = usage(path)
+            note = ""
+            if found["shared_bytes"] and not root.is_local:
+                note = "references " + ", ".join(sorted(references().uses.get(name, ())))
             entries.append(CheckpointEntry(name, path, number, status, committed=when,
-                                           created=created, **usage(path)))
+                                           created=created, note=note, **found))
         else:
             note = "named in the state file" if path in active else "no commit record"
+            users = [] if root.is_local else references().users_of(name)
+            if users:  # deleted, its objects kept for the checkpoints referencing them
+                note = "deleted; objects kept, referenced by " + ", ".join(users)
             entries.append(CheckpointEntry(name, path, number, UNCOMMITTED, note=note,
                                            **usage(path)))
     for path in named:

@@ -45,9 +45,11 @@ class Pipeline:
         self._superseded = superseded
         self._stats = stats
         self._finish = finish  # (path, its done event): no longer pending
-        # The files of kept checkpoints a save may share (local directories),
-        # and the jax.Arrays saved before (not copied again: see units.Unchanged).
-        self._units = _units.Index(_manifest_or_none) if incremental and root.is_local else None
+        # The files of kept checkpoints a save may share (hard links locally,
+        # references on object stores), and the jax.Arrays saved before (not
+        # copied again: see units.Unchanged).
+        self._units = (_units.Index(_manifest_or_none, by_reference=not root.is_local)
+                       if incremental else None)
         self.unchanged = _units.Unchanged() if self._units is not None else None
 
     def run(self, snapshot: _snapshot.Snapshot, path: str, timestamp: float,
@@ -60,7 +62,10 @@ class Pipeline:
         try:
             self._superseded.drop_all()
             publication = catalog.prepare(path, timestamp)
-            sharing = _write.Sharing(self._units)
+            # A multi-process save on an object store writes everything: the
+            # references of other processes' files would have to reach process 0.
+            sharing = _write.Sharing(None if coord.multi and not self._root.is_local
+                                     else self._units)
             try:
                 if self._units is not None:
                     self._units.follow(catalog.checkpoints)

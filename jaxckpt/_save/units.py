@@ -8,7 +8,9 @@ both (the ``xxh3`` digest of each piece). So a file of a new save whose
 geometry and digests match a file of a kept checkpoint holds the same bytes:
 the writer hard-links it instead of writing it. Every checkpoint stays whole
 (its directory holds every file its manifest names), so deleting any other
-checkpoint, by retention or by hand, only drops a link.
+checkpoint, by retention or by hand, only drops a link. Object stores cannot
+link: there the new manifest references the earlier object (``shared``,
+format 4), which retention and the sweep keep while any manifest does.
 
 A unit's key is that geometry plus those digests (128-bit XXH3, computed on
 the writer thread); ``Index`` maps the keys of the newest kept checkpoints to
@@ -130,16 +132,23 @@ def of_manifest(manifest: dict) -> list[tuple[Key, str, int]]:
 
 
 class Index:
-    """The files of the newest kept checkpoints, by key (local directories).
+    """The files of the newest kept checkpoints, by key.
 
     ``follow`` keeps it in step with the manager's kept checkpoints before
     each save (loading a manifest once, forgetting deleted checkpoints);
     ``add`` records a checkpoint just committed (replacing an older save of
     the same number). Used on the writer thread only.
+
+    Locally a file is its path (the writer hard-links it). With
+    ``by_reference`` (object stores) it is the key of the object holding its
+    bytes relative to the manager's directory, ``<name>-<N>/d-<token>/<file>``:
+    always the object first written, so a unit a manifest references
+    (``shared``) is found where that manifest points.
     """
 
-    def __init__(self, load: Callable[[str], dict | None]):
+    def __init__(self, load: Callable[[str], dict | None], by_reference: bool = False):
         self._load = load  # checkpoint path -> its manifest, or None if unreadable
+        self._by_reference = by_reference
         self._files: dict[str, dict[Key, str]] = {}  # checkpoint -> key -> file
 
     def follow(self, kept: list[str]) -> None:
@@ -156,9 +165,14 @@ class Index:
     def add(self, path: str, manifest: dict, units: list[tuple[Key, str]] | None = None) -> None:
         """Records checkpoint ``path``'s files: ``units`` (key, path inside
         ``data``) as the writer found them, else every file of its manifest."""
-        data = os.path.join(path, manifest.get("data") or "")
         if units is None:
             units = [(key, rel) for key, rel, _ in of_manifest(manifest)]
+        if self._by_reference:
+            shared = manifest.get("shared") or {}
+            data = f"{path.rstrip('/').rsplit('/', 1)[-1]}/{manifest.get('data')}/"
+            self._files[path] = {key: shared.get(rel) or data + rel for key, rel in units}
+            return
+        data = os.path.join(path, manifest.get("data") or "")
         self._files[path] = {key: os.path.join(data, rel) for key, rel in units}
 
     def find(self, key: Key) -> list[str]:

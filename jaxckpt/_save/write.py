@@ -28,13 +28,15 @@ from ..errors import CheckpointError
 class Sharing:
     """An incremental save on this process: what it may share, what it did.
 
-    ``index`` holds the files of kept checkpoints (local directories only);
-    None writes everything.
+    ``index`` holds the files of kept checkpoints; None writes everything.
     """
 
     index: _units.Index | None = None
     written: int = 0  # array bytes this process wrote
-    shared: int = 0  # array bytes this process hard-linked from kept checkpoints
+    shared: int = 0  # array bytes this process linked or referenced from kept checkpoints
+    # Object stores: file inside the data -> the earlier object holding it
+    # (the manifest's "shared"), filled by the write.
+    references: dict = dataclasses.field(default_factory=dict)
     # (key, path inside the data directory) of every file this process wrote
     # or linked, when their keys were computed (None: not computed).
     units: list | None = None
@@ -105,8 +107,9 @@ def write(
     manifest on process 0 (on the others, only its ``data``).
 
     With ``sharing``, files whose bytes a kept checkpoint already holds are
-    hard-linked from it instead of written (``_units``), and the bytes
-    written and shared are counted in it.
+    hard-linked from it instead of written (``_units``; on object stores the
+    manifest references the earlier object instead, format 4's ``shared``),
+    and the bytes written and shared are counted in it.
 
     Blocks until the bytes are durable and the checkpoint is committed. In a
     multi-process save every process writes its part and process 0 commits
@@ -119,9 +122,10 @@ def write(
     packed = _layout(snapshot)
     inline = None
     digests: list = []
+    sharing = sharing or Sharing()
     try:
         inline = _write_part(snapshot, staging.arrays, packed, coord.primary, digests,
-                             sharing or Sharing())
+                             sharing)
         _commit.seal_part(staging)
     except BaseException as e:
         coord.part_done(e)
@@ -150,6 +154,9 @@ def write(
         if inline is not None:
             manifest["packed_inline"] = inline
         manifest["data"] = staging.data_key
+        if sharing.references:
+            manifest["version"] = _format.SHARED_VERSION
+            manifest["shared"] = dict(sorted(sharing.references.items()))
         _commit.commit(staging, _format.pack_manifest(manifest), replace=replace)
     except BaseException as e:
         coord.announce(e)
@@ -178,8 +185,9 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     """
     total, shard, inner = packed
     index = sharing.index if sharing.index is not None and len(sharing.index) else None
-    linker = _links.Linker() if index is not None else None
+    linker = None
     if index is not None:
+        linker = _links.Linker() if root.is_local else _links.Referrer()
         sharing.units = []
     inline = None
     if total and primary and total <= _format.INLINE_BYTES:
@@ -231,6 +239,8 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         if linker is not None:
             _faults.point("write.linked")
             linker.seal()
+            if isinstance(linker, _links.Referrer):
+                sharing.references.update(linker.shared)
     finally:
         # Await every write, even after one failed: a write still running would
         # recreate its files after the failed temporary is removed.
@@ -261,7 +271,7 @@ def _link_known(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Ind
         rel = _units.cell_path(_format.array_name(rec), cell)
         if sharing.units is not None:
             sharing.units.append((key, rel))
-        dest = os.path.join(root.path, rel)
+        dest = _dest(root, rel)
         sources = index.find(key) if index is not None else []
         if sources and linker is not None and linker.link(sources, dest):
             digests += [(pos, region, h) for region, h in in_cell]
@@ -279,6 +289,12 @@ def _link_known(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Ind
             "holds its files any more (deleted by hand?) and the array has since been "
             "deleted or donated; save it again")
     arr.shards = [piece for piece in _snapshot.host_pieces(source) if piece.index in missing]
+
+
+def _dest(root: Dir, rel: str) -> str:
+    """Where a shared file goes: its path (a hard link), or on object stores
+    its name inside the data (a reference in the manifest)."""
+    return os.path.join(root.path, rel) if root.is_local else rel
 
 
 def _nbytes(region: tuple) -> int:
@@ -303,8 +319,7 @@ def _share_cells(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.In
         rel = _units.cell_path(_format.array_name(rec), cell)
         sharing.units.append((key, rel))
         sources = index.find(key)
-        dest = os.path.join(root.path, rel)
-        if sources and linker.link(sources, dest):
+        if sources and linker.link(sources, _dest(root, rel)):
             linked.update(region for region, _ in in_cell)
     rest = [piece for piece in arr.shards if piece.index not in linked]
     sharing.shared += sum(piece.data.nbytes for piece in arr.shards) - sum(
@@ -368,9 +383,8 @@ def _write_packed(snapshot: _snapshot.Snapshot, opening: Any, packed: tuple[int,
                 key = _units.packed_key(shard, inner, start, length,
                                         spans.within(start, start + length))
                 sharing.units.append((key, _units.packed_path(i)))
-                dest = os.path.join(root.path, _units.packed_path(i))
                 sources = index.find(key)
-                if sources and linker.link(sources, dest):
+                if sources and linker.link(sources, _dest(root, _units.packed_path(i))):
                     sharing.shared += length
                     continue
             if len(inflight) >= _arrays.PACKED_WINDOW:

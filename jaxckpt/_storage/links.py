@@ -1,4 +1,4 @@
-"""Hard links into a save's staging directory, made durable with it.
+"""Hard links into a save's staging directory, made durable with it (references on object stores).
 
 An incremental save shares a file with a kept checkpoint by linking it
 (``_save.units`` decides which). The file's bytes were fsync'd when that
@@ -55,3 +55,27 @@ class Linker:
     def seal(self) -> None:
         """fsyncs every directory a link was made in."""
         _durable.fsync_dirs(sorted(self._dirs))
+
+
+class Referrer:
+    """Object stores' stand-in for ``Linker``: nothing can be linked, so a
+    file that an earlier checkpoint's object holds is recorded as a reference
+    (``shared``: file inside the data -> that object's key, relative to the
+    manager's directory) for the manifest to carry. No I/O: the object was
+    durable when its checkpoint committed, and retention keeps it while a
+    committed manifest references it (``_commit/references``)."""
+
+    refused = False
+
+    def __init__(self) -> None:
+        self.shared: dict[str, str] = {}
+
+    def link(self, sources: list[str], dest: str) -> bool:
+        """Records ``dest`` (a file inside the data) as held by ``sources[0]``."""
+        if not sources:
+            return False
+        self.shared[dest] = sources[0]
+        return True
+
+    def seal(self) -> None:
+        """Nothing to make durable: the references go in the manifest."""

@@ -286,6 +286,22 @@ class KvDir:
         """Deletes every key under this prefix."""
         self._do("deleting", lambda: self.store().delete_range(ts.KvStore.KeyRange()).result())
 
+    def delete_except(self, keep: set[str]) -> None:
+        """Deletes every key under this prefix but those in ``keep``: one range
+        request per gap between them."""
+        if not keep:
+            return self.delete_all()
+        bounds = [""] + [b for key in sorted(keep) for b in (key, key + "\x00")] + [""]
+
+        def run():
+            store = self.store()
+            futures = [store.delete_range(ts.KvStore.KeyRange(lo, hi))
+                       for lo, hi in zip(bounds[::2], bounds[1::2]) if hi == "" or lo < hi]
+            for f in futures:
+                f.result()
+
+        self._do("deleting", run)
+
     def keys(self) -> list[str]:
         return [k.decode() for k in self._do("listing", lambda: self.store().list().result())]
 
