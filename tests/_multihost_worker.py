@@ -301,6 +301,8 @@ def incremental(directory: str, mesh, on: bool) -> dict:
     checked = 0
     with jaxckpt.CheckpointManager(directory, max_to_keep=2, incremental=on) as m:
         m.save(one, checkpoint_number=1)
+        m.wait_until_finished()
+        first = m.last_save_stats
         m.save(two, checkpoint_number=2)
         m.wait_until_finished()
         stats = m.last_save_stats
@@ -313,7 +315,7 @@ def incremental(directory: str, mesh, on: bool) -> dict:
                         number, name, shard.index)
                     checked += 1
     return {"shards_checked": checked, "bytes_written": stats.bytes_written,
-            "bytes_shared": stats.bytes_shared}
+            "bytes_shared": stats.bytes_shared, "first_written": first.bytes_written}
 
 
 def agree_rounds(directory: str, mesh, rounds: int, facts: dict) -> None:

@@ -8,7 +8,8 @@ instead of a silent hang.
 
 Keys, under ``jaxckpt/<scope>/<seq>/``: ``token`` (process 0: the name of the
 staging area), ``part/<i>`` (process i: ``ok [<n>]`` or its error;
-``part/<i>/<k>``: the n pieces of its payload, the digests of what it wrote), ``commit``
+``part/<i>/<k>``: the n pieces of its payload, the digests of what it wrote and
+the files it references), ``commit``
 (process 0: ``ok`` or why not). In a single-process program every call here
 returns at once.
 """

@@ -62,10 +62,9 @@ class Pipeline:
         try:
             self._superseded.drop_all()
             publication = catalog.prepare(path, timestamp)
-            # A multi-process save on an object store writes everything: the
-            # references of other processes' files would have to reach process 0.
-            sharing = _write.Sharing(None if coord.multi and not self._root.is_local
-                                     else self._units)
+            # Each process shares the files of the shards it writes; on object
+            # stores its references reach process 0 with its part (``write``).
+            sharing = _write.Sharing(self._units)
             try:
                 if self._units is not None:
                     self._units.follow(catalog.checkpoints)

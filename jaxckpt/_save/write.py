@@ -9,6 +9,7 @@ whole files.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from typing import Any
 
@@ -18,10 +19,10 @@ from .._directory import coordinate as _multihost
 from . import snapshot as _snapshot, units as _units
 from .. import _faults, _tree
 from .._commit import atomic as _commit
-from .._format import digest as _digest, manifest as _format, names as _names
+from .._format import check as _check, digest as _digest, manifest as _format, names as _names
 from .._storage import arrays as _arrays, links as _links
 from .._storage.location import Dir
-from ..errors import CheckpointError
+from ..errors import CheckpointError, CoordinationError, CorruptCheckpointError
 
 
 @dataclasses.dataclass
@@ -134,13 +135,17 @@ def write(
             _commit.abort(staging)
         raise
     _faults.point("multihost.part_written")
-    coord.part_done(None, _digest.encode(digests) if coord.multi and not coord.primary else "")
+    coord.part_done(None, _part_payload(digests, sharing.references)
+                    if coord.multi and not coord.primary else "")
     if not coord.primary:
         coord.wait_commit()
-        return {"data": staging.data_key}  # all this process knows of the manifest
+        # All this process knows of the manifest: its data, the references it made.
+        return {"data": staging.data_key, **({"shared": dict(sharing.references)}
+                                             if sharing.references else {})}
     try:
-        for payload in coord.wait_parts():
-            digests += _digest.decode(payload)
+        shared = dict(sharing.references)
+        for i, payload in enumerate(coord.wait_parts(), start=1):
+            _merge_part(payload, i, digests, shared, coord.what)
         _digest.record(snapshot.arrays, digests)
         manifest = {
             "version": _format.VERSION,
@@ -154,16 +159,59 @@ def write(
         if inline is not None:
             manifest["packed_inline"] = inline
         manifest["data"] = staging.data_key
-        if sharing.references:
+        if shared:
             manifest["version"] = _format.SHARED_VERSION
-            manifest["shared"] = dict(sorted(sharing.references.items()))
-        _commit.commit(staging, _format.pack_manifest(manifest), replace=replace)
+            manifest["shared"] = dict(sorted(shared.items()))
+        raw = _format.pack_manifest(manifest)
+        if len(shared) > len(sharing.references):
+            _check_merged(raw, coord.what)
+        _commit.commit(staging, raw, replace=replace)
     except BaseException as e:
         coord.announce(e)
         _commit.abort(staging)
         raise
     coord.announce(None)
     return manifest
+
+
+def _part_payload(digests: list, references: dict[str, str]) -> str:
+    """What a process sends process 0 with its part: the digests of the
+    pieces it wrote, then (object stores, incremental) a line with the files
+    of its shards it references (``shared``)."""
+    text = _digest.encode(digests)  # JSON: a newline only separates the two
+    return text + "\n" + json.dumps(references, separators=(",", ":")) if references else text
+
+
+def _merge_part(payload: str, process: int, digests: list, shared: dict[str, str],
+                what: str) -> None:
+    """Process 0: adds process ``process``'s digests and references (see
+    ``_part_payload``) to its own, refusing a payload that is not well formed,
+    too large, or names a file another process already references."""
+    text, _, refs = payload.partition("\n")
+    try:
+        digests += _digest.decode(text)
+        found = json.loads(refs) if refs else {}
+    except (ValueError, TypeError) as e:
+        raise CoordinationError(f"{what}: not committed; process {process} sent a part that "
+                                f"cannot be decoded ({e}); is every process running the same "
+                                "jaxckpt?") from e
+    if type(found) is not dict or len(shared) + len(found) > _check.MAX_SHARED or not all(
+            type(k) is str and type(v) is str and k not in shared for k, v in found.items()):
+        raise CoordinationError(
+            f"{what}: not committed; process {process} sent references that are not a map of "
+            f"distinct file -> key strings (at most {_check.MAX_SHARED} in all)")
+    shared.update(found)
+
+
+def _check_merged(manifest: bytes, what: str) -> None:
+    """Process 0: the manifest with the other processes' references must be
+    one that readers accept (each reference a file of this checkpoint's
+    leaves, held by another checkpoint's object), before it is committed."""
+    try:
+        _format.unpack_manifest(manifest, what)  # checks it as a reader does
+    except CorruptCheckpointError as e:
+        raise CoordinationError(f"{what}: not committed; the references the other processes "
+                                f"sent do not make a valid manifest: {e}") from e
 
 
 def _stage_token(final: Dir) -> str:
