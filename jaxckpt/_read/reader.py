@@ -188,16 +188,25 @@ class Reader:
         """Locally, a large leaf's files (``None``: the packed array's) must hold
         the bytes its record declares, so that a few hostile manifest bytes
         cannot make a read allocate terabytes (object stores list no sizes:
-        there the allocation may fail, raising MemoryError)."""
+        there the allocation may fail, raising MemoryError). Files it
+        references (``shared``, under the checkpoint's parent) count too,
+        each object once."""
         if leaf is None:
             declared, names = self.manifest["packed_nbytes"], (_format.PACKED,)
             what = f"the packed array ({_format.PACKED})"
         else:
             declared, names = nbytes_of(leaf), (_format.ARRAYS, _format.array_name(leaf))
             what = f"leaf {_tree.path_str(leaf['path'])}"
-        if declared < _BIG_READ_BYTES or self._shared.get("/".join(names)):
-            return  # (some files elsewhere: the read reports what is missing)
+        if declared < _BIG_READ_BYTES:
+            return
         stored = _child(self.data, *names).file_bytes()  # files gone meanwhile: the read reports it
+        refs = self._shared.get("/".join(names))
+        if stored is not None and refs:
+            # One object holds one file of one array: a hostile manifest naming
+            # it for every file still counts its bytes once.
+            parent = self.where.parent()
+            sizes = [parent.size_of(source) for source in sorted({s for _, s in refs})]
+            stored = None if None in sizes else stored + sum(sizes)
         if stored is not None and stored < declared:
             raise self.unless_changed(CorruptCheckpointError(
                 f"{self.path}: {what} declares {declared} bytes, but its files hold "

@@ -168,6 +168,15 @@ class LocalDir:
         """
         return os.stat(os.path.join(self.path, key)).st_mtime
 
+    def size_of(self, key: str) -> int | None:
+        """Bytes of file ``key`` below this directory (links not followed); 0
+        if there is no such file (it holds no bytes)."""
+        try:
+            st = os.lstat(os.path.join(self.path, key))
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+        return st.st_size if stat.S_ISREG(st.st_mode) else 0
+
     def file_bytes(self) -> int | None:
         """Bytes of every file under this directory (sizes, not blocks); links not followed."""
         return self.file_usage()[0]
@@ -323,6 +332,10 @@ class KvDir:
 
     def mtime(self, key: str) -> float | None:
         """None: object stores give no modification times here."""
+        return None
+
+    def size_of(self, key: str) -> int | None:
+        """None: object-store listings carry no sizes here."""
         return None
 
     def file_bytes(self) -> int | None:
