@@ -17,7 +17,7 @@ import pytest
 
 import jaxckpt
 from jaxckpt._format import manifest as _format
-from jaxckpt._save import write as _write
+from jaxckpt._save import share as _share
 from jaxckpt.errors import CoordinationError, CorruptCheckpointError
 
 from _reliability import TALLY
@@ -81,7 +81,7 @@ def test_a_bad_part_payload_is_refused(payload):
     TALLY["bad inputs tried"] += 1
     shared = {"a/0/c/1/0": "ckpt-1/d-00/a/0/c/1/0"}
     with pytest.raises(CoordinationError, match="process 1"):
-        _write._merge_part(payload, 1, [], shared, "ckpt-2")
+        _share.merge_part(payload, 1, [], shared, "ckpt-2")
     TALLY["bad inputs refused"] += 1
 
 
@@ -89,8 +89,8 @@ def test_a_part_payload_adds_digests_and_references():
     digests, shared = [], {"a/0/c/0/0": "ckpt-1/d-00/a/0/c/0/0"}
     theirs = {"a/0/c/1/0": "ckpt-1/d-00/a/0/c/1/0"}
     found = [(0, ((2, 4), (0, 3)), "f" * 32)]
-    _write._merge_part(_write._part_payload(found, theirs), 1, digests, shared, "ckpt-2")
+    _share.merge_part(_share.part_payload(found, theirs), 1, digests, shared, "ckpt-2")
     assert digests == found
     assert shared == {"a/0/c/0/0": "ckpt-1/d-00/a/0/c/0/0", **theirs}
-    _write._merge_part(_write._part_payload(found, {}), 2, digests, shared, "ckpt-2")
+    _share.merge_part(_share.part_payload(found, {}), 2, digests, shared, "ckpt-2")
     assert len(digests) == 2 and len(shared) == 2

@@ -30,6 +30,9 @@ an object that a committed manifest references (``_commit/references``).
 ``LocalCommit`` and ``ObjectStoreCommit`` are the two protocols behind one
 interface; ``protocol(where)`` picks one, and the module-level functions
 dispatch to it.
+
+One module of some 410 lines on purpose: ``LocalCommit`` and ``ObjectStoreCommit``
+stay side by side, step for step, with the helpers both use.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from .._directory import coordinate as _multihost
-from . import snapshot as _snapshot, stats as _stats, units as _units, write as _write
+from . import share as _share, snapshot as _snapshot, stats as _stats, units as _units, write as _write
 from .. import _faults
 from .._directory import agree as _agree, catalog as _catalog
 from .._read import reader as _reader
@@ -64,7 +64,7 @@ class Pipeline:
             publication = catalog.prepare(path, timestamp)
             # Each process shares the files of the shards it writes; on object
             # stores its references reach process 0 with its part (``write``).
-            sharing = _write.Sharing(self._units)
+            sharing = _share.Sharing(self._units)
             try:
                 if self._units is not None:
                     self._units.follow(catalog.checkpoints)

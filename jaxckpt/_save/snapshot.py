@@ -11,6 +11,9 @@ In a multi-process program each process keeps only what it writes: the
 shards it owns (``replica_id == 0``) of arrays that span processes; process 0
 alone keeps host values (NumPy, process-local ``jax.Array``) and small
 leaves it can assemble from its own devices, which go into the packed array.
+
+One module of some 410 lines on purpose: the blocking phase is one hot loop over the
+leaves (measured in ``benchmarks/``) with the records and pieces it builds beside it.
 """
 
 from __future__ import annotations

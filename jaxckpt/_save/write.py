@@ -8,39 +8,17 @@ whole files.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from typing import Any
 
 import numpy as np
 
 from .._directory import coordinate as _multihost
-from . import snapshot as _snapshot, units as _units
-from .. import _faults, _tree
+from . import share as _share, snapshot as _snapshot, units as _units
+from .. import _faults
 from .._commit import atomic as _commit
-from .._format import check as _check, digest as _digest, manifest as _format, names as _names
+from .._format import digest as _digest, manifest as _format, names as _names
 from .._storage import arrays as _arrays, links as _links
 from .._storage.location import Dir
-from ..errors import CheckpointError, CoordinationError, CorruptCheckpointError
-
-
-@dataclasses.dataclass
-class Sharing:
-    """An incremental save on this process: what it may share, what it did.
-
-    ``index`` holds the files of kept checkpoints; None writes everything.
-    """
-
-    index: _units.Index | None = None
-    written: int = 0  # array bytes this process wrote
-    shared: int = 0  # array bytes this process linked or referenced from kept checkpoints
-    # Object stores: file inside the data -> the earlier object holding it
-    # (the manifest's "shared"), filled by the write.
-    references: dict = dataclasses.field(default_factory=dict)
-    # (key, path inside the data directory) of every file this process wrote
-    # or linked, when their keys were computed (None: not computed).
-    units: list | None = None
 
 
 def _layout(snapshot: _snapshot.Snapshot) -> tuple[int, int, int]:
@@ -102,7 +80,7 @@ def write(
     replace: bool,
     created: float,
     coordinator: _multihost.SaveCoordinator,
-    sharing: Sharing | None = None,
+    sharing: _share.Sharing | None = None,
 ) -> dict:
     """Writes ``snapshot`` as the committed checkpoint ``final``; returns its
     manifest on process 0 (on the others, only its ``data``).
@@ -123,7 +101,7 @@ def write(
     packed = _layout(snapshot)
     inline = None
     digests: list = []
-    sharing = sharing or Sharing()
+    sharing = sharing or _share.Sharing()
     try:
         inline = _write_part(snapshot, staging.arrays, packed, coord.primary, digests,
                              sharing)
@@ -135,7 +113,7 @@ def write(
             _commit.abort(staging)
         raise
     _faults.point("multihost.part_written")
-    coord.part_done(None, _part_payload(digests, sharing.references)
+    coord.part_done(None, _share.part_payload(digests, sharing.references)
                     if coord.multi and not coord.primary else "")
     if not coord.primary:
         coord.wait_commit()
@@ -145,7 +123,7 @@ def write(
     try:
         shared = dict(sharing.references)
         for i, payload in enumerate(coord.wait_parts(), start=1):
-            _merge_part(payload, i, digests, shared, coord.what)
+            _share.merge_part(payload, i, digests, shared, coord.what)
         _digest.record(snapshot.arrays, digests)
         manifest = {
             "version": _format.VERSION,
@@ -164,7 +142,7 @@ def write(
             manifest["shared"] = dict(sorted(shared.items()))
         raw = _format.pack_manifest(manifest)
         if len(shared) > len(sharing.references):
-            _check_merged(raw, coord.what)
+            _share.check_merged(raw, coord.what)
         _commit.commit(staging, raw, replace=replace)
     except BaseException as e:
         coord.announce(e)
@@ -172,46 +150,6 @@ def write(
         raise
     coord.announce(None)
     return manifest
-
-
-def _part_payload(digests: list, references: dict[str, str]) -> str:
-    """What a process sends process 0 with its part: the digests of the
-    pieces it wrote, then (object stores, incremental) a line with the files
-    of its shards it references (``shared``)."""
-    text = _digest.encode(digests)  # JSON: a newline only separates the two
-    return text + "\n" + json.dumps(references, separators=(",", ":")) if references else text
-
-
-def _merge_part(payload: str, process: int, digests: list, shared: dict[str, str],
-                what: str) -> None:
-    """Process 0: adds process ``process``'s digests and references (see
-    ``_part_payload``) to its own, refusing a payload that is not well formed,
-    too large, or names a file another process already references."""
-    text, _, refs = payload.partition("\n")
-    try:
-        digests += _digest.decode(text)
-        found = json.loads(refs) if refs else {}
-    except (ValueError, TypeError) as e:
-        raise CoordinationError(f"{what}: not committed; process {process} sent a part that "
-                                f"cannot be decoded ({e}); is every process running the same "
-                                "jaxckpt?") from e
-    if type(found) is not dict or len(shared) + len(found) > _check.MAX_SHARED or not all(
-            type(k) is str and type(v) is str and k not in shared for k, v in found.items()):
-        raise CoordinationError(
-            f"{what}: not committed; process {process} sent references that are not a map of "
-            f"distinct file -> key strings (at most {_check.MAX_SHARED} in all)")
-    shared.update(found)
-
-
-def _check_merged(manifest: bytes, what: str) -> None:
-    """Process 0: the manifest with the other processes' references must be
-    one that readers accept (each reference a file of this checkpoint's
-    leaves, held by another checkpoint's object), before it is committed."""
-    try:
-        _format.unpack_manifest(manifest, what)  # checks it as a reader does
-    except CorruptCheckpointError as e:
-        raise CoordinationError(f"{what}: not committed; the references the other processes "
-                                f"sent do not make a valid manifest: {e}") from e
 
 
 def _stage_token(final: Dir) -> str:
@@ -222,7 +160,7 @@ def _stage_token(final: Dir) -> str:
 
 
 def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int, int],
-                primary: bool, digests: list, sharing: Sharing) -> bytes | None:
+                primary: bool, digests: list, sharing: _share.Sharing) -> bytes | None:
     """Writes this process's shards and, on process 0, the packed array; returns
     the packed bytes instead when they are small enough to go in the manifest.
 
@@ -249,7 +187,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         sharing.written += sum(len(data) for _, data, _ in placed)
     for pos, arr in enumerate(snapshot.arrays):
         if arr.known is not None:
-            _link_known(pos, arr, root, index, linker, digests, sharing)
+            _share.link_known(pos, arr, root, index, linker, digests, sharing)
     opened = []
     for pos, arr in enumerate(snapshot.arrays):
         rec = arr.record
@@ -270,7 +208,7 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         for pos, arr, fut in opened:
             pieces = arr.shards
             if index is not None:
-                pieces = _share_cells(pos, arr, root, index, linker, digests, sharing)
+                pieces = _share.share_cells(pos, arr, root, index, linker, digests, sharing)
             if pieces:
                 store = fut.result()
             for piece in pieces:
@@ -302,79 +240,6 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     return inline
 
 
-def _link_known(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Index | None,
-                linker: _links.Linker | None, digests: list, sharing: Sharing) -> None:
-    """Links the files of a leaf that ``save`` did not copy (the same
-    ``jax.Array`` a committed save wrote). A file no kept checkpoint holds any
-    more is written from the array itself, which must still exist."""
-    rec = arr.record
-    stored = list(arr.shape) + [arr.dtype.itemsize]
-    chunk, inner = _format.array_chunks(rec)
-    missing: set[tuple] = set()
-    grouped = _units.cells(stored, chunk, arr.known)
-    if not grouped:
-        missing = {region for region, _ in arr.known}
-    for cell, in_cell in grouped.items():
-        key = _units.cell_key(stored, chunk, inner, cell, in_cell)
-        rel = _units.cell_path(_format.array_name(rec), cell)
-        if sharing.units is not None:
-            sharing.units.append((key, rel))
-        dest = _dest(root, rel)
-        sources = index.find(key) if index is not None else []
-        if sources and linker is not None and linker.link(sources, dest):
-            digests += [(pos, region, h) for region, h in in_cell]
-            sharing.shared += sum(_nbytes(region) for region, _ in in_cell) * stored[-1]
-        else:
-            missing.update(region for region, _ in in_cell)
-    arr.known = None
-    if not missing:
-        return
-    source = arr.origin
-    if source.is_deleted():
-        raise CheckpointError(
-            f"the leaf {_tree.path_str(rec['path'])} was not copied by save(): it is the same "
-            "jax.Array that an earlier save of this manager wrote, but no kept checkpoint "
-            "holds its files any more (deleted by hand?) and the array has since been "
-            "deleted or donated; save it again")
-    arr.shards = [piece for piece in _snapshot.host_pieces(source) if piece.index in missing]
-
-
-def _dest(root: Dir, rel: str) -> str:
-    """Where a shared file goes: its path (a hard link), or on object stores
-    its name inside the data (a reference in the manifest)."""
-    return os.path.join(root.path, rel) if root.is_local else rel
-
-
-def _nbytes(region: tuple) -> int:
-    n = 1
-    for a, b in region:
-        n *= b - a
-    return n
-
-
-def _share_cells(pos: int, arr: _snapshot.ArrayLeaf, root: Dir, index: _units.Index,
-                 linker: _links.Linker, digests: list, sharing: Sharing) -> list:
-    """Hashes a large leaf's pieces, links the files a kept checkpoint holds;
-    returns the pieces still to write."""
-    found = [(piece.index, _digest.of(piece.data)) for piece in arr.shards]
-    digests += [(pos, region, h) for region, h in found]
-    rec = arr.record
-    stored = list(arr.shape) + [arr.dtype.itemsize]
-    chunk, inner = _format.array_chunks(rec)
-    linked: set[tuple] = set()
-    for cell, in_cell in _units.cells(stored, chunk, found).items():
-        key = _units.cell_key(stored, chunk, inner, cell, in_cell)
-        rel = _units.cell_path(_format.array_name(rec), cell)
-        sharing.units.append((key, rel))
-        sources = index.find(key)
-        if sources and linker.link(sources, _dest(root, rel)):
-            linked.update(region for region, _ in in_cell)
-    rest = [piece for piece in arr.shards if piece.index not in linked]
-    sharing.shared += sum(piece.data.nbytes for piece in arr.shards) - sum(
-        piece.data.nbytes for piece in rest)
-    return rest
-
-
 def _placed(snapshot: _snapshot.Snapshot) -> list[tuple[int, np.ndarray, int]]:
     """(offset, flat bytes, position in ``snapshot.arrays``) of the packed
     leaves this process holds, by offset."""
@@ -392,7 +257,7 @@ def _hash_placed(snapshot: _snapshot.Snapshot, placed: list[tuple[int, np.ndarra
 
 
 def _write_packed(snapshot: _snapshot.Snapshot, opening: Any, packed: tuple[int, int, int],
-                  errors: list[BaseException], digests: list, sharing: Sharing,
+                  errors: list[BaseException], digests: list, sharing: _share.Sharing,
                   index: _units.Index | None, linker: _links.Linker | None, root: Dir) -> None:
     """Writes the packed array one shard file at a time, at most
     ``PACKED_WINDOW`` staged at once: memory stays bounded (no copy of all the
@@ -432,7 +297,7 @@ def _write_packed(snapshot: _snapshot.Snapshot, opening: Any, packed: tuple[int,
                                         spans.within(start, start + length))
                 sharing.units.append((key, _units.packed_path(i)))
                 sources = index.find(key)
-                if sources and linker.link(sources, _dest(root, _units.packed_path(i))):
+                if sources and linker.link(sources, _share.destination(root, _units.packed_path(i))):
                     sharing.shared += length
                     continue
             if len(inflight) >= _arrays.PACKED_WINDOW:

@@ -14,6 +14,9 @@ S3 URLs follow the AWS SDKs' environment: ``AWS_ENDPOINT_URL_S3`` or
 metadata). GCS URLs use Google's application-default credentials. The process-wide
 tensorstore context and the object-store request limits are in
 ``_storage/context``.
+
+One module of some 430 lines on purpose: the local and the object-store class stay
+side by side, method for method, so that their shared interface reads as one.
 """
 
 from __future__ import annotations
