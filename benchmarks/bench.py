@@ -157,17 +157,7 @@ def storage_workload(name: str, args: argparse.Namespace, root: str) -> dict:
                 results[key]["restore_peak_extra"].append(max(0, peak.extra - state_bytes))
             each(one_restore, f"restore {i + 1}")
     finally:
-        for saver in savers.values():
-            try:
-                saver.close()
-            except Exception as e:
-                print(f"closing {saver.name}: {_error(e)}", file=sys.stderr)
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        # Flush this workload's deletions and writeback now, so that they do
-        # not land in the next workload's fsyncs (W3's five ordered fsyncs
-        # took 4-6 ms right after W2's cleanup, 2.2-2.9 ms on a quiet disk).
-        os.sync()
-        time.sleep(args.quiet)
+        bench_savers.close_all(savers, os.path.join(root, name), args.quiet)
     for key, r in results.items():
         out["contenders"][key] = {
             "block": stat(r["block"]), "commit": stat(r["commit"]),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 import traceback
@@ -123,14 +122,7 @@ def workload(args: argparse.Namespace, root: str) -> dict:
                 res[key]["restore"].append(saver.restore())
             each(one_restore, f"restore {i + 1}")
     finally:
-        for saver in savers.values():
-            try:
-                saver.close()
-            except Exception as e:
-                print(f"closing {saver.name}: {_error(e)}", file=sys.stderr)
-        shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-        os.sync()
-        time.sleep(args.quiet)
+        bench_savers.close_all(savers, os.path.join(root, name), args.quiet)
     for key, r in res.items():
         out["contenders"][key] = dict(
             r, block=stat(r["block"]), commit=stat(r["commit"]), written=stat(r["written"]),

@@ -27,6 +27,23 @@ import jax
 import numpy as np
 
 
+def close_all(savers: dict, directory: str, quiet_s: float) -> None:
+    """Closes every contender (reporting, not raising, a failure), deletes the
+    workload's files, flushes the writeback now (so that it does not land in
+    the next workload's fsyncs: W3's five ordered fsyncs took 4-6 ms right
+    after W2's cleanup, 2.2-2.9 ms on a quiet disk) and idles ``quiet_s``."""
+    import sys
+
+    for saver in savers.values():
+        try:
+            saver.close()
+        except Exception as e:
+            print(f"closing {saver.name}: {type(e).__name__}: {e}", file=sys.stderr)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.sync()
+    time.sleep(quiet_s)
+
+
 def _files(path: str) -> list[str]:
     return [os.path.join(d, f) for d, _, names in os.walk(path) for f in names]
 

@@ -215,14 +215,19 @@ def test_the_same_jax_array_saved_again_is_linked_even_once_donated(tmp_path):
     assert jaxckpt.verify(str(tmp_path / "ckpt-2")) is None
 
 
+def _save_again_without_its_files(m: jaxckpt.CheckpointManager, base: jax.Array, tmp_path):
+    """Saves ``base``, removes that checkpoint by hand, queues ``base`` again."""
+    m.save({"base": base, "step": 1}, 1)
+    m.wait_until_finished()
+    shutil.rmtree(tmp_path / "ckpt-1")
+    m.save({"base": base, "step": 2}, 2)
+
+
 def test_the_same_jax_array_is_not_copied_again(tmp_path):
     """Its files gone by hand and the array deleted: the save cannot have a copy."""
     base = _jax_base()
     with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
-        m.save({"base": base, "step": 1}, 1)
-        m.wait_until_finished()
-        shutil.rmtree(tmp_path / "ckpt-1")
-        m.save({"base": base, "step": 2}, 2)
+        _save_again_without_its_files(m, base, tmp_path)
         base.delete()
         with pytest.raises(jaxckpt.CheckpointWriteError) as raised:
             m.wait_until_finished()
@@ -233,10 +238,7 @@ def test_the_same_jax_array_is_not_copied_again(tmp_path):
 def test_the_same_jax_array_with_its_files_gone_is_written_from_the_array(tmp_path):
     base = _jax_base()
     with jaxckpt.CheckpointManager(tmp_path, max_to_keep=None) as m:
-        m.save({"base": base, "step": 1}, 1)
-        m.wait_until_finished()
-        shutil.rmtree(tmp_path / "ckpt-1")
-        m.save({"base": base, "step": 2}, 2)
+        _save_again_without_its_files(m, base, tmp_path)
         m.wait_until_finished()
         assert m.last_save_stats.bytes_shared == 0
     np.testing.assert_array_equal(jaxckpt.restore(str(tmp_path / "ckpt-2"))["base"],
