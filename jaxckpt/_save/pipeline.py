@@ -25,7 +25,7 @@ import time
 from typing import Callable
 
 from .._directory import coordinate as _multihost
-from . import share as _share, snapshot as _snapshot, stats as _stats, units as _units, write as _write
+from . import gc as _gc, share as _share, snapshot as _snapshot, stats as _stats, units as _units, write as _write
 from .. import _faults
 from .._directory import agree as _agree, catalog as _catalog
 from .._read import reader as _reader
@@ -68,8 +68,10 @@ class Pipeline:
             try:
                 if self._units is not None:
                     self._units.follow(catalog.checkpoints)
-                manifest = _write.write(snapshot, _location.locate(path), replace=True,
-                                        created=timestamp, coordinator=coord, sharing=sharing)
+                with _gc.heap_frozen():  # collections skip the heap older than this write
+                    manifest = _write.write(snapshot, _location.locate(path), replace=True,
+                                            created=timestamp, coordinator=coord,
+                                            sharing=sharing)
                 stats.bytes_written, stats.bytes_shared = sharing.written, sharing.shared
                 if self._units is not None:
                     if sharing.units is None and "leaves" not in manifest:
