@@ -347,17 +347,12 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                 record = {"path": stored, "kind": "jax", "dtype": plain.dtype_name,
                           "shape": list(plain.shape)}
                 records.append(record)
-                if unchanged is not None and not plain.packed:
+                tracked = unchanged is not None and not plain.packed
+                known = unchanged.get(leaf) if tracked else None
+                if known is not None:  # saved before: no copy at all
                     arr = new_leaf(record, plain.dtype, plain.shape, [], plain.shape)
-                    arr.origin, arr.known = leaf, unchanged.get(leaf)
-                    if arr.known is not None:
-                        arrays.append(arr)
-                        continue
-                    arr.shards = [new_shard(plain.index, host_view(leaf))] if plain.on_cpu else []
+                    arr.origin, arr.known = leaf, known
                     arrays.append(arr)
-                    if not plain.on_cpu:
-                        leaf.copy_to_host_async()
-                        pending.append((arr, [(plain.index, leaf)]))
                     continue
                 if primary and plain.on_cpu:  # a view of the buffer, which it keeps alive
                     shards = [new_shard(plain.index, host_view(leaf))]
@@ -365,6 +360,8 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                     shards = []
                 arr = new_leaf(record, plain.dtype, plain.shape, shards, plain.shape,
                                plain.packed)
+                if tracked:
+                    arr.origin = leaf
                 arrays.append(arr)
                 if primary and not plain.on_cpu:
                     leaf.copy_to_host_async()
