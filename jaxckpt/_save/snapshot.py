@@ -54,10 +54,14 @@ class ArrayLeaf:
     # nothing was copied (``shards`` is empty) and the writer links its files.
     origin: Any = None
     known: list | None = None
+    _size: int = -1  # nbytes, once computed (the writer asks several times a leaf)
 
     @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * self.dtype.itemsize
+        size = self._size
+        if size < 0:
+            size = self._size = math.prod(self.shape) * self.dtype.itemsize
+        return size
 
 
 @dataclasses.dataclass
@@ -67,10 +71,13 @@ class Snapshot:
     records: list[dict]
     arrays: list[ArrayLeaf]
     metadata: dict | None
+    _size: int = -1
 
     @property
     def nbytes(self) -> int:
-        return sum(a.nbytes for a in self.arrays)
+        if self._size < 0:
+            self._size = sum(a.nbytes for a in self.arrays)
+        return self._size
 
 
 def _norm_index(index: tuple, shape: tuple[int, ...]) -> tuple[tuple[int, int], ...]:
@@ -242,9 +249,9 @@ class _Paths:
         self.paths = [entry.path for entry in entries]
         # Shared by every snapshot of this structure; nothing mutates them.
         self.stored = [[list(t) for t in entry.path] for entry in entries]
-        # Per leaf, the last single-device leaf seen there: (sharding, dtype,
+        # Per leaf, the last single-device leaf seen there: (device, dtype,
         # shape, _Plain). Checked by identity, which is cheap where a lookup
-        # by value (jax's Python-level sharding hash and ==) is not.
+        # by value is not.
         self.last: list[tuple | None] = [None] * len(entries)
 
 
@@ -280,8 +287,19 @@ class _Plain:
 _PLAIN: dict[tuple, _Plain] = {}
 
 
-def _plain(shape: tuple[int, ...], dtype: np.dtype, sharding: Any) -> _Plain:
-    key = (shape, dtype, sharding)
+def _device_of(sharding: Any) -> Any:
+    """A single-device sharding's device, read cheaply: JAX's sharding hash and
+    ``==`` run in Python (~5 us a leaf), a device's in C++. ``device_set`` is
+    the public fallback should the attribute go away."""
+    device = getattr(sharding, "_device", None)
+    return device if device is not None else next(iter(sharding.device_set))
+
+
+def _plain(shape: tuple[int, ...], dtype: np.dtype, device: Any) -> _Plain:
+    """Keyed by the device, not the sharding: every fresh array (a jitted step's
+    outputs, ``device_put``) brings its own sharding object, and what a
+    ``_Plain`` holds depends only on the device's platform."""
+    key = (shape, dtype, device)
     found = _PLAIN.get(key)
     if found is None:
         if len(_PLAIN) >= 4096:
@@ -289,7 +307,7 @@ def _plain(shape: tuple[int, ...], dtype: np.dtype, sharding: Any) -> _Plain:
         found = _PLAIN[key] = _Plain(
             tuple(shape), np.dtype(dtype), _format.dtype_name(np.dtype(dtype)),
             tuple((0, n) for n in shape), small(tuple(shape), np.dtype(dtype)),
-            next(iter(sharding.device_set)).platform == "cpu")
+            device.platform == "cpu")
     return found
 
 
@@ -314,15 +332,15 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
     # Nothing below writes or copies before every leaf is checked: the checks
     # come first for all but jax.Arrays, whose one check (not deleted) is made
     # in the loop before their host view is taken.
+    array_types = _ARRAY_TYPES
     for path, leaf in zip(known.paths, leaves):
-        if not isinstance(leaf, jax.Array):
+        if type(leaf) not in array_types and not isinstance(leaf, jax.Array):
             _check(path, leaf)
 
     records: list[dict] = []
     arrays: list[ArrayLeaf] = []
     pending: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array]]]] = []
     last = known.last
-    array_types = _ARRAY_TYPES
     new_leaf, new_shard, host_view = ArrayLeaf, Shard, np.asarray
     for i, (stored, leaf) in enumerate(zip(known.stored, leaves)):
         # isinstance against jax.Array is an ABC check; a set lookup is cheaper.
@@ -338,12 +356,13 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
             if type(sharding) is _SINGLE_DEVICE and isinstance(dtype, np.dtype):
                 # The common case, kept cheap: one shard, the whole array.
                 seen = last[i]
-                if (seen is not None and seen[0] is sharding and seen[1] is dtype
+                device = _device_of(sharding)
+                if (seen is not None and seen[0] is device and seen[1] is dtype
                         and seen[2] == leaf.shape):
                     plain = seen[3]
                 else:
-                    plain = _plain(leaf.shape, dtype, sharding)
-                    last[i] = (sharding, dtype, plain.shape, plain)
+                    plain = _plain(leaf.shape, dtype, device)
+                    last[i] = (device, dtype, plain.shape, plain)
                 record = {"path": stored, "kind": "jax", "dtype": plain.dtype_name,
                           "shape": list(plain.shape)}
                 records.append(record)
