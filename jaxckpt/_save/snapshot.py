@@ -5,14 +5,18 @@ NumPy array in place, donate or delete a ``jax.Array``) changes what will be
 written. NumPy arrays are copied. ``jax.Array`` shards are brought to host:
 every device-to-host copy is started before any is awaited; on the CPU
 backend the host view shares the buffer and holds a reference to it, which
-keeps JAX from reusing it for a donated output.
+keeps JAX from reusing it for a donated output. Large leaves on an
+accelerator are not awaited at all: one batched ``device_put`` into the
+device's pinned host memory starts their copies, save() returns, and the
+writer waits for them (``Snapshot.settle``); the copy is a new array, so
+donating the original at once is safe (``_save/host_copies``).
 
 In a multi-process program each process keeps only what it writes: the
 shards it owns (``replica_id == 0``) of arrays that span processes; process 0
 alone keeps host values (NumPy, process-local ``jax.Array``) and small
 leaves it can assemble from its own devices, which go into the packed array.
 
-One module of some 410 lines on purpose: the blocking phase is one hot loop over the
+One module of some 470 lines on purpose: the blocking phase is one hot loop over the
 leaves (measured in ``benchmarks/``) with the records and pieces it builds beside it.
 """
 
@@ -26,7 +30,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import gc as _gc
+from . import gc as _gc, host_copies as _host_copies
 from .._directory import coordinate as _multihost
 from .. import _tree
 from .._format import manifest as _format
@@ -72,6 +76,16 @@ class Snapshot:
     arrays: list[ArrayLeaf]
     metadata: dict | None
     _size: int = -1
+    # Large accelerator leaves whose copy into host memory save() only
+    # started: (leaf, [(index, host jax.Array)]); ``settle`` waits for them.
+    copying: list = dataclasses.field(default_factory=list)
+
+    def settle(self) -> None:
+        """Waits for the copies ``take`` left in flight (on the writer thread)
+        and puts their host data into the leaves' shards."""
+        copying, self.copying = self.copying, []
+        for arr, pieces in copying:
+            arr.shards = [Shard(index, np.asarray(data)) for index, data in pieces]
 
     @property
     def nbytes(self) -> int:
@@ -287,6 +301,7 @@ class _Plain:
 _PLAIN: dict[tuple, _Plain] = {}
 
 
+
 def _device_of(sharding: Any) -> Any:
     """A single-device sharding's device, read cheaply: JAX's sharding hash and
     ``==`` run in Python (~5 us a leaf), a device's in C++. ``device_set`` is
@@ -321,8 +336,9 @@ def _check(path: tuple, leaf: Any) -> None:
 def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
     """Validates ``tree`` and copies it out of the caller's reach.
 
-    Blocks on the device-to-host copies of every ``jax.Array`` shard this
-    process must write, started together. Raises ``TypeError`` naming the key
+    Blocks on the device-to-host copies of the small ``jax.Array`` shards this
+    process must write, started together; the large ones' copies are left in
+    flight where the backend has pinned host memory. Raises ``TypeError`` naming the key
     path of an unsupported leaf before any copy is made.
     """
     metadata = check_metadata(metadata)
@@ -340,6 +356,7 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
     records: list[dict] = []
     arrays: list[ArrayLeaf] = []
     pending: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array]]]] = []
+    in_flight: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array, Any]]]] = []
     last = known.last
     new_leaf, new_shard, host_view = ArrayLeaf, Shard, np.asarray
     for i, (stored, leaf) in enumerate(zip(known.stored, leaves)):
@@ -373,7 +390,8 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                     arr.origin, arr.known = leaf, known
                     arrays.append(arr)
                     continue
-                if primary and plain.on_cpu:  # a view of the buffer, which it keeps alive
+                on_host = plain.on_cpu and not (_host_copies.FORCE_IN_FLIGHT and not plain.packed)
+                if primary and on_host:  # a view of the buffer, which it keeps alive
                     shards = [new_shard(plain.index, host_view(leaf))]
                 else:
                     shards = []
@@ -382,9 +400,13 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                 if tracked:
                     arr.origin = leaf
                 arrays.append(arr)
-                if primary and not plain.on_cpu:
-                    leaf.copy_to_host_async()
-                    pending.append((arr, [(plain.index, leaf)]))
+                if primary and not on_host:
+                    target = None if plain.packed else _host_copies.target(device)
+                    if target is not None:  # large: the writer waits for its copy
+                        in_flight.append((arr, [(plain.index, leaf, target)]))
+                    else:
+                        leaf.copy_to_host_async()
+                        pending.append((arr, [(plain.index, leaf)]))
                 continue
         # Key data for PRNG keys (with its own sharding); a copy of NumPy data.
         record, data = leaf_record(stored, leaf, copy=primary)
@@ -413,11 +435,22 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                 arr.exact = True
                 mine = None  # each process its replica-0 shards
             pieces = _pieces(leaf, shape, mine)
+            targets = []
             for _, data in pieces:
                 # devices() is the set JAX caches on the sharding: read it, never pop it.
-                if next(iter(data.devices())).platform != "cpu":
-                    data.copy_to_host_async()
-            pending.append((arr, pieces))
+                device = next(iter(data.devices()))
+                if device.platform != "cpu" or _host_copies.FORCE_IN_FLIGHT:
+                    targets.append(None if arr.packed else _host_copies.target(device))
+                else:
+                    targets.append(None)
+            if pieces and all(t is not None for t in targets):
+                in_flight.append((arr, [(index, data, t)
+                                        for (index, data), t in zip(pieces, targets)]))
+            else:
+                for (_, data), t in zip(pieces, targets):
+                    if next(iter(data.devices())).platform != "cpu":
+                        data.copy_to_host_async()
+                pending.append((arr, pieces))
         else:  # NumPy
             shape = tuple(np.shape(leaf))
             shards = [Shard(tuple((0, n) for n in shape), data)] if primary else []
@@ -425,7 +458,9 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                             packed=small(shape, np.dtype(leaf.dtype)))
         arrays.append(arr)
 
-    # All transfers were started above; now wait for each.
+    # Every small transfer was started above; the large ones start now, in one
+    # batch, and are left in flight for the writer (``Snapshot.settle``).
+    copying = _host_copies.start(in_flight, pending)
     for arr, pieces in pending:
         arr.shards = [Shard(index, np.asarray(data)) for index, data in pieces]
-    return Snapshot(records, arrays, metadata)
+    return Snapshot(records, arrays, metadata, copying=copying)

@@ -103,6 +103,7 @@ def write(
     digests: list = []
     sharing = sharing or _share.Sharing()
     try:
+        snapshot.settle()  # device-to-host copies save() only started
         inline = _write_part(snapshot, staging.arrays, packed, coord.primary, digests,
                              sharing)
         _commit.seal_part(staging)
