@@ -67,6 +67,11 @@ class Snapshot:
     records: list[dict]
     arrays: list[ArrayLeaf]
     metadata: dict | None
+    # ``take(defer=True)``: (leaf, jax pieces, or None for a NumPy leaf whose
+    # shard is still the caller's array) not yet on the host, in leaf order;
+    # ``_save/staging`` copies them under the host budget and sets ``rolling``.
+    unstaged: list | None = None
+    rolling: Any = None
 
     @property
     def nbytes(self) -> int:
@@ -205,8 +210,13 @@ def host_pieces(leaf: jax.Array) -> list[Shard]:
     return [Shard(index, np.asarray(data)) for index, data in pieces]
 
 
-def take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
+def take(tree: Any, metadata: dict | None = None, unchanged: Any = None,
+         defer: bool = False) -> Snapshot:
     """See ``_take``; the cyclic garbage collector is paused meanwhile.
+
+    ``defer``: check and lay out the tree but make no host copy (no NumPy
+    copy, no device-to-host transfer started); what still needs one is in
+    ``Snapshot.unstaged``, for ``_save/staging`` to copy under a budget.
 
     ``unchanged`` (``units.Unchanged``, incremental single-process saves):
     a large ``jax.Array`` that is the very object a committed save of this
@@ -218,7 +228,7 @@ def take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snap
     frees it all the same.
     """
     with _gc.paused():
-        return _take(tree, metadata, unchanged)
+        return _take(tree, metadata, unchanged, defer)
 
 
 class _Paths:
@@ -300,7 +310,8 @@ def _check(path: tuple, leaf: Any) -> None:
     _tree.check_leaf(_tree.Entry(path, leaf))
 
 
-def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
+def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None,
+          defer: bool = False) -> Snapshot:
     """Validates ``tree`` and copies it out of the caller's reach.
 
     Blocks on the device-to-host copies of every ``jax.Array`` shard this
@@ -364,11 +375,12 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                     arr.origin = leaf
                 arrays.append(arr)
                 if primary and not plain.on_cpu:
-                    leaf.copy_to_host_async()
+                    if not defer:
+                        leaf.copy_to_host_async()
                     pending.append((arr, [(plain.index, leaf)]))
                 continue
         # Key data for PRNG keys (with its own sharding); a copy of NumPy data.
-        record, data = leaf_record(stored, leaf, copy=primary)
+        record, data = leaf_record(stored, leaf, copy=primary and not defer)
         records.append(record)
         if data is None:  # a Python leaf: stored in the manifest
             continue
@@ -396,7 +408,7 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
             pieces = _pieces(leaf, shape, mine)
             for _, data in pieces:
                 # devices() is the set JAX caches on the sharding: read it, never pop it.
-                if next(iter(data.devices())).platform != "cpu":
+                if not defer and next(iter(data.devices())).platform != "cpu":
                     data.copy_to_host_async()
             pending.append((arr, pieces))
         else:  # NumPy
@@ -404,8 +416,12 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
             shards = [Shard(tuple((0, n) for n in shape), data)] if primary else []
             arr = ArrayLeaf(record, np.dtype(leaf.dtype), shape, shards, shape,
                             packed=small(shape, np.dtype(leaf.dtype)))
+            if defer and shards:
+                pending.append((arr, None))
         arrays.append(arr)
 
+    if defer:
+        return Snapshot(records, arrays, metadata, pending)
     # All transfers were started above; now wait for each.
     for arr, pieces in pending:
         arr.shards = [Shard(index, np.asarray(data)) for index, data in pieces]
