@@ -32,6 +32,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import snapshot as _snapshot
+from .. import _faults
 from .._directory import policy as _policy
 
 
@@ -193,6 +194,7 @@ class Rolling:
     def _await(self, group: _Group | None) -> None:
         if group is None:
             return
+        _faults.point("staging.wait")
         if self._lazy:
             self._stage(group.pos + 1, wait=True)
         with self._cond:
