@@ -89,8 +89,8 @@ def _start(group: _Group) -> None:
 def _finish(group: _Group) -> None:
     for arr, pieces in group.items:
         if pieces is None:  # as leaf_record copies: C order, the caller's array untouched
-            arr.shards = [_snapshot.Shard(s.index, np.array(s.data, copy=True, order="C"))
-                          for s in arr.shards]
+            for shard in arr.shards:
+                shard.data = np.array(shard.data, copy=True, order="C")
         else:
             arr.shards = [_snapshot.Shard(index, np.asarray(data)) for index, data in pieces]
 
