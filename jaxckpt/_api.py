@@ -13,7 +13,7 @@ from ._directory import agree as _agree
 from ._commit import state_file as _state_file
 from ._read import latest as _latest, reader as _reader, restore as _restore
 from ._report import progress as _progress
-from ._save import gc as _gc, snapshot as _snapshot, write as _write
+from ._save import gc as _gc, snapshot as _snapshot, staging as _staging, write as _write
 from ._directory import coordinate as _multihost
 from ._storage import durable as _durable, location as _location
 from .errors import CorruptCheckpointError
@@ -31,6 +31,7 @@ def save(
     *,
     metadata: dict | None = None,
     coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
+    max_host_bytes: int | None = None,
 ) -> str:
     """Writes ``tree`` as one checkpoint at ``path``, synchronously and atomically.
 
@@ -40,18 +41,24 @@ def save(
     calls it with the same arguments; each writes its own shards, process 0
     commits, and a process that does not report within
     ``coordination_timeout_s`` is named in the error the others raise.
+    ``max_host_bytes``: a ceiling on the host copies held at once; each leaf
+    is then copied just before it is written and freed once written (one
+    piece larger than it is copied alone). None: every leaf is copied first.
 
     Raises:
         FileExistsError: ``path`` exists.
         TypeError: a leaf cannot be saved (the message names its key path), or
             ``metadata`` is not a JSON-able dict. Nothing is written.
         ValueError: two keys of the tree print alike (naming the key path), or
-            ``path`` is a URL of an unknown scheme. Nothing is written.
+            ``path`` is a URL of an unknown scheme, or ``max_host_bytes`` is not a
+            positive int. Nothing is written.
     """
+    budget = _staging.HostBudget(max_host_bytes) if max_host_bytes is not None else None
     final = _location.locate(path)
     if final.exists():
         raise FileExistsError(errno.EEXIST, "checkpoint path already exists", str(final))
-    snapshot = _snapshot.take(tree, metadata)
+    snapshot = (_snapshot.take(tree, metadata) if budget is None
+                else _staging.take(tree, metadata, None, budget, lazy=True))
     if final.is_local:
         parent = os.path.dirname(final.path)
         if os.path.exists(parent) and not os.path.isdir(parent):
@@ -63,7 +70,11 @@ def save(
         seq = _save_counts[str(final)]
     coord = _multihost.SaveCoordinator(_multihost.scope(str(final), "save", seq), 0,
                                        str(final), coordination_timeout_s)
-    _write.write(snapshot, final, replace=False, created=time.time(), coordinator=coord)
+    try:
+        _write.write(snapshot, final, replace=False, created=time.time(), coordinator=coord)
+    finally:
+        if snapshot.rolling is not None:
+            snapshot.rolling.close()
     return str(path)
 
 

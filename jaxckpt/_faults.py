@@ -41,6 +41,7 @@ POINTS = (
     "manager.restore_waits",  # restore is about to wait for a pending save
     "multihost.part_written",  # this process's part is durable, not yet reported to process 0
     "state_file.before_replace",  # new state file durable in its temporary, not yet renamed
+    "staging.wait",  # the writer is about to wait for a leaf's host copy (a host budget's save)
     "state_file.after_replace",  # new state file renamed into place, directory not yet fsync'd
     "write.linked",  # an incremental save's hard links made, their directories not yet fsync'd
 )

@@ -25,7 +25,7 @@ from ._directory import (agree as _agree, coordinate as _multihost, policy as _p
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
 from ._save import (in_jit as _in_jit, opening as _opening, queue as _queue,
-                    snapshot as _snapshot, stats as _stats)
+                    staging as _staging, stats as _stats)
 from ._storage import location as _location
 from .errors import CheckpointNotFoundError  # noqa: F401  (tf_compat raises it from here)
 
@@ -53,6 +53,10 @@ class CheckpointManager:
             file, so they follow the writer.
         incremental: write only files no kept checkpoint holds, hard-linking the rest (local
             directories); every checkpoint stays whole. False writes every byte.
+        max_host_bytes: a ceiling on the host memory saves hold in copies (NumPy
+            leaves, device-to-host copies); a larger save rolls through: ``save``
+            copies while the budget allows and the writer frees each leaf's copy
+            once written. One piece larger than it is copied alone. None: no limit.
 
     Methods are thread-safe; ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are in flight). One process writes a directory
@@ -71,13 +75,15 @@ class CheckpointManager:
                  last_checkpoint_step: int | None = None, clock: Callable[[], float] = time.time,
                  max_pending: int = 1,
                  coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
-                 read_only: bool = False, incremental: bool = True):
+                 read_only: bool = False, incremental: bool = True,
+                 max_host_bytes: int | None = None):
         options = _policy.manager_options(
             read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
             checkpoint_name=checkpoint_name, step_counter=step_counter, init_fn=init_fn,
             clock=clock, coordination_timeout_s=coordination_timeout_s,
             last_checkpoint_step=last_checkpoint_step, incremental=incremental)
+        self._budget = _staging.HostBudget(max_host_bytes)  # checked before anything is written
         self._max_to_keep, self._interval = options.max_to_keep, options.interval
         self._keep_hours, self._name = keep_checkpoint_every_n_hours, checkpoint_name
         self._step_counter, self._init_fn = step_counter, init_fn
@@ -135,7 +141,7 @@ class CheckpointManager:
         self._life.check_save()
         _in_jit.wait_ready(self._handle, state)
         return self._queue.save(  # the rules and the queueing, under the save lock
-            lambda: _snapshot.take(state, metadata, self._unchanged),
+            lambda: _staging.take(state, metadata, self._unchanged, self._budget),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
             checkpoint_number, check_interval, called, again=True)
 

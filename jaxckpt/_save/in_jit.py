@@ -122,7 +122,9 @@ def _host_snapshot(slots: list[_Slot], arrays: tuple, metadata: dict | None) -> 
             # copy of the device buffer); the view keeps it alive, so no copy here.
             data = np.asarray(next(it))
         leaves.append(_snapshot.host_array(record, data))
-    return _snapshot.Snapshot(records, leaves, metadata)
+    # JAX's copies of the operands, made for this callback: all new host memory.
+    return _snapshot.Snapshot(records, leaves, metadata,
+                              host_bytes=sum(a.nbytes for a in leaves))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,7 +229,8 @@ def _process_snapshot(slots: list[_Slot], parts: list[_Part], arrays: tuple,
             shape = static.shape if static is not None else part.shape
             leaves.append(_snapshot.ArrayLeaf(record, dtype, shape, [], shape,
                                               packed=_snapshot.small(shape, dtype)))
-    return _snapshot.Snapshot(records, leaves, metadata)
+    return _snapshot.Snapshot(records, leaves, metadata,
+                              host_bytes=sum(p.data.nbytes for a in leaves for p in a.shards))
 
 
 def _traced_int(value: Any, what: str) -> jax.Array:

@@ -26,6 +26,7 @@ from typing import Callable
 
 from .._directory import coordinate as _multihost
 from . import gc as _gc, share as _share, snapshot as _snapshot, stats as _stats, units as _units, write as _write
+from . import staging as _staging
 from .. import _faults
 from .._directory import agree as _agree, catalog as _catalog
 from .._read import reader as _reader
@@ -101,8 +102,16 @@ class Pipeline:
         except BaseException as e:
             catalog.save_failed()
             stats.error = repr(e)
+            if isinstance(e, _staging.Abandoned):
+                return  # save() raised the copy's failure to its caller already
             raise
         finally:
+            rolling = snapshot.rolling
+            if rolling is not None:
+                rolling.close()
+                stats.peak_host_bytes = rolling.peak
+            else:
+                stats.peak_host_bytes = snapshot.host_bytes
             self._stats.finished(stats)
             self._finish(path, done)
 

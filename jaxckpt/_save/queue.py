@@ -113,12 +113,16 @@ class SaveQueue:
             self._writer.submit(
                 lambda: run(snapshot, path, timestamp, coord, done, stats, queued))
         except BaseException:
+            if snapshot.rolling is not None:
+                snapshot.rolling.close()
             self.finish(path, done)
             raise
         self._seq = seq
         if step is not None:
             self.last_step = step
         self.max_number = max(self.max_number, number)
+        if snapshot.rolling is not None:  # the copies a host budget held back
+            snapshot.rolling.stage_rest()
         stats.blocked_s = time.perf_counter() - called
         self._stats.started(stats)
         return path

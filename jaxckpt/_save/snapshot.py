@@ -75,7 +75,13 @@ class Snapshot:
     records: list[dict]
     arrays: list[ArrayLeaf]
     metadata: dict | None
+    # ``take(defer=True)``: (leaf, jax pieces, or None for a NumPy leaf whose
+    # shard is still the caller's array) not yet on the host, in leaf order;
+    # ``_save/staging`` copies them under the host budget and sets ``rolling``.
+    unstaged: list | None = None
+    rolling: Any = None
     _size: int = -1
+    host_bytes: int = 0  # new host memory the copies take (without a budget: all at once)
     # Large accelerator leaves whose copy into host memory save() only
     # started: (leaf, [(index, host jax.Array)]); ``settle`` waits for them.
     copying: list = dataclasses.field(default_factory=list)
@@ -226,8 +232,13 @@ def host_pieces(leaf: jax.Array) -> list[Shard]:
     return [Shard(index, np.asarray(data)) for index, data in pieces]
 
 
-def take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
+def take(tree: Any, metadata: dict | None = None, unchanged: Any = None,
+         defer: bool = False) -> Snapshot:
     """See ``_take``; the cyclic garbage collector is paused meanwhile.
+
+    ``defer``: check and lay out the tree but make no host copy (no NumPy
+    copy, no device-to-host transfer started); what still needs one is in
+    ``Snapshot.unstaged``, for ``_save/staging`` to copy under a budget.
 
     ``unchanged`` (``units.Unchanged``, incremental single-process saves):
     a large ``jax.Array`` that is the very object a committed save of this
@@ -239,7 +250,7 @@ def take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snap
     frees it all the same.
     """
     with _gc.paused():
-        return _take(tree, metadata, unchanged)
+        return _take(tree, metadata, unchanged, defer)
 
 
 class _Paths:
@@ -333,7 +344,8 @@ def _check(path: tuple, leaf: Any) -> None:
     _tree.check_leaf(_tree.Entry(path, leaf))
 
 
-def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Snapshot:
+def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None,
+          defer: bool = False) -> Snapshot:
     """Validates ``tree`` and copies it out of the caller's reach.
 
     Blocks on the device-to-host copies of the small ``jax.Array`` shards this
@@ -357,6 +369,7 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
     arrays: list[ArrayLeaf] = []
     pending: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array]]]] = []
     in_flight: list[tuple[ArrayLeaf, list[tuple[tuple, jax.Array, Any]]]] = []
+    host_bytes = 0
     last = known.last
     new_leaf, new_shard, host_view = ArrayLeaf, Shard, np.asarray
     for i, (stored, leaf) in enumerate(zip(known.stored, leaves)):
@@ -401,15 +414,18 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
                     arr.origin = leaf
                 arrays.append(arr)
                 if primary and not on_host:
-                    target = None if plain.packed else _host_copies.target(device)
-                    if target is not None:  # large: the writer waits for its copy
+                    # Large: the writer waits for its copy (under a host budget
+                    # ``_save/staging`` makes every copy, counted).
+                    target = None if plain.packed or defer else _host_copies.target(device)
+                    if target is not None:
                         in_flight.append((arr, [(plain.index, leaf, target)]))
                     else:
-                        leaf.copy_to_host_async()
+                        if not defer:
+                            leaf.copy_to_host_async()
                         pending.append((arr, [(plain.index, leaf)]))
                 continue
         # Key data for PRNG keys (with its own sharding); a copy of NumPy data.
-        record, data = leaf_record(stored, leaf, copy=primary)
+        record, data = leaf_record(stored, leaf, copy=primary and not defer)
         records.append(record)
         if data is None:  # a Python leaf: stored in the manifest
             continue
@@ -439,28 +455,41 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None) -> Sna
             for _, data in pieces:
                 # devices() is the set JAX caches on the sharding: read it, never pop it.
                 device = next(iter(data.devices()))
-                if device.platform != "cpu" or _host_copies.FORCE_IN_FLIGHT:
-                    targets.append(None if arr.packed else _host_copies.target(device))
+                if (not defer and not arr.packed
+                        and (device.platform != "cpu" or _host_copies.FORCE_IN_FLIGHT)):
+                    targets.append(_host_copies.target(device))
                 else:
                     targets.append(None)
             if pieces and all(t is not None for t in targets):
                 in_flight.append((arr, [(index, data, t)
                                         for (index, data), t in zip(pieces, targets)]))
             else:
-                for (_, data), t in zip(pieces, targets):
-                    if next(iter(data.devices())).platform != "cpu":
-                        data.copy_to_host_async()
+                if not defer:
+                    for _, data in pieces:
+                        if next(iter(data.devices())).platform != "cpu":
+                            data.copy_to_host_async()
                 pending.append((arr, pieces))
         else:  # NumPy
             shape = tuple(np.shape(leaf))
             shards = [Shard(tuple((0, n) for n in shape), data)] if primary else []
             arr = ArrayLeaf(record, np.dtype(leaf.dtype), shape, shards, shape,
                             packed=small(shape, np.dtype(leaf.dtype)))
+            if shards and not defer:
+                host_bytes += data.nbytes  # leaf_record's copy
+            if defer and shards:
+                pending.append((arr, None))
         arrays.append(arr)
 
+    if defer:
+        return Snapshot(records, arrays, metadata, unstaged=pending)
     # Every small transfer was started above; the large ones start now, in one
     # batch, and are left in flight for the writer (``Snapshot.settle``).
     copying = _host_copies.start(in_flight, pending)
+    for _, pieces in pending:
+        host_bytes += sum(data.nbytes for _, data in pieces
+                          if next(iter(data.devices())).platform != "cpu")
+    for _, pieces in copying:
+        host_bytes += sum(data.nbytes for _, data in pieces)
     for arr, pieces in pending:
         arr.shards = [Shard(index, np.asarray(data)) for index, data in pieces]
-    return Snapshot(records, arrays, metadata, copying=copying)
+    return Snapshot(records, arrays, metadata, host_bytes=host_bytes, copying=copying)

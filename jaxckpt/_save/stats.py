@@ -34,6 +34,10 @@ class SaveStats:
             writes only what no kept checkpoint holds); None until committed.
         bytes_shared: array bytes hard-linked from kept checkpoints instead
             of written (0 with ``incremental=False``); None until committed.
+        peak_host_bytes: the most bytes of host copies (NumPy leaves, device-to-host
+            copies of non-CPU arrays, the operands JAX copies for ``save_in_jit``)
+            this save held at once, at most about the manager's ``max_host_bytes``;
+            None until done.
     """
 
     path: str
@@ -46,6 +50,7 @@ class SaveStats:
     error: str | None = None
     bytes_written: int | None = None
     bytes_shared: int | None = None
+    peak_host_bytes: int | None = None
 
     @property
     def done(self) -> bool:

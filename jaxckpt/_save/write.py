@@ -172,6 +172,12 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     """
     total, shard, inner = packed
     index = sharing.index if sharing.index is not None and len(sharing.index) else None
+    # Copies still being made under a host budget (``_save/staging``): each leaf
+    # is awaited before it is written; with a budget the packed leaves, copied
+    # first, are written first, and each large leaf's copy is released once written.
+    rolling = snapshot.rolling
+    if rolling is not None:
+        rolling.wait_packed()
     linker = None
     if index is not None:
         linker = _links.Linker() if root.is_local else _links.Referrer()
@@ -192,7 +198,8 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
     opened = []
     for pos, arr in enumerate(snapshot.arrays):
         rec = arr.record
-        if _format.where_kind(rec) == _format.WHERE_ARRAY and arr.shards:
+        if _format.where_kind(rec) == _format.WHERE_ARRAY and (
+                arr.shards or (rolling is not None and rolling.pending(arr))):
             name = _format.array_name(rec)
             spec = _arrays.array_spec(root.join(_format.ARRAYS, name).kvstore(),
                                       list(arr.shape) + [arr.dtype.itemsize],
@@ -205,8 +212,18 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
         packed_future = _arrays.open_array(spec)
     commits = []
     errors: list[BaseException] = []
+    bounded = rolling is not None and rolling.bounded
     try:
+        if bounded:
+            if packed_future is not None:
+                _write_packed(snapshot, packed_future, packed, errors, digests, sharing,
+                              index, linker, root)
+                packed_future = None
+            rolling.packed_written()
         for pos, arr, fut in opened:
+            if rolling is not None:
+                rolling.wait(arr)
+            first = len(commits)
             pieces = arr.shards
             if index is not None:
                 pieces = _share.share_cells(pos, arr, root, index, linker, digests, sharing)
@@ -216,7 +233,11 @@ def _write_part(snapshot: _snapshot.Snapshot, root: Dir, packed: tuple[int, int,
                 index_ = tuple(slice(a, b) for a, b in piece.index)
                 commits.append(_arrays.write(store, index_, _arrays.byte_view(piece.data)))
                 sharing.written += piece.data.nbytes
-        if index is None:
+            if bounded:
+                if index is None:
+                    digests += [(pos, piece.index, _digest.of(piece.data)) for piece in pieces]
+                rolling.release_when(arr, commits[first:])
+        if index is None and not bounded:
             # Hashed here, while tensorstore's threads write the same (unchanging) bytes.
             for pos, arr, _ in opened:
                 digests += [(pos, piece.index, _digest.of(piece.data)) for piece in arr.shards]
