@@ -405,7 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                         results_dir, f"scaling-{started.strftime('%Y%m%dT%H%M%SZ')}.png"),
                     f"{os.cpu_count()} CPUs, {platform.platform()}, jax {jax.__version__} "
                     f"({jax.devices()[0].platform}), {started.strftime('%Y-%m-%d %H:%M')} UTC, "
-                    f"git {meta['git']}; medians of {args.scaling_reps}")
+                    f"git {meta['git']}; load average {meta['load_before'][0]:.1f} at the start; "
+                    f"medians of {args.scaling_reps}")
             except Exception as e:  # report it; the rest goes on
                 traceback.print_exc(file=sys.stderr)
                 report["scaling_error"] = _error(e)

@@ -1,7 +1,7 @@
 """How save() blocking, save -> commit and restore grow with leaves and bytes (issue 17).
 
-    python benchmarks/bench_scaling.py [--leaves 100,1000,10000,100000]
-        [--max-bytes auto] [--reps 2] [--orbax-cap-s 60] [--png PATH] [--json PATH]
+    python benchmarks/bench_scaling.py [--leaves 100,1000,10000,50000,100000]
+        [--max-bytes auto] [--reps 2] [--orbax-cap-s 200] [--png PATH] [--json PATH]
 
 Two sweeps, jaxckpt and Orbax interleaved point by point through the same
 savers as the bench (``bench_savers``: async managers, ``max_to_keep=None``,
@@ -219,10 +219,10 @@ def parse_bytes(text: str, directory: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--leaves", default="100,1000,10000,100000")
+    ap.add_argument("--leaves", default="100,1000,10000,50000,100000")
     ap.add_argument("--max-bytes", default="auto", help="e.g. 2GiB (default: auto)")
     ap.add_argument("--reps", type=int, default=2)
-    ap.add_argument("--orbax-cap-s", type=float, default=60.0)
+    ap.add_argument("--orbax-cap-s", type=float, default=200.0)
     ap.add_argument("--dir", default=None)
     ap.add_argument("--png", default=None)
     ap.add_argument("--json", default=None)
@@ -231,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(results, exist_ok=True)
     root = tempfile.mkdtemp(prefix="scaling-", dir=args.dir or results)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    load = os.getloadavg()[0]
     try:
         result = run([int(s) for s in args.leaves.split(",") if s],
                      parse_bytes(args.max_bytes, root), args.reps, root, args.orbax_cap_s,
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(result, f, indent=1)
     png = plot(result, args.png or os.path.join(results, f"scaling-{stamp}.png"),
                f"{os.cpu_count()} CPUs, jax {jax.__version__}, {jax.devices()[0].platform}, "
-               f"{time.strftime('%Y-%m-%d', time.gmtime())}; medians of {args.reps}")
+               f"{time.strftime('%Y-%m-%d', time.gmtime())}; load average {load:.1f} at the "
+               f"start; medians of {args.reps}")
     print(f"samples: {path}\nplot: {png}")
     return 0
 
