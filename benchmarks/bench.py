@@ -48,6 +48,7 @@ sys.path.insert(0, HERE)
 import bench_finetune  # noqa: E402
 import bench_memory  # noqa: E402
 import bench_probes  # noqa: E402
+import bench_scaling  # noqa: E402
 from bench_report import render, stat  # noqa: E402
 import bench_savers  # noqa: E402
 import bench_train  # noqa: E402
@@ -326,6 +327,19 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--no-probes", action="store_true",
                     help="skip the probes: page-fault rates, import times, fsync (strace), "
                          "memory growth over 50 saves")
+    ap.add_argument("--no-scaling", action="store_true",
+                    help="skip the scaling sweep (bench_scaling: leaves and bytes, jaxckpt "
+                         "and Orbax, the plot and the per-leaf rows)")
+    ap.add_argument("--scaling-leaves", default="100,1000,10000,50000,100000",
+                    help="leaf counts of the scaling sweep")
+    ap.add_argument("--scaling-max-bytes", default="auto",
+                    help="largest state of the bytes sweep, e.g. 2GiB (default: auto, 1/8 of "
+                         "the available memory and of the free disk, at most 8 GiB)")
+    ap.add_argument("--scaling-reps", type=int, default=2)
+    ap.add_argument("--orbax-cap-s", type=float, default=200.0,
+                    help="skip an Orbax scaling point predicted to take longer (default 200)")
+    ap.add_argument("--scaling-png", default=None,
+                    help="where the plot goes (default benchmarks/results/scaling-<time>.png)")
     ap.add_argument("--render", metavar="JSON", default=None,
                     help="print the table of an earlier run's JSON and exit")
     args = ap.parse_args(argv)
@@ -379,6 +393,23 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as e:  # report it; the other workloads go on
                 traceback.print_exc(file=sys.stderr)
                 report["workloads"][name] = {"error": _error(e)}
+        if not args.no_scaling:
+            log("scaling sweep (leaves, bytes)")
+            try:
+                report["scaling"] = bench_scaling.run(
+                    [int(x) for x in args.scaling_leaves.split(",") if x],
+                    bench_scaling.parse_bytes(args.scaling_max_bytes, root), args.scaling_reps,
+                    os.path.join(root, "scaling"), args.orbax_cap_s, log)
+                report["scaling"]["png"] = bench_scaling.plot(
+                    report["scaling"], args.scaling_png or os.path.join(
+                        results_dir, f"scaling-{started.strftime('%Y%m%dT%H%M%SZ')}.png"),
+                    f"{os.cpu_count()} CPUs, {platform.platform()}, jax {jax.__version__} "
+                    f"({jax.devices()[0].platform}), {started.strftime('%Y-%m-%d %H:%M')} UTC, "
+                    f"git {meta['git']}; load average {meta['load_before'][0]:.1f} at the start; "
+                    f"medians of {args.scaling_reps}")
+            except Exception as e:  # report it; the rest goes on
+                traceback.print_exc(file=sys.stderr)
+                report["scaling_error"] = _error(e)
         if not args.no_probes:
             log("memory growth over 50 saves")
             report["growth"] = growth(args, root)

@@ -25,7 +25,7 @@ def test_bench_runs_end_to_end(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--workloads", "W1,W3",
-         "--scale", "0.001", "--reps", "1", "--quiet", "0", "--no-probes", "--dir", str(tmp_path),
+         "--scale", "0.001", "--reps", "1", "--quiet", "0", "--no-probes", "--no-scaling", "--dir", str(tmp_path),
          "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_bench_w5_and_incremental_off_run(tmp_path):
     out = tmp_path / "bench.json"
     p = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "bench.py"), "--workloads", "W5,W3",
-         "--scale", "0.01", "--reps", "1", "--quiet", "0", "--no-probes", "--dir", str(tmp_path),
+         "--scale", "0.01", "--reps", "1", "--quiet", "0", "--no-probes", "--no-scaling", "--dir", str(tmp_path),
          "--json", str(out)],
         capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
@@ -75,3 +75,23 @@ def test_bench_w5_and_incremental_off_run(tmp_path):
     assert report["workloads"]["W3"]["contenders"]["jaxckpt_full"]["error"] is None
     assert "W5: LoRA fine-tune" in p.stdout and "incremental=False" in p.stdout
     assert [x.name for x in tmp_path.iterdir()] == ["bench.json"]
+
+
+def test_scaling_sweep_writes_plot(tmp_path):
+    """bench_scaling.py (the plot `make bench` writes) runs on tiny points and
+    writes a PNG and its samples; Orbax stops where its cap says."""
+    png, out = tmp_path / "s.png", tmp_path / "s.json"
+    p = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "bench_scaling.py"), "--leaves", "4,16",
+         "--max-bytes", "16MiB", "--reps", "1", "--orbax-cap-s", "1e-9", "--dir", str(tmp_path),
+         "--png", str(png), "--json", str(out)],
+        capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    result = json.loads(out.read_text())
+    assert sorted(result["leaves"]["jaxckpt"]["points"], key=int) == ["4", "16"]
+    assert list(result["bytes"]["jaxckpt"]["points"]) == [str(16 << 20)]
+    if importlib.util.find_spec("orbax.checkpoint") is not None:
+        assert list(result["leaves"]["orbax"]["points"]) == ["4"]
+        assert result["leaves"]["orbax"]["capped_after"] == 4
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["s.json", "s.png"]

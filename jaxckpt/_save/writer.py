@@ -73,6 +73,10 @@ class Writer:
                     with self._cond:
                         self._running = 0
                         self._cond.notify_all()
+                # Drop the job's arrays here, not in this frame's teardown after
+                # _finished is set: freeing them releases the GIL in C++, and an
+                # interpreter that finalises meanwhile aborts the process.
+                job = None
         finally:
             if self._on_stop is not None:
                 try:

@@ -15,9 +15,9 @@ import mmap
 from typing import Any, Sequence
 
 import numpy as np
-import tensorstore as ts
 
 from . import context as _context
+from .context import ts
 
 INNER_BYTES = 4 << 20
 # The packed array's shard files staged at once (the packing constants are

@@ -11,7 +11,30 @@ from __future__ import annotations
 import os
 import threading
 
-import tensorstore as ts
+
+class _Tensorstore:
+    """The ``tensorstore`` module, imported at its first use.
+
+    Its import is ~15 ms that ``import jaxckpt`` need not pay (issue 17).
+    ``load()`` runs it on the caller's thread when a checkpoint path is first
+    located, so that no writer thread imports a module (under a lock, or while
+    the interpreter exits).
+    """
+
+    def __getattr__(self, name: str):
+        import tensorstore
+
+        value = getattr(tensorstore, name)
+        setattr(self, name, value)  # later look-ups skip __getattr__
+        return value
+
+
+ts = _Tensorstore()
+
+
+def load() -> None:
+    """Imports tensorstore now (on this thread) if it is not imported yet."""
+    import tensorstore  # noqa: F401
 
 _context_lock = threading.Lock()
 _context: ts.Context | None = None

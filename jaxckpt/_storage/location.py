@@ -27,9 +27,9 @@ import stat
 import urllib.parse
 from typing import Union
 
-import tensorstore as ts
 
 from . import context as _context
+from .context import ts
 from ..errors import CorruptCheckpointError
 
 _KV_SCHEMES = {"s3": "s3", "gs": "gcs", "memory": "memory"}
@@ -391,6 +391,7 @@ def locate(path: str | os.PathLike | Dir) -> Dir:
     """
     if isinstance(path, (LocalDir, KvDir)):
         return path
+    _context.load()
     try:
         text = os.fspath(path)
     except TypeError:
