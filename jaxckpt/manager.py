@@ -24,6 +24,7 @@ from ._directory import (agree as _agree, coordinate as _multihost, policy as _p
                          registry as _registry)
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
+from ._read import stream as _stream
 from ._save import (in_jit as _in_jit, opening as _opening, queue as _queue,
                     snapshot as _snapshot, stats as _stats)
 from ._storage import location as _location
@@ -211,11 +212,12 @@ class CheckpointManager:
     # ------------------------------------------------------------ reading
 
     def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False,
-                progress: bool = False) -> Any:
+                progress: bool = False, max_host_bytes: int | None = None) -> Any:
         """Restores a checkpoint: a path, a number, or None for the latest.
 
         Waits for that checkpoint's commit if it is still being written (for
         None: for every pending save). ``progress=True`` shows a progress bar.
+        ``max_host_bytes``: as ``jaxckpt.restore``.
 
         Raises:
             CheckpointNotFoundError: there is no such committed checkpoint.
@@ -224,10 +226,12 @@ class CheckpointManager:
                 ``jaxckpt.restore(path)`` there, or a new manager).
         """
         self._life.check_process()
+        _stream.check_budget(max_host_bytes)
         _in_jit.drain(self._handle)
         path = (self._restorer.latest(lambda: self.latest_checkpoint) if checkpoint is None
                 else self._directory.path_for(checkpoint))
-        return self._restorer.restore(path, target, partial=partial, progress=progress)
+        return self._restorer.restore(path, target, partial=partial, progress=progress,
+                                      max_host_bytes=max_host_bytes)
 
     def restore_or_initialize(self, target: Any = None) -> Any:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).
