@@ -124,6 +124,17 @@ def test_a_budgeted_restore_onto_sharded_targets_is_bit_exact(tmp_path, adopt, s
         assert np.asarray(shard.data).tobytes() == x[shard.index].tobytes()
 
 
+def test_a_budgeted_restore_keeps_a_host_memory_kind(tmp_path, adopt):
+    x = np.random.default_rng(5).standard_normal((1000, 600)).astype(np.float32)
+    jaxckpt.save(tmp_path / "c", {"x": x})
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0], memory_kind="pinned_host")
+    out = jaxckpt.restore(tmp_path / "c", {"x": jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                                                      sharding=sharding)},
+                          max_host_bytes=MiB)["x"]
+    assert out.sharding.memory_kind == "pinned_host"
+    _same(out, x)
+
+
 def test_a_manager_restores_under_a_budget(tmp_path, adopt):
     x = np.random.default_rng(2).standard_normal((2000, 300)).astype(np.float32)
     with jaxckpt.CheckpointManager(tmp_path / "run") as mngr:

@@ -194,8 +194,13 @@ class _Plan:
 
     def streams(self) -> bool:
         """Whether a budgeted restore streams this plan's reads (see ``_stream``)."""
-        return (_streams(self.leaf) and self.leaf["kind"] != "key"
-                and self.out in ("jax", "numpy"))
+        if not _streams(self.leaf) or self.leaf["kind"] == "key":
+            return False
+        if self.out == "jax":
+            # Host memory kinds (pinned_host) hold the result on the host anyway.
+            kind = getattr(self.sharding, "memory_kind", None)
+            return kind is None or kind == next(iter(self.sharding.device_set)).default_memory().kind
+        return self.out == "numpy"
 
     def stream_jobs(self, requests: list[tuple]) -> list[_stream.Job]:
         """A job per region of ``requests()`` (its result), onto the devices that hold it."""
