@@ -199,7 +199,8 @@ class _Plan:
         if self.out == "jax":
             # Host memory kinds (pinned_host) hold the result on the host anyway.
             kind = getattr(self.sharding, "memory_kind", None)
-            return kind is None or kind == next(iter(self.sharding.device_set)).default_memory().kind
+            device = next(iter(self.sharding.device_set))
+            return kind is None or kind == device.default_memory().kind
         return self.out == "numpy"
 
     def stream_jobs(self, requests: list[tuple]) -> list[_stream.Job]:
