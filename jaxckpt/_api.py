@@ -11,7 +11,7 @@ from typing import Any
 
 from ._directory import agree as _agree
 from ._commit import state_file as _state_file
-from ._read import latest as _latest, reader as _reader, restore as _restore
+from ._read import latest as _latest, reader as _reader, restore as _restore, stream as _stream
 from ._report import progress as _progress
 from ._save import gc as _gc, snapshot as _snapshot, staging as _staging, write as _write
 from ._directory import coordinate as _multihost
@@ -80,7 +80,8 @@ def save(
 
 def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = False,
             progress: bool = False,
-            coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S) -> Any:
+            coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
+            max_host_bytes: int | None = None) -> Any:
     """Reads the checkpoint at ``path``.
 
     Args:
@@ -93,6 +94,11 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         progress: show a progress bar (rich, on stderr) of the bytes read.
         coordination_timeout_s: in a multi-process program, how long process
             0 waits for every process's outcome.
+        max_host_bytes: a ceiling (at least 1 MiB) on the host memory that
+            reads of large leaves stage at once: each is read in slabs and
+            assembled on its devices instead of whole on the host (on CPU
+            devices, which share host memory, the result itself is not counted).
+            None: every leaf is read whole, all at once (fastest).
 
     Blocks until every requested leaf is read and checked. Thread-safe. A
     restore racing a save of the same path gives all of one save or the other.
@@ -106,26 +112,32 @@ def restore(path: str | os.PathLike, target: Any = None, *, partial: bool = Fals
         CorruptCheckpointError: stored bytes fail their checksums, or are not
             the bytes the manifest recorded (swapped or copied from another save).
         TimeoutError: another process did not restore it in time (named).
+        TypeError, ValueError: ``max_host_bytes`` is not an int of at least 1 MiB.
+        MemoryError: the host memory for a read could not be had.
     """
+    _stream.check_budget(max_host_bytes)
     if _multihost.process_count() == 1:
-        return restore_here(path, target, partial=partial, progress=progress)
+        return restore_here(path, target, partial=partial, progress=progress,
+                            max_host_bytes=max_host_bytes)
     where = str(_location.locate(path))
     return _agree.for_call("restore", where, coordination_timeout_s).together(
         f"restore {_agree.name(where)}",
-        lambda: restore_here(path, target, partial=partial, progress=progress))
+        lambda: restore_here(path, target, partial=partial, progress=progress,
+                             max_host_bytes=max_host_bytes))
 
 
 def restore_here(path: str | os.PathLike, target: Any = None, *, partial: bool = False,
-                 progress: bool = False) -> Any:
+                 progress: bool = False, max_host_bytes: int | None = None) -> Any:
     """``restore`` in this process alone."""
+    budget = _stream.check_budget(max_host_bytes)
     def read(reader: _reader.Reader) -> Any:
         # A partial restore reads less than the bar's total; the bar completes at the end.
         with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path),
                            progress) as bar:
             reader.on_leaf_read = bar
             if target is None:
-                return _restore.restore_raw(reader)
-            return _restore.restore_target(reader, target, partial)
+                return _restore.restore_raw(reader, budget)
+            return _restore.restore_target(reader, target, partial, budget)
 
     with _gc.paused():  # decoding thousands of leaf records set off full collections
         # Started over if the checkpoint is replaced meanwhile: never a mix of two saves.

@@ -36,6 +36,8 @@ class ManagedRestore:
         self._wait_all = wait_all  # every pending save
         self._newest_first = newest_first  # committed checkpoints, newest first
         self._restored = restored  # (path, state): the step_counter reads it
+        # The manager's max_host_bytes, for restores that pass none (set by it).
+        self.default_budget: int | None = None
 
     def agreed(self, path: str | None) -> str | None:
         """Process 0's ``path`` (the latest checkpoint), on every process."""
@@ -47,19 +49,22 @@ class ManagedRestore:
         return _state_file.resolve(self._root, rel) if rel else None
 
     def here(self, path: str, target: Any, *, partial: bool = False,
-             progress: bool = False) -> Any:
+             progress: bool = False, max_host_bytes: int | None = None) -> Any:
         """This process's part of a restore, once its pending save of ``path`` is done."""
         done = self._done_event(path)
         if done is not None:
             _faults.point("manager.restore_waits")
             done.wait()
-        return _api.restore_here(path, target, partial=partial, progress=progress)
+        if max_host_bytes is None:
+            max_host_bytes = self.default_budget
+        return _api.restore_here(path, target, partial=partial, progress=progress,
+                                 max_host_bytes=max_host_bytes)
 
     def restore(self, path: str, target: Any, *, partial: bool = False,
-                progress: bool = False) -> Any:
+                progress: bool = False, max_host_bytes: int | None = None) -> Any:
         """Restores ``path`` on every process; all raise if it failed on any of them."""
         result = self._agree.together(f"restore {_agree.name(path)}", lambda: self.here(
-            path, target, partial=partial, progress=progress))
+            path, target, partial=partial, progress=progress, max_host_bytes=max_host_bytes))
         self._restored(path, result)
         return result
 

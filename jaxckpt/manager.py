@@ -24,6 +24,7 @@ from ._directory import (agree as _agree, coordinate as _multihost, policy as _p
                          registry as _registry)
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
+from ._read import stream as _stream
 from ._save import (in_jit as _in_jit, opening as _opening, queue as _queue,
                     staging as _staging, stats as _stats)
 from ._storage import location as _location
@@ -56,7 +57,9 @@ class CheckpointManager:
         max_host_bytes: a ceiling on the host memory saves hold in copies (NumPy
             leaves, device-to-host copies); a larger save rolls through: ``save``
             copies while the budget allows and the writer frees each leaf's copy
-            once written. One piece larger than it is copied alone. None: no limit.
+            once written. One piece larger than it is copied alone. Restores read
+            large leaves in slabs under it too (at least 1 MiB; a restore's own
+            ``max_host_bytes`` overrides it). None: no limit.
 
     Methods are thread-safe; ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are in flight). One process writes a directory
@@ -107,6 +110,8 @@ class CheckpointManager:
             self._restorer = _managed_restore.ManagedRestore(
                 self._root, self._agree, self._queue.done_event, self._writer.wait,
                 lambda: self._directory.catalog().newest_first(), self._queue.restored)
+            if self._budget.limit is not None:  # restores stream under it too (slabs need 1 MiB)
+                self._restorer.default_budget = max(self._budget.limit, _stream.MIN_HOST_BYTES)
             life = self._life
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
@@ -217,11 +222,12 @@ class CheckpointManager:
     # ------------------------------------------------------------ reading
 
     def restore(self, checkpoint: Any = None, target: Any = None, *, partial: bool = False,
-                progress: bool = False) -> Any:
+                progress: bool = False, max_host_bytes: int | None = None) -> Any:
         """Restores a checkpoint: a path, a number, or None for the latest.
 
         Waits for that checkpoint's commit if it is still being written (for
         None: for every pending save). ``progress=True`` shows a progress bar.
+        ``max_host_bytes``: as ``jaxckpt.restore``.
 
         Raises:
             CheckpointNotFoundError: there is no such committed checkpoint.
@@ -230,10 +236,12 @@ class CheckpointManager:
                 ``jaxckpt.restore(path)`` there, or a new manager).
         """
         self._life.check_process()
+        _stream.check_budget(max_host_bytes)
         _in_jit.drain(self._handle)
         path = (self._restorer.latest(lambda: self.latest_checkpoint) if checkpoint is None
                 else self._directory.path_for(checkpoint))
-        return self._restorer.restore(path, target, partial=partial, progress=progress)
+        return self._restorer.restore(path, target, partial=partial, progress=progress,
+                                      max_host_bytes=max_host_bytes)
 
     def restore_or_initialize(self, target: Any = None) -> Any:
         """Restores the latest checkpoint, or returns ``init_fn()`` (or None).

@@ -217,8 +217,15 @@ class Reader:
                 f"{self.path}: {what} declares {declared} bytes, but its files hold "
                 f"{stored}; the checkpoint is damaged or incomplete"))
 
-    def damaged(self, leaf: dict, e: BaseException, *, check: bool = True) -> CheckpointError:
-        """The error for a failed read of ``leaf`` (see ``unless_changed``)."""
+    def damaged(self, leaf: dict, e: BaseException, *, check: bool = True) -> Exception:
+        """The error for a failed read of ``leaf`` (see ``unless_changed``); a
+        ``MemoryError`` when the read ran out of memory (the bytes may be sound)."""
+        if _out_of_memory(e):
+            # Never "damaged": restore_or_initialize would skip a sound checkpoint.
+            return MemoryError(
+                f"{self.path}: leaf {_tree.path_str(leaf['path'])} ({nbytes_of(leaf)} bytes): "
+                f"out of memory while reading it: {e}; free memory, or restore with a "
+                "smaller max_host_bytes")
         err = CorruptCheckpointError(
             f"{self.path}: leaf {_tree.path_str(leaf['path'])} is damaged or missing: {e}"
         )
@@ -333,6 +340,23 @@ class Reader:
         if problems:
             raise self.unless_changed(CorruptCheckpointError("\n".join(problems)))
 
+    def open_leaf(self, leaf: dict) -> Any:
+        """The opened tensorstore array of a large leaf (stored shape plus an
+        itemsize axis), its files' sizes checked first."""
+        self._check_stored_size(leaf)
+        shape = list(_stored_shape(leaf)) + [_stored_dtype(leaf).itemsize]
+        try:
+            return self._open(leaf, shape).result()
+        except Exception as e:
+            raise self.damaged(leaf, e) from e
+
+    def recorded_digests(self, leaf: dict) -> dict:
+        """The manifest's digests of ``leaf``'s pieces, by region (see ``check``)."""
+        recorded = self._digests.get(id(leaf))
+        if recorded is None:
+            recorded = self._digests[id(leaf)] = _digest.pieces(leaf)
+        return recorded
+
     def verify(self, on_leaf: Callable[[dict], None] | None = None) -> list[str]:
         """Reads every stored byte, each recorded piece whole so that every
         digest is checked; returns messages naming each damaged leaf.
@@ -383,6 +407,14 @@ class Reader:
             if not isinstance(err, CorruptCheckpointError):
                 raise err
         return problems
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """Whether a tensorstore read failed for want of memory (mmap or malloc: ENOMEM)."""
+    text = str(e)
+    return isinstance(e, MemoryError) or (
+        "RESOURCE_EXHAUSTED" in text and ("os_error_code='12'" in text
+                                          or "Cannot allocate memory" in text))
 
 
 class _PackedRead:

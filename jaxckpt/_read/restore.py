@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import reader as _reader
+from . import reader as _reader, stream as _stream
 from .. import _tree
 from .._format import manifest as _format
 from ..errors import StructureMismatchError
@@ -33,12 +33,24 @@ def _raw_value(leaf: dict, data: np.ndarray | None) -> Any:
     return data
 
 
-def restore_raw(reader: _reader.Reader) -> Any:
+def restore_raw(reader: _reader.Reader, max_host_bytes: int | None = None) -> Any:
     arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
+    streamed = [] if max_host_bytes is None else [leaf for leaf in arrays if _streams(leaf)]
+    jobs = [_stream.Job(leaf, tuple(slice(0, n) for n in leaf["shape"]),
+                        _format.dtype_from_name(leaf["dtype"]), []) for leaf in streamed]
+    arrays = [leaf for leaf in arrays if not (max_host_bytes is not None and _streams(leaf))]
     data = reader.read_arrays([(leaf, [()]) for leaf in arrays])
     by_id = {id(leaf): pieces[0] for leaf, pieces in zip(arrays, data)}
+    if jobs:
+        _stream.run(reader, jobs, max_host_bytes)
+        by_id.update((id(job.leaf), job.result) for job in jobs)
     values = [_raw_value(leaf, by_id.get(id(leaf))) for leaf in reader.leaves]
     return _tree.unflatten_raw(_reader.leaf_paths(reader.leaves), values)
+
+
+def _streams(leaf: dict) -> bool:
+    """Whether a budgeted restore streams the leaf (its own array files)."""
+    return _format.where_kind(leaf) == _format.WHERE_ARRAY
 
 
 def _saved_shape(leaf: dict) -> tuple[int, ...] | None:
@@ -180,6 +192,38 @@ class _Plan:
             return arrays[0]
         return jax.make_array_from_single_device_arrays(self.shape, self.sharding, list(arrays))
 
+    def streams(self) -> bool:
+        """Whether a budgeted restore streams this plan's reads (see ``_stream``)."""
+        if not _streams(self.leaf) or self.leaf["kind"] == "key":
+            return False
+        if self.out == "jax":
+            # Host memory kinds (pinned_host) hold the result on the host anyway.
+            kind = getattr(self.sharding, "memory_kind", None)
+            device = next(iter(self.sharding.device_set))
+            return kind is None or kind == device.default_memory().kind
+        return self.out == "numpy"
+
+    def stream_jobs(self, requests: list[tuple]) -> list[_stream.Job]:
+        """A job per region of ``requests()`` (its result), onto the devices that hold it."""
+        if self.out == "numpy":
+            self._jobs = [_stream.Job(self.leaf, tuple(slice(0, n) for n in self.shape),
+                                      self.dtype, [])]
+            return self._jobs
+        single = type(self.sharding) is _SINGLE_DEVICE
+        dests: dict[tuple, list] = {key: [] for key in self._keys}
+        for device, key in self._index_of.items():
+            dests[key].append(self.sharding if single else device)
+        self._jobs = [_stream.Job(self.leaf, index, self.dtype, dests[key])
+                      for key, index in zip(self._keys, requests)]
+        return self._jobs
+
+    def from_stream(self) -> Any:
+        """The result, once ``_stream.run`` ran the jobs of ``stream_jobs``."""
+        if self.out == "numpy":
+            return self._jobs[0].result
+        results = {key: iter(job.result) for key, job in zip(self._keys, self._jobs)}
+        return self.assemble([next(results[key]) for key in self._index_of.values()])
+
     def _convert(self, value: Any) -> tuple[Any, bool]:
         """(value as the Python target's type, whether that is exact)."""
         t = self.entry.leaf
@@ -212,7 +256,8 @@ class _Plan:
         return out
 
 
-def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
+def restore_target(reader: _reader.Reader, target: Any, partial: bool,
+                   max_host_bytes: int | None = None) -> Any:
     entries, treedef = _tree.flatten(target)
     saved = {_tree.path_str(leaf["path"]): leaf for leaf in reader.leaves}
     problems: list[str] = []
@@ -237,6 +282,12 @@ def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
             + ("" if partial else "\n(pass partial=True to restore a subset of the saved leaves)")
         )
     requests = [(plan, plan.requests()) for plan in plans]
+    # Under a budget, large leaves stream after the others are read (see _stream).
+    streamed = ([] if max_host_bytes is None else
+                [(plan, idx) for plan, idx in requests if idx and plan.streams()])
+    if streamed:
+        skip = {id(plan) for plan, _ in streamed}
+        requests = [(plan, [] if id(plan) in skip else idx) for plan, idx in requests]
     reads = [(plan.leaf, idx) for plan, idx in requests if idx]
     data = iter(reader.read_arrays(reads))
     values: list[Any] = []
@@ -245,7 +296,9 @@ def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
     dests: list[Any] = []
     for plan, idx in requests:
         pieces = next(data) if idx else []
-        if plan.batched:
+        if streamed and id(plan) in skip:
+            values.append(None)
+        elif plan.batched:
             # One device_put for every leaf: per-leaf calls cost ~0.1 ms each.
             pairs = plan.transfers(pieces)
             batch.append((len(values), plan, len(pairs)))
@@ -259,6 +312,12 @@ def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
     for i, plan, n in batch:
         values[i] = plan.assemble(arrays[pos : pos + n])
         pos += n
+    if streamed:
+        _stream.run(reader, [job for plan, idx in streamed for job in plan.stream_jobs(idx)],
+                    max_host_bytes)
+        where = {id(plan): i for i, (plan, _) in enumerate(requests)}
+        for plan, _ in streamed:
+            values[where[id(plan)]] = plan.from_stream()
     return jax.tree_util.tree_unflatten(treedef, values)
 
 

@@ -163,6 +163,12 @@ def read(store: ts.TensorStore, index: tuple) -> Read:
     return Read(ts.array(out, copy=False, write=True).write(target), out)
 
 
+def read_into(store: ts.TensorStore, index: tuple, out: np.ndarray) -> Read:
+    """Starts reading ``store[index]`` into ``out`` (a writable array of its shape)."""
+    target = store[index] if index else store
+    return Read(ts.array(out, copy=False, write=True).write(target), out)
+
+
 def byte_view(array: np.ndarray) -> np.ndarray:
     """``array``'s bytes as ``uint8`` of shape ``(*shape, itemsize)``, no copy."""
     array = np.ascontiguousarray(array)
