@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import reader as _reader
+from . import batch as _batch, plan as _plan, reader as _reader
 from .. import _tree
 from .._format import manifest as _format
 from ..errors import StructureMismatchError
@@ -124,6 +124,7 @@ class _Plan:
                 key = tuple((0, n) for n in self.shape)
                 self._index_of = {None: key}
                 self._keys = [key]
+                self._devices = list(self.sharding.device_set)
                 return [full]
             self._index_of = {}
             unique: dict[tuple, tuple] = {}
@@ -133,6 +134,7 @@ class _Plan:
                 unique.setdefault(key, norm)
                 self._index_of[device] = key
             self._keys = list(unique)
+            self._devices = list(self._index_of)  # the sharding's addressable order
             return list(unique.values())
         return [()]
 
@@ -175,6 +177,18 @@ class _Plan:
             out.append((host, self.sharding if single else device))
         return out
 
+    def put(self, pieces: list[np.ndarray]) -> jax.Array:
+        """The result in one native transfer (see ``batch``)."""
+        if len(pieces) == 1:
+            host = pieces[0]
+            shards = [host if host.dtype == self.dtype else host.astype(self.dtype)]
+            shards *= len(self._devices)
+        else:
+            by_key = dict(zip(self._keys, pieces))
+            shards = [by_key[key] for key in self._index_of.values()]
+            shards = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in shards]
+        return _batch.put(self.shape, self.dtype, self.sharding, shards, self._devices)
+
     def assemble(self, arrays: list[jax.Array]) -> jax.Array:
         if type(self.sharding) is _SINGLE_DEVICE:
             return arrays[0]
@@ -212,7 +226,39 @@ class _Plan:
         return out
 
 
+# Plans of recent restores by tree structure (see plan.py): planning costs ~15 us per leaf.
+_PLANS = _plan.Cache()
+
+
+def _template(plan: _Plan, idx: list[tuple], pos: int) -> tuple[int, _Plan, list[tuple]]:
+    """A plan to keep: without its manifest record or the target's leaf."""
+    kept = _Plan.__new__(_Plan)
+    kept.__dict__.update(plan.__dict__)
+    kept.leaf = None
+    kept.entry = _tree.Entry(plan.entry.path, None)
+    return pos, kept, idx
+
+
+def _bind(templates: list, leaves: list[dict], targets: list) -> list[tuple[_Plan, list]]:
+    """The cached plans, each given this restore's record and target leaf."""
+    out = []
+    for (pos, kept, idx), t in zip(templates, targets):
+        plan = _Plan.__new__(_Plan)
+        plan.__dict__.update(kept.__dict__)
+        plan.leaf = leaves[pos]
+        if plan.out == "python":
+            plan.entry = _tree.Entry(kept.entry.path, t)
+        out.append((plan, idx))
+    return out
+
+
 def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
+    targets, flat_def = jax.tree_util.tree_flatten(target, is_leaf=_tree.is_none)
+    key = _plan.target_key(flat_def, targets, partial)
+    templates = _PLANS.get(key, reader.leaves)
+    if templates is not None:
+        requests = _bind(templates, reader.leaves, targets)
+        return _restore_planned(reader, requests, flat_def)
     entries, treedef = _tree.flatten(target)
     saved = {_tree.path_str(leaf["path"]): leaf for leaf in reader.leaves}
     problems: list[str] = []
@@ -237,15 +283,27 @@ def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
             + ("" if partial else "\n(pass partial=True to restore a subset of the saved leaves)")
         )
     requests = [(plan, plan.requests()) for plan in plans]
+    if key is not None:
+        position = {id(leaf): i for i, leaf in enumerate(reader.leaves)}
+        _PLANS.put(key, reader.leaves, [_template(plan, idx, position[id(plan.leaf)])
+                                        for plan, idx in requests])
+    return _restore_planned(reader, requests, treedef)
+
+
+def _restore_planned(reader: _reader.Reader, requests: list[tuple[_Plan, list]],
+                     treedef: Any) -> Any:
     reads = [(plan.leaf, idx) for plan, idx in requests if idx]
     data = iter(reader.read_arrays(reads))
     values: list[Any] = []
     batch: list[tuple[int, _Plan, int]] = []
     hosts: list[np.ndarray] = []
     dests: list[Any] = []
+    native, direct = _batch.native(), {}
     for plan, idx in requests:
         pieces = next(data) if idx else []
-        if plan.batched:
+        if native and plan.batched and _batch.direct(plan.dtype, direct):
+            values.append(plan.put(pieces))
+        elif plan.batched:
             # One device_put for every leaf: per-leaf calls cost ~0.1 ms each.
             pairs = plan.transfers(pieces)
             batch.append((len(values), plan, len(pairs)))
