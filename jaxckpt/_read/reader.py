@@ -284,6 +284,24 @@ class Reader:
                 self.on_leaf_read(leaf)
         return out
 
+    def read_packed(self, leaves: list[dict]) -> Callable[[], list[np.ndarray]]:
+        """Starts reading the whole stored arrays of packed ``leaves``; the call
+        returned waits and gives them in order, each checked against its
+        digest (``read_arrays`` for each, without its per-leaf generality)."""
+        if not leaves:
+            return list
+        packed = self._read_packed(leaves)
+
+        def finish() -> list[np.ndarray]:
+            one = self._packed_leaf
+            out = [one(packed, leaf) for leaf in leaves]
+            if self.on_leaf_read is not None:
+                for leaf in leaves:
+                    self.on_leaf_read(leaf)
+            return out
+
+        return finish
+
     def _packed_leaf(self, packed: "_PackedRead", leaf: dict) -> np.ndarray:
         """A packed leaf's stored array, checked against its digest: ``check``
         without its general region matching where the one recorded piece is
@@ -422,13 +440,7 @@ class _PackedRead:
 
     def typed(self, leaf: dict, raw: np.ndarray) -> np.ndarray:
         """``raw`` (a packed leaf's contiguous bytes) as the leaf's stored array."""
-        name = leaf["dtype"]
-        dtype = _DTYPES.get(name)
-        if dtype is None:
-            dtype = _stored_dtype(leaf)
-            if len(_DTYPES) < 1024:
-                _DTYPES[name] = dtype
-        return raw.view(dtype).reshape(leaf["shape"])
+        return raw.view(_stored_dtype(leaf)).reshape(leaf["shape"])
 
     def raw(self, leaf: dict) -> np.ndarray:
         """The packed leaf's bytes (uint8, contiguous)."""
@@ -465,7 +477,13 @@ def _whole_index(shape: list[int]) -> list:
 
 
 def _stored_dtype(leaf: dict) -> np.dtype:
-    return _format.dtype_from_name(leaf["dtype"])
+    name = leaf["dtype"]
+    dtype = _DTYPES.get(name)
+    if dtype is None:
+        dtype = _format.dtype_from_name(name)
+        if len(_DTYPES) < 1024:  # names are checked (check.py) before any read
+            _DTYPES[name] = dtype
+    return dtype
 
 
 def _stored_shape(leaf: dict) -> tuple[int, ...]:

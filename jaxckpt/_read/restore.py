@@ -35,8 +35,12 @@ def _raw_value(leaf: dict, data: np.ndarray | None) -> Any:
 
 def restore_raw(reader: _reader.Reader) -> Any:
     arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
-    data = reader.read_arrays([(leaf, [()]) for leaf in arrays])
-    by_id = {id(leaf): pieces[0] for leaf, pieces in zip(arrays, data)}
+    packed = [leaf for leaf in arrays if _format.where_kind(leaf) == _format.WHERE_PACKED]
+    finish = reader.read_packed(packed)
+    others = [leaf for leaf in arrays if _format.where_kind(leaf) != _format.WHERE_PACKED]
+    data = reader.read_arrays([(leaf, [()]) for leaf in others])
+    by_id = {id(leaf): pieces[0] for leaf, pieces in zip(others, data)}
+    by_id.update(zip(map(id, packed), finish()))
     values = [_raw_value(leaf, by_id.get(id(leaf))) for leaf in reader.leaves]
     return _tree.unflatten_raw(_reader.leaf_paths(reader.leaves), values)
 
@@ -292,15 +296,25 @@ def restore_target(reader: _reader.Reader, target: Any, partial: bool) -> Any:
 
 def _restore_planned(reader: _reader.Reader, requests: list[tuple[_Plan, list]],
                      treedef: Any) -> Any:
-    reads = [(plan.leaf, idx) for plan, idx in requests if idx]
+    # Packed leaves (the many small ones) in one pass of their own; their
+    # read starts before the large leaves' reads, and runs alongside them.
+    packed_kind = [bool(idx) and _format.where_kind(plan.leaf) == _format.WHERE_PACKED
+                   for plan, idx in requests]
+    finish = reader.read_packed([plan.leaf for (plan, _), p in zip(requests, packed_kind) if p])
+    reads = [(plan.leaf, idx) for (plan, idx), p in zip(requests, packed_kind) if idx and not p]
     data = iter(reader.read_arrays(reads))
+    packed = iter(finish())
     values: list[Any] = []
     batch: list[tuple[int, _Plan, int]] = []
     hosts: list[np.ndarray] = []
     dests: list[Any] = []
     native, direct = _batch.native(), {}
-    for plan, idx in requests:
-        pieces = next(data) if idx else []
+    for (plan, idx), in_packed in zip(requests, packed_kind):
+        if in_packed:
+            full = next(packed)
+            pieces = [full[i] if i else full for i in idx]
+        else:
+            pieces = next(data) if idx else []
         if native and plan.batched and _batch.direct(plan.dtype, direct):
             values.append(plan.put(pieces))
         elif plan.batched:
