@@ -20,27 +20,42 @@ import jax
 import numpy as np
 
 try:  # private to jax: probed once (see _native), with jax.device_put as the fallback
-    from jax._src import core as _core
+    from jax._src import core as _core, dispatch as _dispatch
     from jax._src.lib import xla_client as _xc
 
     _batched = _xc.batched_device_put
     _ShapedArray = _core.ShapedArray
+    _update_dp_aval = _dispatch.update_dp_aval
 except Exception:  # another jax: its public device_put only
     _batched = None
 
 _state: dict[str, Any] = {"native": None}
-_avals: dict[tuple, Any] = {}
+
+
+def aval(shape: tuple[int, ...], dtype: np.dtype, sharding: jax.sharding.Sharding) -> Any:
+    """The abstract value ``jax.device_put`` gives a NumPy array of ``shape`` and
+    ``dtype`` put with ``sharding`` (a NamedSharding's mesh and spec are part
+    of it), or None where it cannot be made here."""
+    if _batched is None:
+        return None
+    key = (shape, dtype, id(sharding))
+    found = _avals.get(key)
+    if found is not None and found[0] is sharding:  # the sharding is kept: its id is its own
+        return found[1]
+    try:
+        made = _update_dp_aval(_ShapedArray(shape, dtype), sharding)
+    except Exception:  # a dtype or sharding this jax's avals refuse: the public path
+        made = None
+    if len(_avals) >= _MAX_AVALS:
+        _avals.clear()
+    _avals[key] = (sharding, made)
+    return made
+
+
+# Avals by (shape, dtype, sharding identity): planning 50,000 leaves of a few
+# shapes makes a few avals, not 50,000.
+_avals: dict[tuple, tuple[Any, Any]] = {}
 _MAX_AVALS = 4096
-
-
-def _aval(shape: tuple[int, ...], dtype: np.dtype) -> Any:
-    key = (shape, dtype)
-    aval = _avals.get(key)
-    if aval is None:
-        aval = _ShapedArray(shape, dtype)
-        if len(_avals) < _MAX_AVALS:
-            _avals[key] = aval
-    return aval
 
 
 def _probe() -> bool:
@@ -50,8 +65,8 @@ def _probe() -> bool:
     try:
         host = np.arange(3, dtype=np.float32)
         sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        got = _batched(_aval((3,), host.dtype), sharding, [host], [sharding._device_assignment[0]],
-                       True)
+        got = _batched(aval((3,), host.dtype, sharding), sharding, [host],
+                       list(sharding.device_set), True)
         want = jax.device_put(host, sharding)
         return (isinstance(got, jax.Array) and got.committed and got.sharding == want.sharding
                 and got.aval == want.aval and np.array_equal(np.asarray(got), host))
@@ -76,9 +91,9 @@ def direct(dtype: np.dtype, cache: dict) -> bool:
     return ok
 
 
-def put(shape: tuple[int, ...], dtype: np.dtype, sharding: jax.sharding.Sharding,
-        shards: Sequence[np.ndarray], devices: Sequence[Any]) -> jax.Array:
-    """A committed ``jax.Array`` of ``shape``/``dtype`` with ``sharding``, from one
-    host array per device (``devices`` in the sharding's addressable order);
-    callers check ``native()`` and ``direct(dtype)`` first."""
-    return _batched(_aval(shape, dtype), sharding, list(shards), list(devices), True)
+def put(abstract: Any, sharding: jax.sharding.Sharding, shards: list[np.ndarray],
+        devices: list[Any]) -> jax.Array:
+    """A committed ``jax.Array`` of the ``aval`` ``abstract`` with ``sharding``, from
+    one host array per device (``devices`` in the sharding's addressable
+    order); callers check ``native()`` and ``direct(dtype)`` first."""
+    return _batched(abstract, sharding, shards, devices, True)

@@ -129,6 +129,7 @@ class _Plan:
                 self._index_of = {None: key}
                 self._keys = [key]
                 self._devices = list(self.sharding.device_set)
+                self._aval = _batch.aval(self.shape, self.dtype, self.sharding)
                 return [full]
             self._index_of = {}
             unique: dict[tuple, tuple] = {}
@@ -139,6 +140,7 @@ class _Plan:
                 self._index_of[device] = key
             self._keys = list(unique)
             self._devices = list(self._index_of)  # the sharding's addressable order
+            self._aval = _batch.aval(self.shape, self.dtype, self.sharding)
             return list(unique.values())
         return [()]
 
@@ -191,7 +193,7 @@ class _Plan:
             by_key = dict(zip(self._keys, pieces))
             shards = [by_key[key] for key in self._index_of.values()]
             shards = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in shards]
-        return _batch.put(self.shape, self.dtype, self.sharding, shards, self._devices)
+        return _batch.put(self._aval, self.sharding, shards, self._devices)
 
     def assemble(self, arrays: list[jax.Array]) -> jax.Array:
         if type(self.sharding) is _SINGLE_DEVICE:
@@ -315,7 +317,8 @@ def _restore_planned(reader: _reader.Reader, requests: list[tuple[_Plan, list]],
             pieces = [full[i] if i else full for i in idx]
         else:
             pieces = next(data) if idx else []
-        if native and plan.batched and _batch.direct(plan.dtype, direct):
+        if native and plan.batched and plan._aval is not None \
+                and _batch.direct(plan.dtype, direct):
             values.append(plan.put(pieces))
         elif plan.batched:
             # One device_put for every leaf: per-leaf calls cost ~0.1 ms each.
