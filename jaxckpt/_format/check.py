@@ -255,8 +255,10 @@ def _check_path(path: Any, field: str) -> tuple:
         if type(token) is list and len(token) == 2:
             kind, key = token
             t = type(key)
-            if (t is str and (kind == "k" or kind == "a")) or (t is int and (
-                    kind == "k" or ((kind == "i" or kind == "f") and key >= 0))):
+            if t is str:
+                if kind == "k" or kind == "a":
+                    continue
+            elif t is int and (kind == "k" or ((kind == "i" or kind == "f") and key >= 0)):
                 continue
         raise _Bad(field, '[kind, key] tokens: ["k", str or int], ["a", str], ["i" or "f", '
                    "int >= 0]", token)
