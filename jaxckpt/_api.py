@@ -132,7 +132,8 @@ def restore_here(path: str | os.PathLike, target: Any = None, *, partial: bool =
     budget = _stream.check_budget(max_host_bytes)
     def read(reader: _reader.Reader) -> Any:
         # A partial restore reads less than the bar's total; the bar completes at the end.
-        with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("restore", path),
+        with _progress.bar(_progress.total_bytes(reader.leaves) if progress else 0,
+                           _progress.label("restore", path),
                            progress) as bar:
             reader.on_leaf_read = bar
             if target is None:

@@ -230,19 +230,22 @@ def _check_digests(value: Any, field: str, shape: list, itemsize: int) -> None:
     if type(value) is not list:
         raise _Bad(field, "a list of [index, xxh3 hex digest] pairs")
     extents = [*shape, itemsize]
+    rank = len(shape)
+    # Field names are built only for an error: this runs for every leaf (issue 17).
     for i, item in enumerate(value):
-        f = f"{field}[{i}]"
         if type(item) is not list or len(item) != 2 or type(item[1]) is not str \
                 or _HEX32.fullmatch(item[1]) is None or type(item[0]) is not list:
-            raise _Bad(f, "[index, 32-char lowercase hex digest]")
+            raise _Bad(f"{field}[{i}]", "[index, 32-char lowercase hex digest]")
         index = item[0]
-        if len(index) not in (len(shape), len(shape) + 1):
-            raise _Bad(f, f"an index of one [start, stop] per axis of shape {shape}")
+        if len(index) != rank and len(index) != rank + 1:
+            raise _Bad(f"{field}[{i}]", f"an index of one [start, stop] per axis of shape "
+                       f"{shape}")
         for pair, n in zip(index, extents):
             if type(pair) is not list or len(pair) != 2 or not (
-                    _is_int(pair[0]) and _is_int(pair[1]) and 0 <= pair[0] <= pair[1] <= n):
-                raise _Bad(f, f"[start, stop] pairs with 0 <= start <= stop <= extent "
-                           f"(shape {shape})", pair)
+                    type(pair[0]) is int and type(pair[1]) is int
+                    and 0 <= pair[0] <= pair[1] <= n):
+                raise _Bad(f"{field}[{i}]", f"[start, stop] pairs with 0 <= start <= stop <= "
+                           f"extent (shape {shape})", pair)
 
 
 def _check_path(path: Any, field: str) -> tuple:
@@ -252,8 +255,10 @@ def _check_path(path: Any, field: str) -> tuple:
         if type(token) is list and len(token) == 2:
             kind, key = token
             t = type(key)
-            if (t is str and (kind == "k" or kind == "a")) or (t is int and (
-                    kind == "k" or ((kind == "i" or kind == "f") and key >= 0))):
+            if t is str:
+                if kind == "k" or kind == "a":
+                    continue
+            elif t is int and (kind == "k" or ((kind == "i" or kind == "f") and key >= 0)):
                 continue
         raise _Bad(field, '[kind, key] tokens: ["k", str or int], ["a", str], ["i" or "f", '
                    "int >= 0]", token)

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from . import reader as _reader, stream as _stream
+from . import batch as _batch, plan as _plan, reader as _reader, stream as _stream
 from .. import _tree
 from .._format import manifest as _format
 from ..errors import StructureMismatchError
@@ -35,13 +35,19 @@ def _raw_value(leaf: dict, data: np.ndarray | None) -> Any:
 
 def restore_raw(reader: _reader.Reader, max_host_bytes: int | None = None) -> Any:
     arrays = [leaf for leaf in reader.leaves if leaf["kind"] != "py"]
-    streamed = [] if max_host_bytes is None else [leaf for leaf in arrays if _streams(leaf)]
-    jobs = [_stream.Job(leaf, tuple(slice(0, n) for n in leaf["shape"]),
-                        _format.dtype_from_name(leaf["dtype"]), []) for leaf in streamed]
-    arrays = [leaf for leaf in arrays if not (max_host_bytes is not None and _streams(leaf))]
-    data = reader.read_arrays([(leaf, [()]) for leaf in arrays])
-    by_id = {id(leaf): pieces[0] for leaf, pieces in zip(arrays, data)}
-    if jobs:
+    packed = [leaf for leaf in arrays if _format.where_kind(leaf) == _format.WHERE_PACKED]
+    finish = reader.read_packed(packed)
+    others = [leaf for leaf in arrays if _format.where_kind(leaf) != _format.WHERE_PACKED]
+    # Under a budget, large leaves stream in slabs after the others (see _stream).
+    streamed = [] if max_host_bytes is None else [leaf for leaf in others if _streams(leaf)]
+    if streamed:
+        others = [leaf for leaf in others if not _streams(leaf)]
+    data = reader.read_arrays([(leaf, [()]) for leaf in others])
+    by_id = {id(leaf): pieces[0] for leaf, pieces in zip(others, data)}
+    by_id.update(zip(map(id, packed), finish()))
+    if streamed:
+        jobs = [_stream.Job(leaf, tuple(slice(0, n) for n in leaf["shape"]),
+                            _format.dtype_from_name(leaf["dtype"]), []) for leaf in streamed]
         _stream.run(reader, jobs, max_host_bytes)
         by_id.update((id(job.leaf), job.result) for job in jobs)
     values = [_raw_value(leaf, by_id.get(id(leaf))) for leaf in reader.leaves]
@@ -136,6 +142,8 @@ class _Plan:
                 key = tuple((0, n) for n in self.shape)
                 self._index_of = {None: key}
                 self._keys = [key]
+                self._devices = list(self.sharding.device_set)
+                self._aval = _batch.aval(self.shape, self.dtype, self.sharding)
                 return [full]
             self._index_of = {}
             unique: dict[tuple, tuple] = {}
@@ -145,6 +153,8 @@ class _Plan:
                 unique.setdefault(key, norm)
                 self._index_of[device] = key
             self._keys = list(unique)
+            self._devices = list(self._index_of)  # the sharding's addressable order
+            self._aval = _batch.aval(self.shape, self.dtype, self.sharding)
             return list(unique.values())
         return [()]
 
@@ -186,6 +196,18 @@ class _Plan:
                 host = host.astype(self.dtype)
             out.append((host, self.sharding if single else device))
         return out
+
+    def put(self, pieces: list[np.ndarray]) -> jax.Array:
+        """The result in one native transfer (see ``batch``)."""
+        if len(pieces) == 1:
+            host = pieces[0]
+            shards = [host if host.dtype == self.dtype else host.astype(self.dtype)]
+            shards *= len(self._devices)
+        else:
+            by_key = dict(zip(self._keys, pieces))
+            shards = [by_key[key] for key in self._index_of.values()]
+            shards = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in shards]
+        return _batch.put(self._aval, self.sharding, shards, self._devices)
 
     def assemble(self, arrays: list[jax.Array]) -> jax.Array:
         if type(self.sharding) is _SINGLE_DEVICE:
@@ -256,8 +278,40 @@ class _Plan:
         return out
 
 
+# Plans of recent restores by tree structure (see plan.py): planning costs ~15 us per leaf.
+_PLANS = _plan.Cache()
+
+
+def _template(plan: _Plan, idx: list[tuple], pos: int) -> tuple[int, _Plan, list[tuple]]:
+    """A plan to keep: without its manifest record or the target's leaf."""
+    kept = _Plan.__new__(_Plan)
+    kept.__dict__.update(plan.__dict__)
+    kept.leaf = None
+    kept.entry = _tree.Entry(plan.entry.path, None)
+    return pos, kept, idx
+
+
+def _bind(templates: list, leaves: list[dict], targets: list) -> list[tuple[_Plan, list]]:
+    """The cached plans, each given this restore's record and target leaf."""
+    out = []
+    for (pos, kept, idx), t in zip(templates, targets):
+        plan = _Plan.__new__(_Plan)
+        plan.__dict__.update(kept.__dict__)
+        plan.leaf = leaves[pos]
+        if plan.out == "python":
+            plan.entry = _tree.Entry(kept.entry.path, t)
+        out.append((plan, idx))
+    return out
+
+
 def restore_target(reader: _reader.Reader, target: Any, partial: bool,
                    max_host_bytes: int | None = None) -> Any:
+    targets, flat_def = jax.tree_util.tree_flatten(target, is_leaf=_tree.is_none)
+    key = _plan.target_key(flat_def, targets, partial)
+    templates = _PLANS.get(key, reader.leaves)
+    if templates is not None:
+        requests = _bind(templates, reader.leaves, targets)
+        return _restore_planned(reader, requests, flat_def, max_host_bytes)
     entries, treedef = _tree.flatten(target)
     saved = {_tree.path_str(leaf["path"]): leaf for leaf in reader.leaves}
     problems: list[str] = []
@@ -282,22 +336,45 @@ def restore_target(reader: _reader.Reader, target: Any, partial: bool,
             + ("" if partial else "\n(pass partial=True to restore a subset of the saved leaves)")
         )
     requests = [(plan, plan.requests()) for plan in plans]
+    if key is not None:
+        position = {id(leaf): i for i, leaf in enumerate(reader.leaves)}
+        _PLANS.put(key, reader.leaves, [_template(plan, idx, position[id(plan.leaf)])
+                                        for plan, idx in requests])
+    return _restore_planned(reader, requests, treedef, max_host_bytes)
+
+
+def _restore_planned(reader: _reader.Reader, requests: list[tuple[_Plan, list]],
+                     treedef: Any, max_host_bytes: int | None = None) -> Any:
     # Under a budget, large leaves stream after the others are read (see _stream).
     streamed = ([] if max_host_bytes is None else
                 [(plan, idx) for plan, idx in requests if idx and plan.streams()])
+    skip = {id(plan) for plan, _ in streamed}
     if streamed:
-        skip = {id(plan) for plan, _ in streamed}
         requests = [(plan, [] if id(plan) in skip else idx) for plan, idx in requests]
-    reads = [(plan.leaf, idx) for plan, idx in requests if idx]
+    # Packed leaves (the many small ones) in one pass of their own; their
+    # read starts before the large leaves' reads, and runs alongside them.
+    packed_kind = [bool(idx) and _format.where_kind(plan.leaf) == _format.WHERE_PACKED
+                   for plan, idx in requests]
+    finish = reader.read_packed([plan.leaf for (plan, _), p in zip(requests, packed_kind) if p])
+    reads = [(plan.leaf, idx) for (plan, idx), p in zip(requests, packed_kind) if idx and not p]
     data = iter(reader.read_arrays(reads))
+    packed = iter(finish())
     values: list[Any] = []
     batch: list[tuple[int, _Plan, int]] = []
     hosts: list[np.ndarray] = []
     dests: list[Any] = []
-    for plan, idx in requests:
-        pieces = next(data) if idx else []
-        if streamed and id(plan) in skip:
+    native, direct = _batch.native(), {}
+    for (plan, idx), in_packed in zip(requests, packed_kind):
+        if in_packed:
+            full = next(packed)
+            pieces = [full[i] if i else full for i in idx]
+        else:
+            pieces = next(data) if idx else []
+        if skip and id(plan) in skip:
             values.append(None)
+        elif native and plan.batched and plan._aval is not None \
+                and _batch.direct(plan.dtype, direct):
+            values.append(plan.put(pieces))
         elif plan.batched:
             # One device_put for every leaf: per-leaf calls cost ~0.1 ms each.
             pairs = plan.transfers(pieces)
