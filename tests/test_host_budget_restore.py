@@ -202,9 +202,9 @@ def test_a_bad_budget_is_refused(tmp_path, bad):
 
 # ------------------------------------------------------- under a memory limit
 
-LEAF_ROWS = 128 * 1024  # 512 MiB of float32 rows of 1024
-BUDGET = 64 * MiB
-MARGIN = 256 * MiB
+LEAF_ROWS = 64 * 1024  # 256 MiB of float32 rows of 1024
+BUDGET = 32 * MiB
+MARGIN = 128 * MiB  # a whole-leaf read needs about 2x the leaf: over the limit
 
 _CHILD = textwrap.dedent("""
     import os, resource, sys
@@ -250,7 +250,7 @@ _CHILD = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    """A checkpoint of one 512 MiB leaf (row i all i), and one of an eighth of it."""
+    """A checkpoint of one 256 MiB leaf (row i all i), and one of an eighth of it."""
     root = tmp_path_factory.mktemp("big")
     paths = []
     for rows in (LEAF_ROWS, LEAF_ROWS // 8):
