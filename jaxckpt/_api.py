@@ -55,22 +55,38 @@ def save(
     """
     budget = _staging.HostBudget(max_host_bytes) if max_host_bytes is not None else None
     final = _location.locate(path)
-    if final.exists():
-        raise FileExistsError(errno.EEXIST, "checkpoint path already exists", str(final))
-    snapshot = (_snapshot.take(tree, metadata) if budget is None
-                else _staging.take(tree, metadata, None, budget, lazy=True))
-    if final.is_local:
-        parent = os.path.dirname(final.path)
-        if os.path.exists(parent) and not os.path.isdir(parent):
-            raise NotADirectoryError(errno.ENOTDIR, "parent of checkpoint path is not a directory",
-                                     parent)
-        _durable.makedirs_durably(parent)
     with _save_counts_lock:
         _save_counts[str(final)] += 1
         seq = _save_counts[str(final)]
     coord = _multihost.SaveCoordinator(_multihost.scope(str(final), "save", seq), 0,
                                        str(final), coordination_timeout_s)
+    parent = os.path.dirname(final.path) if final.is_local else None
+
+    def prepare() -> _snapshot.Snapshot:
+        # Process 0 alone looks for the path, before any process writes: on an
+        # object store a path "exists" once any process's first shard landed.
+        if coord.primary and final.exists():
+            raise FileExistsError(errno.EEXIST, "checkpoint path already exists", str(final))
+        if parent is not None and os.path.exists(parent) and not os.path.isdir(parent):
+            raise NotADirectoryError(errno.ENOTDIR, "parent of checkpoint path is not a directory",
+                                     parent)
+        taken.append(_snapshot.take(tree, metadata) if budget is None
+                     else _staging.take(tree, metadata, None, budget, lazy=True))
+        return taken[0]
+
+    # Every process gets past here, or none does: one that refused the save
+    # never leaves the others waiting for its part.
+    taken: list[_snapshot.Snapshot] = []
     try:
+        snapshot = coord.checks(str(final), coordination_timeout_s).together(
+            f"save {_agree.name(str(final))}", prepare)
+    except BaseException:
+        if taken and taken[0].rolling is not None:
+            taken[0].rolling.close()
+        raise
+    try:
+        if parent is not None:
+            _durable.makedirs_durably(parent)
         _write.write(snapshot, final, replace=False, created=time.time(), coordinator=coord)
     finally:
         if snapshot.rolling is not None:

@@ -159,6 +159,10 @@ def in_jit(directory: str, mesh) -> dict:
 def main() -> None:
     scenario, directory, port, nproc, pid, mesh_shape = sys.argv[1:7]
     nproc, pid = int(nproc), int(pid)
+    if os.environ.get("JAXCKPT_TEST_STACKS_AFTER_S"):
+        import faulthandler
+
+        faulthandler.dump_traceback_later(int(os.environ["JAXCKPT_TEST_STACKS_AFTER_S"]))
     import jax
     from jax.sharding import Mesh
 
@@ -178,8 +182,36 @@ def main() -> None:
             facts["checkpoints"] = [os.path.basename(p) for p in m.checkpoints]
             facts["shards_checked"] = check(m.restore(None, target(mesh)), 3)
             check(m.restore(2, target(mesh)), 2)
-        jaxckpt.save(os.path.join(directory, "one-off"), state(mesh, 9))
-        check(jaxckpt.restore(os.path.join(directory, "one-off"), target(mesh)), 9)
+        one_off = os.path.join(directory, "one-off")
+        if directory.startswith("s3://"):
+            # On an object store the path "exists" once process 0's first
+            # shard landed: process 1 looks only after that (or after 3 s, if
+            # process 0 cannot write before process 1 is in save() too).
+            from jax._src import distributed
+            from jaxckpt import _faults
+
+            client = distributed.global_state.client
+            if pid == 0:
+                with _faults.armed("multihost.part_written",
+                                   lambda _: client.key_value_set("test/p0-part", "1")):
+                    jaxckpt.save(one_off, state(mesh, 9), coordination_timeout_s=30)
+            else:
+                try:
+                    client.blocking_key_value_get("test/p0-part", 3_000)
+                    facts["one_off_order"] = "process 0 wrote first"
+                except Exception:
+                    facts["one_off_order"] = "process 0 waited"
+                jaxckpt.save(one_off, state(mesh, 9), coordination_timeout_s=30)
+        else:
+            jaxckpt.save(one_off, state(mesh, 9))
+            # A save one process refuses (a leaf it cannot save) fails on every
+            # process at once, none waits out the timeout for the other's part.
+            bad = state(mesh, 4) if pid == 0 else {**state(mesh, 4), "host": object()}
+            try:
+                jaxckpt.save(os.path.join(directory, "refused"), bad, coordination_timeout_s=120)
+            except Exception as e:  # noqa: BLE001 - reported
+                facts["refused"] = f"{type(e).__name__}: {e}"
+        check(jaxckpt.restore(one_off, target(mesh)), 9)
     elif scenario == "incremental":
         facts.update(incremental(directory, mesh, os.environ.get("INCREMENTAL", "1") == "1"))
     elif scenario == "restore":

@@ -44,7 +44,9 @@ def run(scenario: str, directory: str, nproc: int, devices: int, mesh: str,
     """
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+           # A hung worker prints every thread's stack before the test gives up on it.
+           "JAXCKPT_TEST_STACKS_AFTER_S": str(max(1, int(timeout) - 20))}
     procs = [subprocess.Popen([sys.executable, WORKER, scenario, str(directory), str(port),
                                str(nproc), str(i), mesh],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -57,7 +59,10 @@ def run(scenario: str, directory: str, nproc: int, devices: int, mesh: str,
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise
+            logs = [q.communicate() for q in procs]  # reaps them and closes their pipes
+            raise AssertionError(f"{scenario}: process {i} still running after {timeout} s\n"
+                                 + "\n".join(f"--- process {j} rc={q.returncode}\n{e[-6000:]}"
+                                             for j, (q, (_, e)) in enumerate(zip(procs, logs))))
         outs.append((p.returncode, out, err))
     facts = []
     for i, (rc, out, err) in enumerate(outs):
@@ -78,6 +83,11 @@ def run(scenario: str, directory: str, nproc: int, devices: int, mesh: str,
 def test_two_processes_save_and_restore_onto_other_topologies(tmp_path):
     d = tmp_path / "run"
     facts = run("save", d, nproc=2, devices=2, mesh="4")
+    # Process 1's tree holds a leaf it cannot save: both refuse, nothing is written.
+    assert facts[1]["refused"].startswith("TypeError: ") and "host" in facts[1]["refused"]
+    assert facts[0]["refused"].startswith("CoordinationError: "), facts[0]["refused"]
+    assert "process 1: TypeError" in facts[0]["refused"]
+    assert not (d / "refused").exists()
     for f in facts:  # retention agreed on every process; each checked its own shards
         assert f["checkpoints"] == ["ckpt-2", "ckpt-3"], f
         assert f["shards_checked"] == 8, f
@@ -136,6 +146,9 @@ def test_two_processes_save_to_s3_and_one_restores(s3):
     d = f"s3://{bucket}/mh"
     facts = run("save", d, nproc=2, devices=2, mesh="2x2")
     assert [f["checkpoints"] for f in facts] == [["ckpt-2", "ckpt-3"]] * 2
+    # The one-off save: no process wrote before every process was in it (once
+    # one did, the other took the path for an existing checkpoint and refused).
+    assert facts[1]["one_off_order"] == "process 0 waited"
     assert jaxckpt.latest_checkpoint(d) == f"{d}/ckpt-3"
     assert not server.keys(bucket, "mh/ckpt-1/")
     jaxckpt.verify(f"{d}/ckpt-3")

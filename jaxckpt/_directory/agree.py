@@ -21,6 +21,7 @@ In a single-process program every call runs the decision inline.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -147,23 +148,30 @@ class Agreement:
             error = e
         mine = "" if error is None else _encode_error(error)
         verdict = json.loads(self.exchange(phase, mine, _verdict))
-        if verdict["kind"] == "ok":
+        kind = verdict["kind"]
+        if kind == "ok":
             return result
-        if error is not None and (verdict["kind"] == "fail") == (not _is_damage(error)):
+        if error is not None and (_kind(error) == kind or
+                                  {_kind(error), kind} <= {"damage", "missing"}):
             raise error
+        why = f"{self.what}: {phase} failed on another process: {verdict['why']}"
+        if kind == "exists":
+            raise FileExistsError(errno.EEXIST, why) from error
         cls = {"damage": CorruptCheckpointError, "missing": CheckpointNotFoundError}.get(
-            verdict["kind"], CoordinationError)
-        raise cls(f"{self.what}: {phase} failed on another process: {verdict['why']}") from error
+            kind, CoordinationError)
+        raise cls(why) from error
 
 
-def _is_damage(e: BaseException) -> bool:
-    return isinstance(e, (CorruptCheckpointError, CheckpointNotFoundError))
+def _kind(e: BaseException) -> str:
+    """How every process reacts to ``e``: alike for damage or absence (each falls
+    back), for a path that exists (each raises FileExistsError), else as to a failure."""
+    return ("missing" if isinstance(e, CheckpointNotFoundError) else
+            "damage" if isinstance(e, CorruptCheckpointError) else
+            "exists" if isinstance(e, FileExistsError) else "fail")
 
 
 def _encode_error(e: BaseException) -> str:
-    kind = ("missing" if isinstance(e, CheckpointNotFoundError) else
-            "damage" if isinstance(e, CorruptCheckpointError) else "fail")
-    return json.dumps({"kind": kind, "why": f"{type(e).__name__}: {e}"})
+    return json.dumps({"kind": _kind(e), "why": f"{type(e).__name__}: {e}"})
 
 
 def _verdict(inputs: list[str]) -> str:
@@ -171,7 +179,7 @@ def _verdict(inputs: list[str]) -> str:
     if not failed:
         return json.dumps({"kind": "ok"})
     kinds = {f["kind"] for _, f in failed}
-    kind = "fail" if "fail" in kinds else "damage" if "damage" in kinds else "missing"
+    kind = next((k for k in ("fail", "damage", "missing", "exists") if k in kinds), "fail")
     why = "; ".join(f"process {i}: {f['why']}" for i, f in failed)
     return json.dumps({"kind": kind, "why": why})
 

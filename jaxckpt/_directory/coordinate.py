@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -112,6 +112,13 @@ class SaveCoordinator:
     def _set(self, key: str, value: str) -> None:
         _client().key_value_set(f"{self._prefix}/{key}", value)
 
+    def checks(self, what: str, timeout_s: float) -> Any:
+        """The agreement (``agree.Agreement``) of the checks before this save
+        writes anything; its keys go with the save's parts."""
+        from . import agree as _agree
+
+        return _agree.Agreement(f"{self._prefix}/check", timeout_s, what)
+
     def share_token(self, make: Callable[[], str]) -> str:
         """Process 0 calls ``make`` and publishes the result; the others receive it."""
         if not self.multi:
@@ -171,9 +178,10 @@ class SaveCoordinator:
                           f"process {i}", "send its part's digests")
                 for k in range(int(n or 0))))
         if not late:
-            # Every process read the token and process 0 read every part: only
-            # ``commit`` stays (deleted with the next save of this scope).
-            for key in ("part", "token"):
+            # Every process passed the checks, read the token and process 0
+            # read every part: only ``commit`` stays (deleted with the next
+            # save of this scope).
+            for key in ("check", "part", "token"):
                 try:
                     _client().key_value_delete(f"{self._prefix}/{key}")
                 except Exception:  # stale keys only cost memory in the coordinator
