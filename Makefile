@@ -27,7 +27,8 @@ test-fast: $(STAMP)
 
 # 200 random-instant SIGKILL rounds (JAXCKPT_CRASH_ROUNDS=N for more) plus the aimed ones,
 # 30 multi-process kill rounds (JAXCKPT_MP_CRASH_ROUNDS), the 64-process scale test,
-# then >= 1,000 simulated power cuts; each run's last line counts what ran and survived.
+# then >= 1,000 simulated power cuts, then 8x the fuzz inputs; each run's last line counts
+# what ran and survived.
 torture: $(STAMP)
 	JAXCKPT_CRASH_ROUNDS=$${JAXCKPT_CRASH_ROUNDS:-200} \
 	JAXCKPT_MP_CRASH_ROUNDS=$${JAXCKPT_MP_CRASH_ROUNDS:-30} JAXCKPT_SCALE_PROCESSES=64 \
@@ -35,6 +36,8 @@ torture: $(STAMP)
 	tests/test_multihost_scale.py
 # A simulated power cut after every file-system operation of longer save runs.
 	JAXCKPT_POWER_CUTS=all $(BIN)/python -m pytest -q tests/test_power_cut.py
+# 8x the fuzz inputs of `make test` (JAXCKPT_FUZZ_SCALE; 0.5 there).
+	JAXCKPT_FUZZ_SCALE=$${JAXCKPT_FUZZ_SCALE:-4} $(BIN)/python -m pytest -q tests/test_fuzz.py
 
 demo: $(STAMP)
 	$(BIN)/jaxckpt demo

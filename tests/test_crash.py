@@ -6,7 +6,7 @@ state saved under its number; everything the state file names is there. The
 next process resumes from it and continues the numbering; a last manager
 cleans every leftover and leaves only what the state file names.
 
-``JAXCKPT_CRASH_ROUNDS`` sets the number of random-instant rounds (10 here,
+``JAXCKPT_CRASH_ROUNDS`` sets the number of random-instant rounds (5 here,
 200 in ``make torture``), run in chains of ``CHAIN`` rounds on one directory.
 """
 
@@ -32,7 +32,7 @@ from _reliability import TALLY, check_sound, leftovers, named_paths  # noqa: E40
 # Slow (SIGKILL rounds of child processes): `pytest -m "not slow"` leaves this file out.
 pytestmark = pytest.mark.slow
 
-ROUNDS = int(os.environ.get("JAXCKPT_CRASH_ROUNDS", "10"))
+ROUNDS = int(os.environ.get("JAXCKPT_CRASH_ROUNDS", "5"))
 CHAIN = 5
 WATCHDOG_S = 120
 WORKER = os.path.join(os.path.dirname(__file__), "_crash_worker.py")

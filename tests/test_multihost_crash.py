@@ -2,7 +2,7 @@
 processes at a random instant of a save loop; the next start of all of them
 restores the same, newest committed checkpoint everywhere, bit-exact.
 
-``JAXCKPT_MP_CRASH_ROUNDS`` sets the number of rounds (4 here, 30 in
+``JAXCKPT_MP_CRASH_ROUNDS`` sets the number of rounds (2 here, 30 in
 ``make torture``).
 """
 
@@ -25,7 +25,7 @@ from test_multihost import WORKER, _free_port  # noqa: E402
 # Slow (kill rounds over several processes): `pytest -m "not slow"` leaves this file out.
 pytestmark = pytest.mark.slow
 
-ROUNDS = int(os.environ.get("JAXCKPT_MP_CRASH_ROUNDS", "4"))
+ROUNDS = int(os.environ.get("JAXCKPT_MP_CRASH_ROUNDS", "2"))
 NPROC = 3
 
 
