@@ -279,3 +279,21 @@ def test_two_processes_one_sigtermed_save_the_same_step_and_stop(tmp_path):
     assert all(int(n.split("-")[1]) % 1000 == 0 for n in kept[:-1]), kept
     assert jaxckpt.latest_checkpoint(d) == str(d / f"ckpt-{at}")
     assert int(jaxckpt.restore(d / f"ckpt-{at}")["step"]) == at
+
+
+def test_readme_example_runs(tmp_path, sigterm_calls):
+    import re
+
+    with open(os.path.join(HERE, "..", "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    (body,) = [b for b in re.findall(r"^```python\n(.*?)^```", readme, re.M | re.S)
+               if "save_on_preemption=True" in b]
+    ns: dict = {}
+    try:
+        exec(compile(body.replace("/tmp/", f"{tmp_path}/"), "README.md", "exec"), ns)
+    finally:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sigterm_calls.append(signum))
+    assert ns["stop_requests"] == [signal.SIGTERM]
+    # ckpt-1 (the first save, as TensorFlow's rule has it), then the preemption save.
+    assert ns["step"] in (42, 43) and ns["mngr"].checkpoints == [
+        str(tmp_path / "preempt" / f"ckpt-{n}") for n in (1, ns["step"])]
