@@ -25,8 +25,8 @@ from ._directory import (agree as _agree, coordinate as _multihost, policy as _p
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
 from ._read import stream as _stream
-from ._save import (in_jit as _in_jit, opening as _opening, queue as _queue,
-                    staging as _staging, stats as _stats)
+from ._save import (in_jit as _in_jit, opening as _opening, preemption as _preemption,
+                    queue as _queue, staging as _staging, stats as _stats)
 from ._storage import location as _location
 from .errors import CheckpointNotFoundError  # noqa: F401  (tf_compat raises it from here)
 
@@ -60,6 +60,10 @@ class CheckpointManager:
             once written. One piece larger than it is copied alone. Restores read
             large leaves in slabs under it too (at least 1 MiB; a restore's own
             ``max_host_bytes`` overrides it). None: no limit.
+        save_on_preemption: on SIGTERM (one process) or JAX's preemption notice
+            (``jax.distributed``), the next save is made whatever the interval and
+            waited for; ``reached_preemption(step)`` then says to stop. The README's
+            "Saving on preemption" says what happens to the signal.
 
     Methods are thread-safe; ``save`` blocks only for the host snapshot (and
     while ``max_pending`` saves are in flight). One process writes a directory
@@ -79,7 +83,7 @@ class CheckpointManager:
                  max_pending: int = 1,
                  coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
                  read_only: bool = False, incremental: bool = True,
-                 max_host_bytes: int | None = None):
+                 max_host_bytes: int | None = None, save_on_preemption: bool = False):
         options = _policy.manager_options(
             read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
@@ -87,6 +91,8 @@ class CheckpointManager:
             clock=clock, coordination_timeout_s=coordination_timeout_s,
             last_checkpoint_step=last_checkpoint_step, incremental=incremental)
         self._budget = _staging.HostBudget(max_host_bytes)  # checked before anything is written
+        preempt_mode = _preemption.mode(save_on_preemption, read_only, str(directory))
+        self._preemption: _preemption.NoNotice = _preemption.NoNotice()
         self._max_to_keep, self._interval = options.max_to_keep, options.interval
         self._keep_hours, self._name = keep_checkpoint_every_n_hours, checkpoint_name
         self._step_counter, self._init_fn = step_counter, init_fn
@@ -115,12 +121,16 @@ class CheckpointManager:
             life = self._life
             self._handle = _registry.Handle(
                 self, self._dir, self._writer.pid, step_counter, self._interval,
+                preempt_mode is not None,
                 close=self.close, close_because=life.close, closed_why=life.closed_reason,
                 writer_stopped=life.writer_stopped, check_open=life.check_open,
                 report=self._writer.report, save_host_snapshot=self._queue.save_host_snapshot,
                 restore_newest_sound=self._restorer.newest_sound,
-                path_for=self._directory.path_for)
+                path_for=self._directory.path_for, preempt_poll=self._preempt_poll,
+                preempt_due=self._preempt_due, preempt_saved=self._preempt_saved)
             self._life.drain = lambda: _in_jit.drain(self._handle)
+            # Last: a manager that failed to open leaves no handler behind.
+            self._preemption = _preemption.make(preempt_mode, self._dir, self)
             if not read_only:
                 _registry.register(self._handle, self._agree.multi)
 
@@ -145,10 +155,51 @@ class CheckpointManager:
         called = time.perf_counter()
         self._life.check_save()
         _in_jit.wait_ready(self._handle, state)
-        return self._queue.save(  # the rules and the queueing, under the save lock
+        # After a preemption notice: this save, whatever the interval, waited for.
+        forced = self._preemption.due(lambda: self._preemption_step(state, checkpoint_number))
+        path = self._queue.save(  # the rules and the queueing, under the save lock
             lambda: _staging.take(state, metadata, self._unchanged, self._budget),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
-            checkpoint_number, check_interval, called, again=True)
+            checkpoint_number, check_interval and forced is None, called, again=True)
+        if forced is not None:  # None: that step's save was already queued; waited for too
+            self.wait_until_finished()
+            self._preemption.committed(forced)  # may end the process (the default SIGTERM)
+        return path
+
+    def reached_preemption(self, step: Any) -> bool:
+        """Whether to stop now: True once the checkpoint saved for a preemption notice
+        (``save_on_preemption=True``) is committed, for ``step`` at or after its step.
+
+        The step is ``step_counter(state)`` of that save (without a step counter: its
+        checkpoint number). Never blocks; False without ``save_on_preemption``.
+
+        Raises:
+            ValueError: ``step`` is not a non-negative integer.
+        """
+        return self._preemption.reached(as_number(step, "step"))
+
+    def _preemption_step(self, state: Any, checkpoint_number: Any) -> int:
+        """A save's step for the preemption notice: the same on every process."""
+        if self._step_counter is not None:
+            return as_number(self._step_counter(state), "step_counter(state)")
+        if checkpoint_number is not None:
+            return as_number(checkpoint_number)
+        return self._queue.max_number + 1
+
+    def _preempt_poll(self) -> bool:
+        """save_in_jit's per-step question, on its callback thread: save this step?"""
+        return self._preemption.noticed()
+
+    def _preempt_due(self, step: int) -> bool:
+        return self._preemption.due(lambda: step) is not None
+
+    def _preempt_saved(self, step: int) -> None:
+        """On save_in_jit's callback thread: waits for the forced save's commit (a
+        failure stays for the next host call to raise; the next step tries again)."""
+        self._writer.wait()
+        if not self._stats.last_finished() or not self._stats.last_finished().committed:
+            return
+        self._preemption.committed(step)
 
     def wait_until_finished(self) -> None:
         """Blocks until every queued save is committed (or failed).
@@ -171,7 +222,10 @@ class CheckpointManager:
             CheckpointWriteError: a background save failed.
             CoordinationTimeoutError: another process did not close its manager in time (named).
         """
-        self._life.close_all(self._agree, self._scope)
+        try:
+            self._life.close_all(self._agree, self._scope)
+        finally:
+            self._preemption.close()  # a SIGTERM recorded and not yet saved goes on now
 
     def __enter__(self) -> "CheckpointManager":
         return self

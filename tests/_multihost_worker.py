@@ -317,6 +317,8 @@ def main() -> None:
         facts.update(keys(directory, mesh, pid))
     elif scenario == "in_jit":
         facts.update(in_jit(directory, mesh))
+    elif scenario == "preempt":
+        facts.update(preempt(directory, mesh, pid))
     else:
         raise SystemExit(f"unknown scenario {scenario}")
     print("OK " + json.dumps(facts), flush=True)
@@ -494,6 +496,38 @@ def crash_loop(directory: str, mesh) -> None:
             m.save(small(mesh, step), checkpoint_number=step)
             m.wait_until_finished()
             print(f"SAVED {step}", flush=True)
+
+
+def preempt(directory: str, mesh, pid: int) -> dict:
+    """save_on_preemption under jax.distributed: at step 3 both wait until process 1
+    reads a line from stdin (the test SIGTERMs process 1 first), then train on; the
+    manager saves at JAX's preemption sync point and the loop stops there."""
+    from jax._src import distributed
+
+    import jaxckpt
+
+    client = distributed.global_state.client
+    w = small(mesh, 1)["w"]
+    facts = {"preempted": None, "last_step": None}
+    with jaxckpt.CheckpointManager(directory, step_counter=lambda s: s["step"],
+                                   checkpoint_interval=1000, last_checkpoint_step=0,
+                                   save_on_preemption=True, coordination_timeout_s=60) as m:
+        for step in range(1, 100_000):
+            m.save({"w": w, "step": step}, checkpoint_number=step)
+            facts["last_step"] = step
+            if m.reached_preemption(step):
+                facts["preempted"] = step
+                break
+            if step == 3:
+                if pid == 1:
+                    print("PAUSED", flush=True)
+                    sys.stdin.readline()
+                    client.key_value_set("test/go", "1")
+                else:
+                    client.blocking_key_value_get("test/go", 60_000)
+        m.wait_until_finished()
+        facts["checkpoints"] = [os.path.basename(p) for p in m.checkpoints]
+    return facts
 
 
 if __name__ == "__main__":

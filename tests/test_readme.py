@@ -30,7 +30,7 @@ def test_python_snippets_run_in_order(tmp_path):
     # (tests/test_object_store.py and tests/test_multihost.py cover them; tests/test_in_jit.py the compiled loop).
     python = [body for lang, body in BLOCKS if lang == "python"
               and not any(s in body for s in ("s3://", "gs://", "jax.distributed",
-                                                  "save_in_jit"))]
+                                                  "save_in_jit", "save_on_preemption"))]
     assert len(python) == 3
     ns = _exec(python[0], {}, tmp_path)  # the Flax training loop
     run = str(tmp_path / "run")

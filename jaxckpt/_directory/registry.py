@@ -32,8 +32,10 @@ class Handle:
     """
 
     def __init__(self, mngr: Any, directory: str, pid: int, step_counter: Any,
-                 interval: int | None, **calls: Callable[..., Any]):
+                 interval: int | None, save_on_preemption: bool = False,
+                 **calls: Callable[..., Any]):
         self.directory = directory
+        self.save_on_preemption = save_on_preemption
         self.pid = pid  # the process whose writer thread this manager has
         self.step_counter = step_counter
         self.interval = interval

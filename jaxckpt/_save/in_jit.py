@@ -11,6 +11,12 @@ ordered ``jax.experimental.io_callback``::
                              the last save: skip; step < last + interval: skip),
                              copy the operands out, queue the write, return.
 
+With ``save_on_preemption=True`` (single process) the predicate is
+``due | poll()``: an ordered callback, every step, returns whether a SIGTERM
+was recorded, and the host callback then saves regardless of the interval
+and waits for the commit (the compiled loop waits with it); the signal is
+handed on once the main thread runs Python again (``_save/preemption``).
+
 A step that is not sent does no device-to-host copy and no host round trip
 (the gather and the callback sit inside the taken branch). A sent step costs
 one device-to-host copy of the state (on a sharded state XLA first gathers
@@ -280,6 +286,12 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
                                                                  "checkpoint_number")
     slots, arrays = _plan(state)
     directory = mngr.directory
+    preempt = mngr.save_on_preemption
+    if preempt and jax.process_count() > 1:
+        raise ValueError(
+            f"save_in_jit for {directory}: save_on_preemption=True is not supported inside "
+            "compiled code in a multi-process program (every process would have to agree on "
+            "the step on device); call mngr.save(state) every step from the host loop instead")
 
     count = jax.process_count()
     parts = _parts(arrays, count) if count > 1 else None
@@ -301,7 +313,10 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
                 log.error("save_in_jit: the CheckpointManager for %s was garbage-collected; "
                           "step %s was not saved", directory, at)
                 return
-            mngr.save_host_snapshot(lambda: snapshot(host), at, n, check_interval)
+            forced = preempt and mngr.preempt_due(at)  # a preemption notice: save this step
+            mngr.save_host_snapshot(lambda: snapshot(host), at, n, check_interval and not forced)
+            if forced:
+                mngr.preempt_saved(at)  # waits for the commit, then hands SIGTERM on
         except Exception as e:  # raising here would abort the user's computation
             error = CheckpointError(f"save_in_jit of step {at} in {directory} failed in its "
                                     f"host callback: {e}")
@@ -333,7 +348,18 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
         return
     divisor = jnp.asarray(interval, step.dtype) if interval <= jnp.iinfo(step.dtype).max else None
     due = step % divisor == 0 if divisor is not None else step == 0
+    if preempt:  # one host round trip per step asks whether a SIGTERM came (see _save/preemption)
+        due = due | io_callback(lambda: np.bool_(_poll(mngr)), jax.ShapeDtypeStruct((), bool),
+                                ordered=True)
     jax.lax.cond(due, send, lambda ops: None, operands)
+
+
+def _poll(mngr: Any) -> bool:
+    try:
+        return mngr.manager is not None and bool(mngr.preempt_poll())
+    except Exception as e:  # raising here would abort the user's computation
+        log.error("save_in_jit: the preemption poll for %s failed: %r", mngr.directory, e)
+        return False
 
 
 def wait_ready(mngr: Any, state: Any) -> None:
