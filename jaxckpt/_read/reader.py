@@ -1,6 +1,6 @@
 """The read side of one checkpoint: its manifest, and checksum-checked reads of its leaves.
 
-One module of some 430 lines on purpose: every read, check and ``verify`` shares the
+One module of some 530 lines on purpose: every read, check and ``verify`` shares the
 reader's manifest, digest cache and damage reporting (``unless_changed``), which
 splitting would hand across modules.
 """
