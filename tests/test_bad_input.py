@@ -311,3 +311,13 @@ def test_the_live_manager_survived_every_bad_call(ctx):
     assert issubclass(CheckpointNotFoundError, CheckpointError)
     assert jax.tree_util.tree_structure(ctx.m.restore(2, _tree())) == \
         jax.tree_util.tree_structure(_tree())
+
+
+def test_a_deleted_array_after_a_large_leaf_is_named_by_a_managers_save(tmp_path):
+    # A large leaf is tracked for incremental saves; the check of a later
+    # deleted leaf once looked its key path up in a name that tracking reused
+    # (AttributeError: 'NoneType' object has no attribute 'paths').
+    with jaxckpt.CheckpointManager(tmp_path / "run") as m:
+        with pytest.raises(TypeError, match=r"\['b'\].*deleted or donated"):
+            m.save({"a": jnp.ones(1 << 20), "b": _deleted_array()})
+        assert not m.pending and not m.checkpoints

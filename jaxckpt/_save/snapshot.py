@@ -397,10 +397,10 @@ def _take(tree: Any, metadata: dict | None = None, unchanged: Any = None,
                           "shape": list(plain.shape)}
                 records.append(record)
                 tracked = unchanged is not None and not plain.packed
-                known = unchanged.get(leaf) if tracked else None
-                if known is not None:  # saved before: no copy at all
+                saved = unchanged.get(leaf) if tracked else None
+                if saved is not None:  # saved before: no copy at all
                     arr = new_leaf(record, plain.dtype, plain.shape, [], plain.shape)
-                    arr.origin, arr.known = leaf, known
+                    arr.origin, arr.known = leaf, saved
                     arrays.append(arr)
                     continue
                 on_host = plain.on_cpu and not (_host_copies.FORCE_IN_FLIGHT and not plain.packed)
