@@ -304,7 +304,7 @@ class CheckpointManager:
         return self._interval if rules is None else rules.interval
 
     @property
-    def interval_choice(self) -> _auto_interval.Choice | None:
+    def interval_choice(self) -> _auto_interval.IntervalChoice | None:
         """With ``checkpoint_interval="auto"``: the current choice with what it was
         made from (cost, write and step time, MTBF, bound); else None. Never blocks."""
         rules = self._queue.rules

@@ -1,6 +1,6 @@
 """``checkpoint_interval="auto"``: a step interval from the measured cost of a save.
 
-Pure: numbers in, a ``Choice`` out, no I/O, no clock of its own. The manager's
+Pure: numbers in, an ``IntervalChoice`` out, no I/O, no clock of its own. The manager's
 save rules (``_directory/save_rules``) feed ``AutoInterval`` each ``save()``
 call's step and clock reading and each save's measured cost.
 
@@ -35,7 +35,7 @@ _ROUNDING = 1e-9  # relative slack when seconds are turned into whole steps
 
 
 @dataclasses.dataclass(frozen=True)
-class Choice:
+class IntervalChoice:
     """One decision of the auto interval, with what it was made from.
 
     Attributes:
@@ -88,7 +88,7 @@ def to_steps(seconds: float, step_s: float) -> int:
 
 
 def choose(cost_s: float, step_s: float, mtbf_s: float, max_overhead: float,
-           write_s: float | None = None) -> Choice:
+           write_s: float | None = None) -> IntervalChoice:
     """The interval for a save costing ``cost_s`` (blocked) with steps of ``step_s``.
 
     The largest of: Young/Daly's ``sqrt(2 * cost_s * mtbf_s)``; the budget's
@@ -100,7 +100,7 @@ def choose(cost_s: float, step_s: float, mtbf_s: float, max_overhead: float,
     bounds = [("one step", step_s), ("write", write_s or 0.0),
               ("overhead", cost_s / max_overhead), ("young_daly", yd)]
     bound, seconds = max(reversed(bounds), key=lambda b: b[1])  # ties: the first of young_daly, ...
-    return Choice(to_steps(seconds, step_s), seconds, bound, yd, cost_s, write_s, step_s,
+    return IntervalChoice(to_steps(seconds, step_s), seconds, bound, yd, cost_s, write_s, step_s,
                   mtbf_s, max_overhead)
 
 
@@ -112,7 +112,7 @@ class AutoInterval:
 
     def __init__(self, mtbf_s: float, max_overhead: float = DEFAULT_MAX_OVERHEAD):
         self.mtbf_s, self.max_overhead = float(mtbf_s), float(max_overhead)
-        self.choice: Choice | None = None
+        self.choice: IntervalChoice | None = None
         self._costs: collections.deque[float] = collections.deque(maxlen=COST_WINDOW)
         self._anchor: tuple[float, int] | None = None  # (clock, step) of the call measured from
         self._stale = True  # a save happened since the last choice
@@ -132,7 +132,7 @@ class AutoInterval:
         self._costs.append(max(0.0, float(blocked_s)))
         self._stale = True
 
-    def observe(self, step: int, now: float, write_s: float | None) -> Choice | None:
+    def observe(self, step: int, now: float, write_s: float | None) -> IntervalChoice | None:
         """A ``save()`` call at ``step``, clock ``now``; chooses again after a save.
 
         The step time is the mean since the call of the previous choice (the
