@@ -80,19 +80,22 @@ def test_auto_interval_measures_the_step_time_on_the_clock_and_chooses_again_aft
     assert a.observe(0, 100.0, None) is None and a.steps is None  # first call: the anchor
     a.saved(0.5)
     assert a.measured
-    first = a.observe(1, 102.0, None)  # 2 s per step: sqrt(2 * 0.5 * 3600) = 60 s = 30 steps
+    # The step time is measured from the call after the first save: the span from the
+    # save's own call would count its blocking (here 0 -> 1 took 10 s) as a step.
+    assert a.observe(1, 110.0, None) is None and a.steps is None
+    first = a.observe(2, 112.0, None)  # 2 s per step: sqrt(2 * 0.5 * 3600) = 60 s = 30 steps
     assert (first.steps, first.step_s, first.cost_s) == (30, 2.0, 0.5)
-    assert a.observe(5, 110.0, None) is None and a.steps == 30  # no save since: not re-chosen
+    assert a.observe(5, 118.0, None) is None and a.steps == 30  # no save since: not re-chosen
     a.saved(0.5)
-    # Steps slowed to 4 s (mean since the last choice, step 1 at 102 s): 15 steps.
-    assert a.observe(31, 222.0, 0.2).steps == 15
+    # Steps slowed to 4 s (mean since the last choice, step 2 at 112 s): 15 steps.
+    assert a.observe(32, 232.0, 0.2).steps == 15
     assert a.choice.write_s == 0.2 and a.choice.step_s == 4.0
     # The cost is the median of the recent saves: one slow save does not move it.
     a.saved(50.0)
-    assert a.observe(46, 282.0, None) is None and a.choice.cost_s == 0.5  # same interval: None
+    assert a.observe(47, 292.0, None) is None and a.choice.cost_s == 0.5  # same interval: None
     for _ in range(auto.COST_WINDOW):
         a.saved(2.0)
-    assert a.observe(61, 342.0, None).steps == 30  # sqrt(2 * 2 * 3600) = 120 s / 4 s
+    assert a.observe(62, 352.0, None).steps == 30  # sqrt(2 * 2 * 3600) = 120 s / 4 s
     # A step older than the anchor (a restore of an earlier checkpoint) re-anchors.
     a.saved(2.0)
     assert a.observe(10, 400.0, None) is None
@@ -277,7 +280,7 @@ def test_auto_chooses_young_daly_from_the_measured_cost_and_logs_each_change(tmp
         # before it) after the one before.
         gaps = [b[0] - a[0] for a, b in zip(saved, saved[1:])]
         chosen = [interval for _, interval in saved[1:]]
-        assert gaps == chosen
+        assert gaps[1:] == chosen[1:] and gaps[0] == max(2, chosen[0])  # the first at call 2
         # Slower steps: re-chosen from the new step time, fewer steps apart.
         before = m.interval_choice
         for step in range(400, 2400):  # two choices after the change: the second is all slow steps

@@ -131,12 +131,17 @@ class AutoInterval:
         """A save was queued; it blocked the caller ``blocked_s`` seconds."""
         self._costs.append(max(0.0, float(blocked_s)))
         self._stale = True
+        if self.choice is None:
+            # The first step time is measured from the next call: the span from this
+            # call would be one step plus this save's own blocking.
+            self._anchor = None
 
     def observe(self, step: int, now: float, write_s: float | None) -> IntervalChoice | None:
         """A ``save()`` call at ``step``, clock ``now``; chooses again after a save.
 
-        The step time is the mean since the call of the previous choice (the
-        first call, for the first). Returns the new choice if the interval in
+        The step time is the mean since the call of the previous choice (for the
+        first choice: since the call after the first save, so that the save's own
+        blocking is not counted as a step). Returns the new choice if the interval in
         steps changed, else None.
         """
         if self._anchor is None or step < self._anchor[1]:  # the first call, or a restored older step
