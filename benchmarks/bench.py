@@ -199,6 +199,11 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
                     continue
                 if rep:
                     runs[key].append(dict(r, rep=rep))
+        try:  # once, untimed: the interval checkpoint_interval="auto" picks here
+            auto = bench_train.auto_interval(os.path.join(root, "W4", "auto"), step, state, data,
+                                             args.w4_steps, args.w4_mtbf)
+        except Exception as e:
+            auto = {"error": _error(e)}
     finally:
         for loop in loops.values():
             try:
@@ -212,7 +217,7 @@ def train_workload(args: argparse.Namespace, root: str) -> dict:
     paired = {k: stat([r["loop_s"] / base[r["rep"]] - 1 for r in runs[k] if r["rep"] in base])
               for k in factories if k != "none"}
     return {"state_bytes": state_bytes, "leaves": len(jax.tree.leaves(state)), "width": width,
-            "steps": args.w4_steps, "every": args.w4_every,
+            "steps": args.w4_steps, "every": args.w4_every, "auto": auto,
             "contenders": {k: {"loop": stat([r["loop_s"] for r in runs[k]]),
                                "step": stat([r["loop_s"] / args.w4_steps for r in runs[k]]),
                                "drain": stat([r["drain_s"] for r in runs[k]]),
@@ -321,6 +326,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                          "machine (default 5)")
     ap.add_argument("--w4-steps", type=int, default=300)
     ap.add_argument("--w4-every", type=int, default=50)
+    ap.add_argument("--w4-mtbf", type=float, default=3600.0,
+                    help="mtbf_s for W4's checkpoint_interval='auto' run (default: 1 hour)")
     ap.add_argument("--w4-reps", type=int, default=7,
                     help="timed W4 repetitions after a warm-up (its loops vary ~10%% run to "
                          "run here, so more than --reps; default 7)")

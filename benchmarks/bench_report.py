@@ -294,6 +294,17 @@ def train_rows(t: Table, res: dict, full: bool) -> None:
           cell(c["orbax"].get("blocked_per_save")), cell(c["jaxckpt"].get("blocked_per_save")))
     t.row("  wait for the last save after the loop, ms", "", cell(c["orbax"]["drain"]),
           cell(c["jaxckpt"]["drain"]))
+    a = res.get("auto")
+    if a and a.get("error"):
+        t.section(f"  checkpoint_interval='auto': FAILED: {a['error']}")
+    elif a:
+        ms = lambda v: "-" if v is None else f"{v * 1e3:.1f} ms"  # noqa: E731
+        write = ms(a["write_s"]) if a["write_s"] is not None else \
+            f"{ms(a.get('last_write_s'))} (finished after the choice)"
+        t.section(f"  checkpoint_interval='auto' (mtbf {a['mtbf_s']:g} s): {a['steps']} steps "
+              f"({a['bound']}); measured cost (blocked) {a['cost_s'] * 1e3:.2f} ms, write "
+              f"{write}, step {a['step_s'] * 1e3:.2f} ms, overhead {a['overhead']:.3%}; "
+              f"{a['saves']} save(s) in {res['steps']} steps")
 
 
 def process_rows(t: Table, imports: dict | None, grow: dict | None, fsync: dict | None,

@@ -125,3 +125,31 @@ def run(loop: Loop, train_step: Callable, state0: Any, data: list, steps: int, e
     return {"loop_s": elapsed, "drain_s": time.perf_counter() - t, "saves": saves,
             "blocked_s": blocked,
             "step_ms": elapsed / steps * 1e3}
+
+
+def auto_interval(directory: str, train_step: Callable, state0: Any, data: list, steps: int,
+                  mtbf_s: float) -> dict:
+    """Trains ``steps`` steps with ``checkpoint_interval="auto"``, ``save()`` at every step:
+    the interval the manager chose against the save cost it measured (``write_s``: the
+    write time its choice knew of, None if none had finished; ``last_write_s``: the last
+    save's, once the loop is done)."""
+    import jaxckpt
+
+    state = jax.block_until_ready(copy_state(state0))
+    with jaxckpt.CheckpointManager(directory, max_to_keep=2, step_counter=lambda s: s["step"],
+                                   checkpoint_interval="auto", mtbf_s=mtbf_s) as m:
+        for i in range(steps):
+            x, y = data[i % len(data)]
+            state, _ = train_step(state, x, y)
+            m.save({"state": state, "step": i})
+        jax.block_until_ready(state)
+        m.wait_until_finished()
+        choice, saves = m.interval_choice, m.stats.saves
+        written = m.last_save_stats.write_s if m.last_save_stats else None
+    if choice is None:
+        return {"saves": saves, "error": "no interval chosen"}
+    return {"saves": saves, "steps": choice.steps, "bound": choice.bound,
+            "cost_s": choice.cost_s, "write_s": choice.write_s, "step_s": choice.step_s,
+            "young_daly_s": choice.young_daly_s, "mtbf_s": choice.mtbf_s,
+            "overhead": choice.overhead, "max_overhead": choice.max_overhead,
+            "last_write_s": written, "error": None}

@@ -13,6 +13,7 @@ from ._api import restore as restore
 from ._api import save as save
 from ._api import user_metadata as user_metadata
 from ._api import verify as verify
+from ._directory.auto_interval import IntervalChoice as IntervalChoice
 from ._report.listing import CheckpointEntry as CheckpointEntry
 from ._report.describe import CheckpointInfo as CheckpointInfo
 from ._report.listing import CheckpointList as CheckpointList
@@ -39,8 +40,9 @@ __version__ = "0.1.0"
 # ``inspect`` is public as ``jaxckpt.inspect`` but left out of ``__all__``, so
 # that ``from jaxckpt import *`` does not shadow the standard library's module.
 # The result types (``SaveStats``: ``mngr.last_save_stats``; ``SaveSummary``:
-# ``mngr.stats``; ``CheckpointList`` of ``CheckpointEntry``: ``list_checkpoints``;
-# ``CheckpointInfo`` of ``LeafInfo``: ``inspect``) and the narrower errors are
+# ``mngr.stats``; ``IntervalChoice``: ``mngr.interval_choice``; ``CheckpointList``
+# of ``CheckpointEntry``: ``list_checkpoints``; ``CheckpointInfo`` of
+# ``LeafInfo``: ``inspect``) and the narrower errors are
 # public too (REFERENCE.md), for annotations and ``except``; the star-import
 # surface stays the one API.md fixed (tests/test_public_api.py pins both lists).
 __all__ = [

@@ -20,8 +20,9 @@ import warnings
 from typing import Any, Callable
 
 from . import _managed_restore
-from ._directory import (agree as _agree, coordinate as _multihost, policy as _policy,
-                         registry as _registry)
+from ._directory import (agree as _agree, auto_interval as _auto_interval,
+                         coordinate as _multihost, policy as _policy, registry as _registry,
+                         save_rules as _save_rules)
 from ._directory.policy import as_number
 from ._report import listing as _listing, render as _display
 from ._read import stream as _stream
@@ -40,7 +41,9 @@ class CheckpointManager:
         keep_checkpoint_every_n_hours: also keep one checkpoint per this many hours.
         checkpoint_name: checkpoint ``N`` is ``<directory>/<checkpoint_name>-<N>``.
         step_counter: ``state -> int``, read for ``checkpoint_interval``.
-        checkpoint_interval: save only when the step advanced this much.
+        checkpoint_interval: save only when the step advanced this much; ``"auto"``:
+            a step interval chosen from the measured cost of a save and ``mtbf_s``
+            (Young/Daly), re-chosen after each save (README, "Save policies").
         init_fn: zero-arg function giving the initial state, for ``restore_or_initialize``.
         last_checkpoint_step: the step of the last checkpoint, for intervals.
         clock: zero-arg function giving seconds; stamps every checkpoint.
@@ -60,6 +63,16 @@ class CheckpointManager:
             once written. One piece larger than it is copied alone. Restores read
             large leaves in slabs under it too (at least 1 MiB; a restore's own
             ``max_host_bytes`` overrides it). None: no limit.
+        save_interval_s: also save once this many seconds on ``clock`` passed since
+            the last save (after a restart: the newest checkpoint's timestamp); with
+            an int ``checkpoint_interval`` a save happens when either rule says so.
+        permanent_every: checkpoints whose number is a multiple of it are permanent
+            (kept under ``max_to_keep`` and ``keep_checkpoint_every_n_hours``); any
+            other is temporary: deleted once a newer checkpoint commits.
+        mtbf_s: with ``checkpoint_interval="auto"`` (and only then, required): the
+            mean time between failures, in seconds.
+        max_overhead: with ``"auto"``: the most of the step time saves may block,
+            a fraction (default 0.02).
         save_on_preemption: on SIGTERM (one process) or JAX's preemption notice
             (``jax.distributed``), the next save is made whatever the interval and
             waited for; ``reached_preemption(step)`` then says to stop. The README's
@@ -83,13 +96,18 @@ class CheckpointManager:
                  max_pending: int = 1,
                  coordination_timeout_s: float = _multihost.DEFAULT_TIMEOUT_S,
                  read_only: bool = False, incremental: bool = True,
-                 max_host_bytes: int | None = None, save_on_preemption: bool = False):
+                 max_host_bytes: int | None = None, save_interval_s: float | None = None,
+                 permanent_every: int | None = None, mtbf_s: float | None = None,
+                 max_overhead: float | None = None, save_on_preemption: bool = False):
         options = _policy.manager_options(
             read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
             checkpoint_name=checkpoint_name, step_counter=step_counter, init_fn=init_fn,
             clock=clock, coordination_timeout_s=coordination_timeout_s,
-            last_checkpoint_step=last_checkpoint_step, incremental=incremental)
+            last_checkpoint_step=last_checkpoint_step, incremental=incremental,
+            save_rules=dict(save_interval_s=save_interval_s, permanent_every=permanent_every,
+                            mtbf_s=mtbf_s, max_overhead=max_overhead),
+            process_count=_multihost.process_count())
         self._budget = _staging.HostBudget(max_host_bytes)  # checked before anything is written
         preempt_mode = _preemption.mode(save_on_preemption, read_only, str(directory))
         self._preemption: _preemption.NoNotice = _preemption.NoNotice()
@@ -107,9 +125,12 @@ class CheckpointManager:
         self._directory = _opening.Directory(
             self._root, checkpoint_name, self._agree, clock, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=_multihost.process_index() == 0,
-            read_only=read_only)
+            read_only=read_only, permanent_every=options.rules.permanent_every)
+        rules = (_save_rules.Rules(options.rules, self._interval) if options.rules.decides
+                 else None)
         self._queue = _queue.SaveQueue(self._scope, timeout, self._interval, options.last_step,
-                                       step_counter, clock, self._directory.path_of, self._stats)
+                                       step_counter, clock, self._directory.path_of, self._stats,
+                                       rules)
         with self._directory.open(self._queue, self._stats, max_pending, incremental) as opened:
             self._writer, self._dir_lock, self._life = opened.writer, opened.dir_lock, opened.life
             self._unchanged = opened.unchanged
@@ -128,6 +149,9 @@ class CheckpointManager:
                 restore_newest_sound=self._restorer.newest_sound,
                 path_for=self._directory.path_for, preempt_poll=self._preempt_poll,
                 preempt_due=self._preempt_due, preempt_saved=self._preempt_saved)
+            if rules is not None:  # the device-side filter needs a fixed step interval
+                self._handle.jit_refusal = ("save_interval_s" if options.rules.interval_s
+                                            is not None else "checkpoint_interval='auto'")
             self._life.drain = lambda: _in_jit.drain(self._handle)
             # Last: a manager that failed to open leaves no handler behind.
             self._preemption = _preemption.make(preempt_mode, self._dir, self)
@@ -328,7 +352,17 @@ class CheckpointManager:
 
     @property
     def checkpoint_interval(self) -> int | None:
-        return self._interval
+        """The step interval: as given, or with ``"auto"`` the current choice (None
+        until the first is made). Never blocks."""
+        rules = self._queue.rules
+        return self._interval if rules is None else rules.interval
+
+    @property
+    def interval_choice(self) -> _auto_interval.IntervalChoice | None:
+        """With ``checkpoint_interval="auto"``: the current choice with what it was
+        made from (cost, write and step time, MTBF, bound); else None. Never blocks."""
+        rules = self._queue.rules
+        return None if rules is None or rules.auto is None else rules.auto.choice
 
     @property
     def pending(self) -> list[str]:
@@ -353,7 +387,7 @@ class CheckpointManager:
 
     def _fields(self) -> list[tuple[str, str]]:
         return _display.manager_fields(self._dir, self._max_to_keep, self._keep_hours,
-                                       self._interval, len(self.pending), self.stats)
+                                       self.checkpoint_interval, len(self.pending), self.stats)
 
     def __str__(self) -> str:
         return _display.manager_text(self._fields(), repr(self.list_checkpoints()))

@@ -57,7 +57,7 @@ NOT_STAR_EXPORTED = sorted([
     "inspect",
     # result types of public calls
     "CheckpointEntry", "CheckpointInfo", "CheckpointList", "LeafInfo", "SaveStats",
-    "SaveSummary",
+    "SaveSummary", "IntervalChoice",
     # narrower errors (each also a CheckpointError and a built-in)
     "CoordinationError", "CoordinationTimeoutError", "DirectoryLockedError",
     "ForkedManagerError", "ManagerClosedError", "ReadOnlyManagerError",

@@ -27,10 +27,12 @@ def _exec(code: str, ns: dict, tmp_path) -> dict:
 
 def test_python_snippets_run_in_order(tmp_path):
     # Blocks that need a cloud bucket or a cluster are shown, not run here
-    # (tests/test_object_store.py and tests/test_multihost.py cover them; tests/test_in_jit.py the compiled loop).
+    # (tests/test_object_store.py and tests/test_multihost.py cover them; tests/test_in_jit.py the compiled loop;
+    # tests/test_save_rules.py runs the save policies' block).
     python = [body for lang, body in BLOCKS if lang == "python"
               and not any(s in body for s in ("s3://", "gs://", "jax.distributed",
-                                                  "save_in_jit", "save_on_preemption"))]
+                                                  "save_in_jit", "save_on_preemption",
+                                                  "save_interval_s="))]
     assert len(python) == 3
     ns = _exec(python[0], {}, tmp_path)  # the Flax training loop
     run = str(tmp_path / "run")

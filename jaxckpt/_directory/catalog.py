@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
-from . import policy as _policy
+from . import policy as _policy, temporary as _temporary
 from .._commit import state_file as _state_file
 from .._commit import atomic as _commit
 from . import publish as _publish
@@ -29,11 +30,13 @@ class Catalog:
 
     def __init__(self, root: Dir, retention: _policy.Retention, latest: str | None, *,
                  max_to_keep: int | None, keep_hours: float | None, primary: bool,
-                 carried: list[tuple[str, float | None]] = ()):
+                 carried: list[tuple[str, float | None]] = (),
+                 temporary: Callable[[str], bool] | None = None):
         self._root, self._dir = root, str(root)
         self._carried = list(carried)  # state-file entries of others: kept, never managed
         self._max_to_keep, self._keep_hours = max_to_keep, keep_hours
         self._primary = primary
+        self._temporary = temporary  # permanent_every: path -> whether it is temporary
         self._lock = threading.Lock()
         self._retention, self._latest = retention, latest
         self._recheck = False  # after a failed save: re-check the active set on disk
@@ -47,6 +50,11 @@ class Catalog:
     def latest(self) -> str | None:
         with self._lock:
             return self._latest
+
+    def newest_timestamp(self) -> float | None:
+        """The newest managed checkpoint's timestamp (the state file's), or None."""
+        with self._lock:
+            return self._retention.active[-1][1] if self._retention.active else None
 
     def newest_first(self) -> list[str]:
         """The latest checkpoint, then the managed ones, newest first."""
@@ -71,7 +79,9 @@ class Catalog:
         delete, and (process 0) the state file naming it, written in the background."""
         with self._lock:
             grown = _policy.add(self._present(), path, timestamp)
-        kept, delete = _policy.sweep(grown, self._max_to_keep, self._keep_hours)
+        sweep = lambda r: _policy.sweep(r, self._max_to_keep, self._keep_hours)  # noqa: E731
+        kept, delete = (sweep(grown) if self._temporary is None
+                        else _temporary.sweep(grown, self._temporary, sweep))
         state_file = None
         if self._primary:
             state_file = _publish.in_background(_state_file.prepare, self._root,

@@ -25,6 +25,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import save_rules as _save_rules
+
 # ------------------------------------------------------------ argument checks
 
 # The longest name made from a checkpoint_name is a temporary or trash entry,
@@ -113,13 +115,18 @@ class ManagerOptions:
     max_to_keep: int | None
     interval: int | None
     last_step: int | None
+    rules: Any = None  # _directory/save_rules.Options: by time, "auto", temporaries
 
 
 def manager_options(*, read_only: Any, max_to_keep: Any, checkpoint_interval: Any,
                     max_pending: Any, keep_checkpoint_every_n_hours: Any, checkpoint_name: Any,
                     step_counter: Any, init_fn: Any, clock: Any, coordination_timeout_s: Any,
-                    last_checkpoint_step: Any, incremental: Any = True) -> ManagerOptions:
+                    last_checkpoint_step: Any, incremental: Any = True,
+                    save_rules: dict | None = None, process_count: int = 1) -> ManagerOptions:
     """Checks every CheckpointManager argument, in order; raises naming the first bad one.
+
+    ``save_rules``: the options ``_directory/save_rules.check`` takes
+    (``save_interval_s``, ``mtbf_s``, ``max_overhead``, ``permanent_every``).
 
     Raises:
         TypeError: ``read_only`` or ``incremental`` is not a bool.
@@ -131,16 +138,22 @@ def manager_options(*, read_only: Any, max_to_keep: Any, checkpoint_interval: An
         raise TypeError(f"incremental must be a bool (True shares unchanged files with kept "
                         f"checkpoints, False writes every byte), got {incremental!r}")
     keep = positive_int("max_to_keep", max_to_keep)
-    interval = positive_int("checkpoint_interval", checkpoint_interval)
+    auto = isinstance(checkpoint_interval, str) and checkpoint_interval == _save_rules.AUTO
+    if isinstance(checkpoint_interval, str) and not auto:
+        raise ValueError(f"checkpoint_interval must be a positive int, {_save_rules.AUTO!r} or "
+                         f"None, got {checkpoint_interval!r}")
+    interval = None if auto else positive_int("checkpoint_interval", checkpoint_interval)
     check_manager_options(
         max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
         checkpoint_name=checkpoint_name, checkpoint_interval=interval,
         step_counter=step_counter,
         callables={"step_counter": step_counter, "init_fn": init_fn, "clock": clock},
         coordination_timeout_s=coordination_timeout_s)
+    rules = _save_rules.check(checkpoint_interval=checkpoint_interval, step_counter=step_counter,
+                              clock=clock, process_count=process_count, **(save_rules or {}))
     last_step = (None if last_checkpoint_step is None
                  else as_number(last_checkpoint_step, "last_checkpoint_step"))
-    return ManagerOptions(keep, interval, last_step)
+    return ManagerOptions(keep, interval, last_step, rules)
 
 
 def clock_reading(clock: Callable[[], Any]) -> float:

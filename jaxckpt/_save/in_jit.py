@@ -269,6 +269,12 @@ def save(mngr: Any, state: Any, step: Any, checkpoint_number: Any, check_interva
     is checked here, at trace time.
     """
     mngr.check_open()
+    refusal = getattr(mngr, "jit_refusal", None)  # a rule the compiled filter cannot apply
+    if refusal is not None:
+        raise ValueError(
+            f"save_in_jit for {mngr.directory}: the manager has {refusal}, which decides on "
+            "the host at every call; compiled code filters steps on device with a fixed "
+            "checkpoint_interval. Use an int checkpoint_interval, or call save() between steps")
     if not isinstance(check_interval, bool):
         raise TypeError(f"check_interval must be a Python bool, got {check_interval!r}")
     metadata = _snapshot.check_metadata(metadata)

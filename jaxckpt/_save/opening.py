@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 from . import lifecycle as _lifecycle, pipeline as _pipeline, queue as _queue, stats as _stats
 from .._directory import (agree as _agree, catalog as _catalog, lock as _lock,
-                          ownership as _ownership, policy as _policy, registry as _registry)
+                          ownership as _ownership, policy as _policy, registry as _registry,
+                          temporary as _temporary)
 from .._format import names as _names
 from .._storage import durable as _durable, location as _location, page_cache as _page_cache
 from .writer import Writer
@@ -41,7 +42,8 @@ class Directory:
 
     def __init__(self, root: _location.Dir, name: str, agree: _agree.Agreement,
                  clock: Callable[[], float], *, max_to_keep: int | None,
-                 keep_hours: float | None, primary: bool, read_only: bool):
+                 keep_hours: float | None, primary: bool, read_only: bool,
+                 permanent_every: int | None = None):
         self._root = root
         self._name = name
         self._agree = agree
@@ -54,6 +56,8 @@ class Directory:
         self._primary = primary  # process 0: it alone cleans up, commits and deletes
         self._read_only = read_only
         self._number_of = _ownership.number_parser(name)
+        self._temporary = (None if permanent_every is None
+                           else _temporary.rule(permanent_every, self._number_of))
         self._named: set[str] | None = None
 
     def path_of(self, number: int) -> str:
@@ -84,7 +88,8 @@ class Directory:
         self._queue.max_number, self._named = found.max_number, found.named
         return _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
-            keep_hours=self._keep_hours, primary=self._primary, carried=found.carried)
+            keep_hours=self._keep_hours, primary=self._primary, carried=found.carried,
+            temporary=self._temporary)
 
     @contextlib.contextmanager
     def open(self, queue: _queue.SaveQueue, stats: _stats.StatsRecorder,

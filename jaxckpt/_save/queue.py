@@ -2,7 +2,8 @@
 
 Every save, from ``save`` or ``save_in_jit``'s host callback, runs the same
 steps in this order while ``SaveQueue.save_lock`` is held: the interval rule
-(``_directory/policy.skips``), the number, the clock, the snapshot, then the
+(``_directory/policy.skips``, or ``_directory/save_rules`` with
+``save_interval_s`` or ``checkpoint_interval="auto"``), the number, the clock, the snapshot, then the
 queueing of ``_save/pipeline.Pipeline.run`` on the writer thread. The saves queued or being
 written are this module's ``pending``.
 """
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 from .._directory import coordinate as _multihost
 from . import pipeline as _pipeline, snapshot as _snapshot, stats as _stats
-from .._directory import catalog as _catalog, policy as _policy
+from .._directory import catalog as _catalog, policy as _policy, save_rules as _save_rules
 from .writer import Writer
 
 log = logging.getLogger("jaxckpt")
@@ -28,7 +29,7 @@ class SaveQueue:
     def __init__(self, scope: str, timeout: float, interval: int | None,
                  last_step: int | None, step_counter: Callable[[Any], Any] | None,
                  clock: Callable[[], Any], path_of: Callable[[int], str],
-                 stats: _stats.StatsRecorder):
+                 stats: _stats.StatsRecorder, rules: _save_rules.Rules | None = None):
         self._scope = scope
         self._timeout = timeout
         self._interval = interval
@@ -46,6 +47,9 @@ class SaveQueue:
         self._writer: Writer | None = None
         self._pipeline: _pipeline.Pipeline | None = None
         self._check_open: Callable[[], None] = lambda: None
+        self.rules = rules  # save_interval_s / "auto": they decide instead of policy.skips
+        self._counts_steps = interval is not None or (rules is not None and rules.steps)
+        self.last_blocked_s = 0.0
 
     def start(self, catalog: _catalog.Catalog, writer: Writer, pipeline: _pipeline.Pipeline,
               check_open: Callable[[], None]) -> None:
@@ -53,6 +57,8 @@ class SaveQueue:
         ``check_open`` raises once the manager is closed (or in a forked child)."""
         self._catalog, self._writer, self._pipeline = catalog, writer, pipeline
         self._check_open = check_open
+        if self.rules is not None:  # saves by time count from the newest checkpoint
+            self.rules.last_time = catalog.newest_timestamp()
 
     def save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
              checkpoint_number: Any, check_interval: bool, called: float, *,
@@ -80,16 +86,30 @@ class SaveQueue:
     def _save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
               checkpoint_number: Any, check_interval: bool, called: float) -> str | None:
         step = None
-        if self._interval is not None:
+        if self.rules is not None:
+            step = step_of() if self.rules.steps else None
+            timestamp = _policy.clock_reading(self._clock)
+            if not self.rules.due(self.last_step, step, timestamp, check_interval,
+                                  self._last_write_s):
+                return None
+        elif self._interval is not None:
             step = step_of()
             if _policy.skips(self.last_step, step, self._interval, check_interval):
                 return None
         number = (self.max_number + 1 if checkpoint_number is None
                   else _policy.as_number(checkpoint_number))
-        timestamp = _policy.clock_reading(self._clock)
+        if self.rules is None:
+            timestamp = _policy.clock_reading(self._clock)
         self._catalog.warn_if_clock_went_back(timestamp)
         snapshot = take()
-        return self._enqueue(snapshot, number, step, timestamp, called)
+        path = self._enqueue(snapshot, number, step, timestamp, called)
+        if self.rules is not None:
+            self.rules.saved(timestamp, self.last_blocked_s)
+        return path
+
+    def _last_write_s(self) -> float | None:
+        last = self._stats.last_finished()
+        return None if last is None else last.write_s
 
     def _enqueue(self, snapshot: _snapshot.Snapshot, number: int, step: int | None,
                  timestamp: float, called: float) -> str:
@@ -123,7 +143,7 @@ class SaveQueue:
         self.max_number = max(self.max_number, number)
         if snapshot.rolling is not None:  # the copies a host budget held back
             snapshot.rolling.stage_rest()
-        stats.blocked_s = time.perf_counter() - called
+        stats.blocked_s = self.last_blocked_s = time.perf_counter() - called
         self._stats.started(stats)
         return path
 
@@ -145,7 +165,7 @@ class SaveQueue:
 
     def restored(self, path: str, state: Any) -> None:
         """After a restore of ``path``: the interval counts from its step."""
-        if self._interval is not None:
+        if self._counts_steps:
             try:
                 self.last_step = _policy.as_number(self._step_counter(state),
                                                    "step_counter(state)")
