@@ -184,7 +184,8 @@ class CheckpointManager:
         path = self._queue.save(  # the rules and the queueing, under the save lock
             lambda: _staging.take(state, metadata, self._unchanged, self._budget),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
-            checkpoint_number, check_interval and forced is None, called, again=True)
+            checkpoint_number, check_interval and forced is None, called, again=True,
+            ready=lambda: _queue.wait_for_arrays(state))
         if forced is not None:  # None: that step's save was already queued; waited for too
             self.wait_until_finished()
             self._preemption.committed(forced)  # may end the process (the default SIGTERM)

@@ -49,6 +49,28 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.slow)
 
 
+def _merge_tally(into: dict, got: dict) -> None:
+    for key, value in got.items():
+        into[key] = max(into.get(key, 0), value) if "peak" in key else into.get(key, 0) + value
+
+
+def pytest_sessionfinish(session):
+    # Under pytest-xdist (``make test`` runs two workers) each worker sends its
+    # tally to the controller, which prints the sum.
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        from _reliability import TALLY
+
+        workeroutput["jaxckpt_tally"] = dict(TALLY)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    from _reliability import TALLY
+
+    _merge_tally(TALLY, getattr(node, "workeroutput", {}).get("jaxckpt_tally", {}))
+
+
 def pytest_terminal_summary(terminalreporter):
     """Prints what the reliability tests tried (kill rounds, faults, corruptions, bad inputs)."""
     from _reliability import TALLY

@@ -75,6 +75,24 @@ def test_a_write_longer_than_the_interval_sets_it_and_one_step_is_the_least():
         auto.choose(1.0, 0.0, 1.0, 0.02)
 
 
+def test_auto_interval_measures_the_step_time_once_the_steps_arrays_are_computed():
+    # With asynchronous dispatch save() is called at the host's dispatch rate:
+    # the choice waits for the step's arrays (resync) and reads the clock then.
+    a = auto.AutoInterval(mtbf_s=3600.0, max_overhead=0.02)
+    a.observe(0, 100.0, None)
+    a.saved(0.5)
+    a.observe(1, 110.0, None)
+    waited = []
+    first = a.observe(2, 110.001, None, resync=lambda: waited.append(1) or 112.0)
+    assert waited == [1] and (first.steps, first.step_s) == (30, 2.0)  # not 1 ms per step
+    assert a.observe(3, 114.0, None, resync=lambda: waited.append(2)) is None  # no choice due
+    assert waited == [1]
+    # Nothing was still computing (resync gives None): the call's own clock reading.
+    b = auto.AutoInterval(mtbf_s=3600.0, max_overhead=0.02)
+    b.observe(0, 100.0, None), b.saved(0.5), b.observe(1, 110.0, None)
+    assert b.observe(2, 112.0, None, resync=lambda: None).step_s == 2.0
+
+
 def test_auto_interval_measures_the_step_time_on_the_clock_and_chooses_again_after_saves():
     a = auto.AutoInterval(mtbf_s=3600.0, max_overhead=0.02)
     assert a.observe(0, 100.0, None) is None and a.steps is None  # first call: the anchor

@@ -28,6 +28,7 @@ import collections
 import dataclasses
 import math
 import statistics
+from typing import Callable
 
 DEFAULT_MAX_OVERHEAD = 0.02
 COST_WINDOW = 5  # saves whose blocked time gives the cost (median: a slow first save is an outlier)
@@ -136,13 +137,19 @@ class AutoInterval:
             # call would be one step plus this save's own blocking.
             self._anchor = None
 
-    def observe(self, step: int, now: float, write_s: float | None) -> IntervalChoice | None:
+    def observe(self, step: int, now: float, write_s: float | None,
+                resync: Callable[[], float | None] | None = None) -> IntervalChoice | None:
         """A ``save()`` call at ``step``, clock ``now``; chooses again after a save.
 
         The step time is the mean since the call of the previous choice (for the
         first choice: since the call after the first save, so that the save's own
         blocking is not counted as a step). Returns the new choice if the interval in
         steps changed, else None.
+
+        ``resync``, called only when a choice is made, waits for the step's
+        arrays and returns the clock then (None if none was still computing):
+        with asynchronous dispatch the calls come at the host's dispatch rate,
+        not the device's step rate, until something waits for the device.
         """
         if self._anchor is None or step < self._anchor[1]:  # the first call, or a restored older step
             self._anchor = (now, step)
@@ -150,6 +157,10 @@ class AutoInterval:
         if not (self._stale and self._costs):
             return None
         t0, s0 = self._anchor
+        if step != s0 and resync is not None:
+            fresh = resync()
+            if fresh is not None:
+                now = fresh
         if step == s0 or not now > t0:
             return None  # no step time yet
         choice = choose(statistics.median(self._costs), (now - t0) / (step - s0), self.mtbf_s,

@@ -153,13 +153,15 @@ class Rules:
         return self.auto.steps if self.auto is not None else self._interval
 
     def due(self, last_step: int | None, step: int | None, now: float, check_interval: bool,
-            write_s: Callable[[], float | None]) -> bool:
+            write_s: Callable[[], float | None],
+            resync: Callable[[], float | None] | None = None) -> bool:
         """Whether the ``save()`` call at ``step`` (None without a step rule) and
-        clock ``now`` saves; ``write_s()`` gives the last finished save's write time."""
+        clock ``now`` saves; ``write_s()`` gives the last finished save's write time;
+        ``resync`` as in ``AutoInterval.observe``."""
         if step is not None and last_step is not None and step == last_step:
             return False
         if self.auto is not None and step is not None:
-            change = self.auto.observe(step, now, write_s())
+            change = self.auto.observe(step, now, write_s(), resync)
             if change is not None:
                 log.info("checkpoint_interval='auto': %s", change.reason())
         if not check_interval:

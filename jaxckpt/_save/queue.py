@@ -62,15 +62,17 @@ class SaveQueue:
 
     def save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
              checkpoint_number: Any, check_interval: bool, called: float, *,
-             again: bool = False) -> str | None:
+             again: bool = False, ready: Callable[[], bool] | None = None) -> str | None:
         """Under ``save_lock`` (``again``: after checking again that the manager
         is open, as close() may have won the lock): every save's rules, in order;
         the path queued, or None if the interval skips it. ``step_of`` is read
-        only with an interval; ``checkpoint_number`` None is the next number."""
+        only with an interval; ``checkpoint_number`` None is the next number.
+        ``ready()`` waits for the state's arrays, True if it had to (for
+        ``checkpoint_interval="auto"``'s step time)."""
         with self.save_lock:
             if again:
                 self._check_open()
-            return self._save(take, step_of, checkpoint_number, check_interval, called)
+            return self._save(take, step_of, checkpoint_number, check_interval, called, ready)
 
     def save_host_snapshot(self, take: Callable[[], _snapshot.Snapshot], step: int,
                            number: int, check_interval: bool) -> str | None:
@@ -84,13 +86,16 @@ class SaveQueue:
         return self.save(take, lambda: step, number, check_interval, called)
 
     def _save(self, take: Callable[[], _snapshot.Snapshot], step_of: Callable[[], int],
-              checkpoint_number: Any, check_interval: bool, called: float) -> str | None:
+              checkpoint_number: Any, check_interval: bool, called: float,
+              ready: Callable[[], bool] | None = None) -> str | None:
         step = None
         if self.rules is not None:
             step = step_of() if self.rules.steps else None
             timestamp = _policy.clock_reading(self._clock)
+            resync = None if ready is None else (
+                lambda: _policy.clock_reading(self._clock) if ready() else None)
             if not self.rules.due(self.last_step, step, timestamp, check_interval,
-                                  self._last_write_s):
+                                  self._last_write_s, resync):
                 return None
         elif self._interval is not None:
             step = step_of()
@@ -101,10 +106,17 @@ class SaveQueue:
         if self.rules is None:
             timestamp = _policy.clock_reading(self._clock)
         self._catalog.warn_if_clock_went_back(timestamp)
+        computing_s = 0.0
+        if self.rules is not None and ready is not None:
+            # What the snapshot would wait for the device to compute (queued
+            # steps) is not the save's cost: measured apart, left out of it.
+            t = time.perf_counter()
+            ready()
+            computing_s = time.perf_counter() - t
         snapshot = take()
         path = self._enqueue(snapshot, number, step, timestamp, called)
         if self.rules is not None:
-            self.rules.saved(timestamp, self.last_blocked_s)
+            self.rules.saved(timestamp, max(0.0, self.last_blocked_s - computing_s))
         return path
 
     def _last_write_s(self) -> float | None:
@@ -171,3 +183,16 @@ class SaveQueue:
                                                    "step_counter(state)")
             except Exception as e:
                 log.warning("step_counter could not read the restored state of %s: %r", path, e)
+
+
+def wait_for_arrays(state: Any) -> bool:
+    """Waits for the ``jax.Array``s of ``state`` still being computed; True if any was."""
+    import jax
+
+    waited = False
+    for leaf in jax.tree_util.tree_leaves(state):
+        if (isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer)
+                and not leaf.is_deleted() and not leaf.is_ready()):
+            leaf.block_until_ready()
+            waited = True
+    return waited
