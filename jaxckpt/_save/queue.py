@@ -111,8 +111,8 @@ class SaveQueue:
             # What the snapshot would wait for the device to compute (queued
             # steps) is not the save's cost: measured apart, left out of it.
             t = time.perf_counter()
-            ready()
-            computing_s = time.perf_counter() - t
+            if ready():
+                computing_s = time.perf_counter() - t
         snapshot = take()
         path = self._enqueue(snapshot, number, step, timestamp, called)
         if self.rules is not None:
