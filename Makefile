@@ -18,8 +18,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,bench,demo]'
 	touch $(STAMP)
 
+# Two pytest-xdist workers, each test file on one worker (its fixtures and
+# child processes together); the reliability tallies are summed (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The quick loop: everything but the tests marked slow (child processes, fuzz rounds).
 test-fast: $(STAMP)
