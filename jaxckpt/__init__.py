@@ -12,6 +12,7 @@ from ._api import metadata as metadata
 from ._api import restore as restore
 from ._api import save as save
 from ._api import user_metadata as user_metadata
+from ._api import checkpoint_metrics as checkpoint_metrics
 from ._api import verify as verify
 from ._directory.auto_interval import IntervalChoice as IntervalChoice
 from ._report.listing import CheckpointEntry as CheckpointEntry
@@ -59,5 +60,6 @@ __all__ = [
     "save",
     "tf_compat",
     "user_metadata",
+    "checkpoint_metrics",
     "verify",
 ]

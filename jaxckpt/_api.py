@@ -171,6 +171,11 @@ def user_metadata(path: str | os.PathLike) -> dict | None:
     return _reader.read_manifest(path).get("metadata")
 
 
+def checkpoint_metrics(path: str | os.PathLike) -> dict | None:
+    """The ``metrics`` given to the manager's ``save`` for this checkpoint, or None."""
+    return _reader.read_manifest(path).get("metrics")
+
+
 def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
     """Re-reads every stored byte and checks it against its checksum.
 

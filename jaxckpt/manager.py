@@ -20,7 +20,7 @@ import warnings
 from typing import Any, Callable
 
 from . import _managed_restore
-from ._directory import (agree as _agree, auto_interval as _auto_interval,
+from ._directory import (agree as _agree, auto_interval as _auto_interval, best as _best,
                          coordinate as _multihost, policy as _policy, registry as _registry,
                          save_rules as _save_rules)
 from ._directory.policy import as_number
@@ -73,6 +73,10 @@ class CheckpointManager:
             mean time between failures, in seconds.
         max_overhead: with ``"auto"``: the most of the step time saves may block,
             a fraction (default 0.02).
+        keep_best: ``(k, metric, "min" | "max")``: also keep the ``k`` checkpoints
+            with the best value of ``metric`` (passed with ``save(..., metrics=)``), in
+            addition to what ``max_to_keep`` and the other rules keep; after a restart
+            too (the metrics are read from the checkpoints).
         save_on_preemption: on SIGTERM (one process) or JAX's preemption notice
             (``jax.distributed``), the next save is made whatever the interval and
             waited for; ``reached_preemption(step)`` then says to stop. The README's
@@ -98,7 +102,8 @@ class CheckpointManager:
                  read_only: bool = False, incremental: bool = True,
                  max_host_bytes: int | None = None, save_interval_s: float | None = None,
                  permanent_every: int | None = None, mtbf_s: float | None = None,
-                 max_overhead: float | None = None, save_on_preemption: bool = False):
+                 max_overhead: float | None = None, save_on_preemption: bool = False,
+                 keep_best: tuple[int, str, str] | None = None):
         options = _policy.manager_options(
             read_only=read_only, max_to_keep=max_to_keep, checkpoint_interval=checkpoint_interval,
             max_pending=max_pending, keep_checkpoint_every_n_hours=keep_checkpoint_every_n_hours,
@@ -109,6 +114,7 @@ class CheckpointManager:
                             mtbf_s=mtbf_s, max_overhead=max_overhead),
             process_count=_multihost.process_count())
         self._budget = _staging.HostBudget(max_host_bytes)  # checked before anything is written
+        self._keep_best = _best.check_keep_best(keep_best)
         preempt_mode = _preemption.mode(save_on_preemption, read_only, str(directory))
         self._preemption: _preemption.NoNotice = _preemption.NoNotice()
         self._max_to_keep, self._interval = options.max_to_keep, options.interval
@@ -125,7 +131,8 @@ class CheckpointManager:
         self._directory = _opening.Directory(
             self._root, checkpoint_name, self._agree, clock, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=_multihost.process_index() == 0,
-            read_only=read_only, permanent_every=options.rules.permanent_every)
+            read_only=read_only, permanent_every=options.rules.permanent_every,
+            keep_best=self._keep_best)
         rules = (_save_rules.Rules(options.rules, self._interval) if options.rules.decides
                  else None)
         self._queue = _queue.SaveQueue(self._scope, timeout, self._interval, options.last_step,
@@ -163,7 +170,7 @@ class CheckpointManager:
         return self._life.closed
 
     def save(self, state: Any, checkpoint_number: Any = None, check_interval: bool = True, *,
-             metadata: dict | None = None) -> str | None:
+             metadata: dict | None = None, metrics: dict | None = None) -> str | None:
         """Snapshots ``state`` and queues its write; returns the checkpoint's path.
 
         Blocks until ``state`` is safe from the caller (host copies made), and
@@ -173,16 +180,22 @@ class CheckpointManager:
         Raises:
             CheckpointWriteError: an earlier background save failed (cause chained).
             ManagerClosedError, ReadOnlyManagerError: the manager is closed, or read-only.
-            TypeError: a leaf cannot be saved; nothing is queued.
+            TypeError: a leaf cannot be saved, or ``metrics`` is not a dict of str to
+                real numbers; nothing is queued.
             ValueError: ``checkpoint_number`` is not a non-negative integer.
+
+        ``metrics``: numbers stored with the checkpoint (``keep_best`` ranks by
+        one of them; ``checkpoint_metrics`` and ``jaxckpt ls`` show them).
         """
         called = time.perf_counter()
+        checked_metrics = _best.check_metrics(metrics)
         self._life.check_save()
         _in_jit.wait_ready(self._handle, state)
         # After a preemption notice: this save, whatever the interval, waited for.
         forced = self._preemption.due(lambda: self._preemption_step(state, checkpoint_number))
         path = self._queue.save(  # the rules and the queueing, under the save lock
-            lambda: _staging.take(state, metadata, self._unchanged, self._budget),
+            lambda: _with_metrics(_staging.take(state, metadata, self._unchanged, self._budget),
+                                  checked_metrics),
             lambda: as_number(self._step_counter(state), "step_counter(state)"),
             checkpoint_number, check_interval and forced is None, called, again=True,
             ready=lambda: _queue.wait_for_arrays(state))
@@ -399,6 +412,11 @@ class CheckpointManager:
     def __repr__(self) -> str:
         return _display.manager_repr(self._dir, self._max_to_keep, len(self.checkpoints),
                                      self.latest_checkpoint, len(self.pending))
+
+
+def _with_metrics(snapshot: Any, metrics: dict | None) -> Any:
+    snapshot.metrics = metrics
+    return snapshot
 
 
 def handle(mngr: CheckpointManager) -> _registry.Handle:

@@ -11,7 +11,7 @@ def test_all_is_pinned():
         "CheckpointError", "CheckpointManager", "CheckpointNotFoundError",
         "CheckpointWriteError", "CorruptCheckpointError", "StructureMismatchError",
         "latest_checkpoint", "list_checkpoints", "metadata", "restore", "save",
-        "tf_compat", "user_metadata", "verify",
+        "tf_compat", "user_metadata", "verify", "checkpoint_metrics",
     ])
     for name in jaxckpt.__all__:
         assert hasattr(jaxckpt, name)
@@ -41,7 +41,8 @@ def test_contract_signatures():
         "max_pending"]
     assert sig.parameters["max_to_keep"].default == 5
     save = inspect.signature(jaxckpt.CheckpointManager.save)
-    assert list(save.parameters) == ["self", "state", "checkpoint_number", "check_interval", "metadata"]
+    assert list(save.parameters) == ["self", "state", "checkpoint_number", "check_interval", "metadata",
+                                     "metrics"]
     restore = list(inspect.signature(jaxckpt.restore).parameters)
     assert restore[:3] == ["path", "target", "partial"]  # keywords may be added after these
     tf = inspect.signature(jaxckpt.tf_compat.CheckpointManager)

@@ -32,7 +32,7 @@ def test_python_snippets_run_in_order(tmp_path):
     python = [body for lang, body in BLOCKS if lang == "python"
               and not any(s in body for s in ("s3://", "gs://", "jax.distributed",
                                                   "save_in_jit", "save_on_preemption",
-                                                  "save_interval_s="))]
+                                                  "save_interval_s=", "keep_best="))]
     assert len(python) == 3
     ns = _exec(python[0], {}, tmp_path)  # the Flax training loop
     run = str(tmp_path / "run")

@@ -13,7 +13,7 @@ import logging
 import threading
 from typing import Callable
 
-from . import policy as _policy, temporary as _temporary
+from . import best as _best, policy as _policy, temporary as _temporary
 from .._commit import state_file as _state_file
 from .._commit import atomic as _commit
 from . import publish as _publish
@@ -31,12 +31,14 @@ class Catalog:
     def __init__(self, root: Dir, retention: _policy.Retention, latest: str | None, *,
                  max_to_keep: int | None, keep_hours: float | None, primary: bool,
                  carried: list[tuple[str, float | None]] = (),
-                 temporary: Callable[[str], bool] | None = None):
+                 temporary: Callable[[str], bool] | None = None,
+                 best: _best.Best | None = None, metrics: _best.Metrics | None = None):
         self._root, self._dir = root, str(root)
         self._carried = list(carried)  # state-file entries of others: kept, never managed
         self._max_to_keep, self._keep_hours = max_to_keep, keep_hours
         self._primary = primary
         self._temporary = temporary  # permanent_every: path -> whether it is temporary
+        self._best, self._metrics = best, metrics  # keep_best, and each checkpoint's metrics
         self._lock = threading.Lock()
         self._retention, self._latest = retention, latest
         self._recheck = False  # after a failed save: re-check the active set on disk
@@ -74,14 +76,22 @@ class Catalog:
                         "newest checkpoint's %.3f; retention by time may keep or drop "
                         "checkpoints out of order", self._dir, timestamp, newest)
 
-    def prepare(self, path: str, timestamp: float) -> _publish.Publication:
+    def prepare(self, path: str, timestamp: float,
+                metrics: dict | None = None) -> _publish.Publication:
         """Before ``path`` is committed: what the retention rules will keep and
         delete, and (process 0) the state file naming it, written in the background."""
         with self._lock:
             grown = _policy.add(self._present(), path, timestamp)
         sweep = lambda r: _policy.sweep(r, self._max_to_keep, self._keep_hours)  # noqa: E731
-        kept, delete = (sweep(grown) if self._temporary is None
-                        else _temporary.sweep(grown, self._temporary, sweep))
+        if self._metrics is not None:
+            self._metrics.note(path, metrics)
+        rules = sweep if self._temporary is None else (  # noqa: E731
+            lambda r: _temporary.sweep(r, self._temporary, sweep))
+        if self._best is None or self._metrics is None:
+            kept, delete = rules(grown)
+        else:
+            kept, delete = _best.sweep(grown, rules, self._metrics.value(self._best[1]),
+                                       self._best)
         state_file = None
         if self._primary:
             state_file = _publish.in_background(_state_file.prepare, self._root,

@@ -325,6 +325,12 @@ def _check_top(manifest: dict, state: dict) -> None:
         if type(meta) is not dict:
             raise _Bad("metadata", "a dict or nil", meta)
         _check_nesting(meta, "metadata")
+    if "metrics" in manifest:  # a dict of names to numbers (``_directory/best``)
+        metrics = manifest["metrics"]
+        if (type(metrics) is not dict or len(metrics) > 256
+                or any(type(k) is not str or len(k) > 256 or type(v) not in (float, int)
+                       for k, v in metrics.items())):
+            raise _Bad("metrics", "a dict of at most 256 names to numbers", metrics)
     if "data" in manifest:
         data = manifest["data"]
         # Joined onto the checkpoint path: never a path of its own.

@@ -88,16 +88,18 @@ def disk_usage(path: str | Dir, inodes: dict | None = None) -> tuple[int | None,
     return nbytes, shared
 
 
-def _manifest_times(path: str) -> tuple[float | None, float | None]:
-    """(created, committed): the save's timestamp and the commit record's mtime
-    (on object stores, which give no mtime here, the save's timestamp)."""
+def _manifest_times(path: str) -> tuple[float | None, float | None, dict | None]:
+    """(created, committed, metrics): the save's timestamp, the commit record's
+    mtime (on object stores, which give no mtime here, the save's timestamp)
+    and the metrics saved with it."""
     where = _location.locate(path)
     try:
-        created = _reader.read_manifest(where).get("created")
+        manifest = _reader.read_manifest(where)
+        created, metrics = manifest.get("created"), manifest.get("metrics")
         committed = where.mtime(_format.MANIFEST)
     except Exception:  # damaged manifests are verify's business, not the listing's
-        return None, None
-    return created, created if committed is None else committed
+        return None, None, None
+    return created, created if committed is None else committed, metrics
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +122,7 @@ class CheckpointEntry:
     created: float | None = None
     note: str = ""
     shared_bytes: int | None = None
+    metrics: dict | None = None  # given to the manager's save(..., metrics=)
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -167,12 +170,21 @@ class CheckpointList(Sequence[CheckpointEntry]):
                    _display.local_time(e.committed), _display.human_bytes(e.nbytes)]
             if shares:
                 row.append(_display.human_bytes(e.shared_bytes) if e.shared_bytes else "-")
-            out.append(row + [status])
+            row.append(status)
+            if self.has_metrics:
+                row.append(_metrics_text(e.metrics))
+            out.append(row)
         return out
 
     @property
+    def has_metrics(self) -> bool:
+        """Whether any checkpoint here was saved with metrics (then a last column)."""
+        return any(e.metrics for e in self.entries)
+
+    @property
     def headers(self) -> tuple[str, ...]:
-        return _SHARED_HEADERS if self.shares else _HEADERS
+        return (_SHARED_HEADERS if self.shares else _HEADERS) + (
+            ("metrics",) if self.has_metrics else ())
 
     def footer(self) -> str | None:
         """The directory's total on disk, when checkpoints share files."""
@@ -204,6 +216,14 @@ class CheckpointList(Sequence[CheckpointEntry]):
         return _display.html_table(self.headers, rows[:REPR_ROWS], right=self.right,
                                    caption=self.directory) + (
             f"<p>{html.escape(footer)}</p>" if footer else "")
+
+
+def _metrics_text(metrics: dict | None) -> str:
+    """``eval_loss=0.31 acc=0.9``: each metric to 4 significant digits, sorted by name."""
+    if not metrics:
+        return "-"
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, (int, float)) else f"{k}=?"
+                    for k, v in sorted(metrics.items()))
 
 
 def _basename(path: str) -> str:
@@ -301,14 +321,15 @@ def list_checkpoints(
             continue  # some other directory: logs, a dataset, ...
         seen.add(path)
         if committed:
-            created, when = _manifest_times(path)
+            created, when, metrics = _manifest_times(path)
             status = LATEST if path == latest else ACTIVE if path in active else PRESERVED
             found = usage(path)
             note = ""
             if found["shared_bytes"] and not root.is_local:
                 note = "references " + ", ".join(sorted(references().uses.get(name, ())))
             entries.append(CheckpointEntry(name, path, number, status, committed=when,
-                                           created=created, note=note, **found))
+                                           created=created, note=note, metrics=metrics,
+                                           **found))
         else:
             note = "named in the state file" if path in active else "no commit record"
             users = [] if root.is_local else references().users_of(name)
@@ -326,10 +347,11 @@ def list_checkpoints(
         number = int(m["number"]) if m else None
         shown = path if path.rstrip("/").rsplit("/", 1)[0] != directory else base
         if _commit.is_committed(path):  # outside the directory (absolute path in the file)
-            created, when = _manifest_times(path)
+            created, when, metrics = _manifest_times(path)
             entries.append(CheckpointEntry(shown, path, number,
                                            LATEST if path == latest else ACTIVE,
-                                           committed=when, created=created, **usage(path)))
+                                           committed=when, created=created, metrics=metrics,
+                                           **usage(path)))
         else:
             entries.append(CheckpointEntry(shown, path, number, MISSING, None,
                                            note="named in the state file"))

@@ -18,10 +18,11 @@ import os
 from typing import Any, Callable, Iterator
 
 from . import lifecycle as _lifecycle, pipeline as _pipeline, queue as _queue, stats as _stats
-from .._directory import (agree as _agree, catalog as _catalog, lock as _lock,
+from .._directory import (agree as _agree, best as _best, catalog as _catalog, lock as _lock,
                           ownership as _ownership, policy as _policy, registry as _registry,
                           temporary as _temporary)
 from .._format import names as _names
+from .._read import reader as _reader
 from .._storage import durable as _durable, location as _location, page_cache as _page_cache
 from .writer import Writer
 
@@ -43,8 +44,10 @@ class Directory:
     def __init__(self, root: _location.Dir, name: str, agree: _agree.Agreement,
                  clock: Callable[[], float], *, max_to_keep: int | None,
                  keep_hours: float | None, primary: bool, read_only: bool,
-                 permanent_every: int | None = None):
+                 permanent_every: int | None = None, keep_best: _best.Best | None = None):
         self._root = root
+        self._best = keep_best
+        self.metrics = _best.Metrics(lambda p: _reader.read_manifest(p).get("metrics"))
         self._name = name
         self._agree = agree
         self._queue: _queue.SaveQueue | None = None  # given by open
@@ -89,7 +92,7 @@ class Directory:
         return _catalog.Catalog(
             self._root, found.retention, found.latest, max_to_keep=self._max_to_keep,
             keep_hours=self._keep_hours, primary=self._primary, carried=found.carried,
-            temporary=self._temporary)
+            temporary=self._temporary, best=self._best, metrics=self.metrics)
 
     @contextlib.contextmanager
     def open(self, queue: _queue.SaveQueue, stats: _stats.StatsRecorder,

@@ -62,7 +62,7 @@ class Pipeline:
         catalog = self._catalog
         try:
             self._superseded.drop_all()
-            publication = catalog.prepare(path, timestamp)
+            publication = catalog.prepare(path, timestamp, snapshot.metrics)
             # Each process shares the files of the shards it writes; on object
             # stores its references reach process 0 with its part (``write``).
             sharing = _share.Sharing(self._units)

@@ -85,6 +85,7 @@ class Snapshot:
     # Large accelerator leaves whose copy into host memory save() only
     # started: (leaf, [(index, host jax.Array)]); ``settle`` waits for them.
     copying: list = dataclasses.field(default_factory=list)
+    metrics: dict | None = None  # a manager save's ``metrics`` (``_directory/best``)
 
     def settle(self) -> None:
         """Waits for the copies ``take`` left in flight (on the writer thread)

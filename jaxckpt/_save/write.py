@@ -135,6 +135,8 @@ def write(
             "packed_chunk": packed[2],
             "leaves": snapshot.records,
         }
+        if snapshot.metrics is not None:
+            manifest["metrics"] = snapshot.metrics
         if inline is not None:
             manifest["packed_inline"] = inline
         manifest["data"] = staging.data_key
