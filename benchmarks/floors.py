@@ -81,6 +81,14 @@ def _ts_layout_write(ckpt: str, leaves: list[np.ndarray], out: str) -> None:
     _durable.fsync_tree(out)
 
 
+def _table(title: str, samples: dict[str, list[float]], base: str, unit: str) -> None:
+    print(title)
+    ref = statistics.median(samples[base])
+    for name, ts in samples.items():
+        m = statistics.median(ts)
+        print(f"  {name:32s} {m * 1e3:8.1f} ms   {m / ref:5.2f}{unit}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workload", default="W2", choices=sorted(bench_trees.BUILDERS))
@@ -174,18 +182,11 @@ def main() -> None:
                 if n:  # the first round warms up
                     writes[name].append(seconds)
         mngr.close(), direct.close()
-        print(f"{args.workload} x{args.scale}: {len(leaves)} leaves, {nbytes / 2**20:.0f} MiB, "
-              f"median of {args.reps}, interleaved, fresh directories (incremental=False)")
-        limit = statistics.median(writes["raw O_DIRECT, one file"])
-        for name, ts_ in writes.items():
-            m = statistics.median(ts_)
-            print(f"  {name:32s} {m * 1e3:8.1f} ms   {m / limit:5.2f}x O_DIRECT")
-        print(f"{args.workload} x{args.scale}: {len(leaves)} leaves, {nbytes / 2**20:.0f} MiB, "
-              f"median of {args.reps}, interleaved, warm page cache")
-        floor = statistics.median(times["+ device_put (the floor)"])
-        for name, ts in times.items():
-            m = statistics.median(ts)
-            print(f"  {name:32s} {m * 1e3:8.1f} ms   {m / floor:5.2f}x the floor")
+        head = f"{args.workload} x{args.scale}: {len(leaves)} leaves, {nbytes / 2**20:.0f} MiB"
+        _table(f"{head}, median of {args.reps}, interleaved, fresh directories "
+               "(incremental=False)", writes, "raw O_DIRECT, one file", "x O_DIRECT")
+        _table(f"{head}, median of {args.reps}, interleaved, warm page cache", times,
+               "+ device_put (the floor)", "x the floor")
     finally:
         shutil.rmtree(base, ignore_errors=True)
 
