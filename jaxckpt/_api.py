@@ -12,7 +12,8 @@ from typing import Any
 from ._directory import agree as _agree
 from ._commit import state_file as _state_file
 from ._read import latest as _latest, reader as _reader, restore as _restore, stream as _stream
-from ._report import progress as _progress
+from ._report import progress as _progress, verified as _verified
+from ._report.verified import VerifySummary
 from ._save import gc as _gc, snapshot as _snapshot, staging as _staging, write as _write
 from ._directory import coordinate as _multihost
 from ._storage import durable as _durable, location as _location
@@ -176,25 +177,35 @@ def checkpoint_metrics(path: str | os.PathLike) -> dict | None:
     return _reader.read_manifest(path).get("metrics")
 
 
-def verify(path: str | os.PathLike, *, progress: bool = False) -> None:
+def verify(path: str | os.PathLike, *, progress: bool = False) -> VerifySummary:
     """Re-reads every stored byte and checks it against its checksum.
 
-    ``progress=True`` shows a progress bar (rich, on stderr) of the bytes read.
+    ``progress=True`` shows a progress bar (rich, on stderr; in Jupyter, the
+    cell's output) of the bytes read. Blocks until every byte is read.
+    Thread-safe.
+
+    Returns:
+        A ``VerifySummary`` (leaves, bytes checked, seconds; text and HTML reprs).
 
     Raises:
-        CorruptCheckpointError: naming each damaged leaf, and each whose bytes
-            are not those its manifest recorded (swapped or copied from another save).
+        CorruptCheckpointError: naming each damaged file with the leaves whose
+            bytes it holds, and each leaf whose bytes are not those its manifest
+            recorded (swapped or copied from another save).
         CheckpointNotFoundError: no committed checkpoint at ``path``, or it
             was deleted while being read.
     """
-    def read(reader: _reader.Reader) -> list[str]:
+    started = time.perf_counter()
+
+    def read(reader: _reader.Reader) -> tuple[_reader.Reader, list[str]]:
         with _progress.bar(_progress.total_bytes(reader.leaves), _progress.label("verify", path),
                            progress) as bar:
-            return reader.verify(on_leaf=bar)
+            return reader, reader.verify(on_leaf=bar)
 
-    problems = _reader.read_consistently(path, read)
+    reader, problems = _reader.read_consistently(path, read)
     if problems:
-        raise CorruptCheckpointError("\n".join(problems))
+        raise CorruptCheckpointError("\n".join(_verified.group_by_file(reader.damage)))
+    return VerifySummary(reader.path, len(reader.leaves), _progress.total_bytes(reader.leaves),
+                         time.perf_counter() - started)
 
 
 def latest_checkpoint(directory: str | os.PathLike, *,

@@ -3,6 +3,7 @@
     jaxckpt ls DIR                 one row per checkpoint: name, number, committed, size, status
     jaxckpt show PATH [--json]     the tree: key path, shape, dtype, bytes per leaf, totals
     jaxckpt verify PATH_OR_DIR     re-read every byte against its checksum
+    jaxckpt export CKPT OUT        write Hugging Face safetensors shards and their index
     jaxckpt demo                   train, get SIGKILLed, resume (see ``jaxckpt demo --help``)
 
 Exit status: 0 all good, 1 something is damaged (each damaged leaf or
@@ -33,7 +34,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="jaxckpt",
-                description="List, inspect and verify jaxckpt checkpoints; run the demo.",
+                description="List, inspect, verify and export jaxckpt checkpoints; run the demo.",
                 epilog="Exit status: 0 ok, 1 damaged checkpoint(s), 2 usage error.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -59,6 +60,28 @@ def _parser() -> argparse.ArgumentParser:
     verify.add_argument("path", metavar="PATH_OR_DIR")
     verify.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                         help="progress bar on stderr (default: when stderr is a terminal)")
+
+    export = sub.add_parser("export", help="write a checkpoint as Hugging Face safetensors",
+                            description="Write the checkpoint CKPT (or the latest in the "
+                            "directory CKPT) into the new directory OUT as sharded "
+                            "model-0000i-of-0000N.safetensors files plus "
+                            "model.safetensors.index.json; tensor names are the key paths "
+                            "joined with '.', e.g. params.layer_0.kernel. Streams leaf by "
+                            "leaf; OUT appears whole or not at all.")
+    export.add_argument("ckpt", metavar="CKPT")
+    export.add_argument("out", metavar="OUT")
+    export.add_argument("--format", choices=["safetensors"], default="safetensors",
+                        help="output format (only safetensors so far)")
+    export.add_argument("--prefix", default=None,
+                        help="export only this dotted subtree and strip it from the names "
+                        "(e.g. --prefix params)")
+    export.add_argument("--select", default=None,
+                        help="export only this dotted subtree, keeping the full names")
+    export.add_argument("--max-shard-bytes", type=_positive, default=5 * 10**9,
+                        help="bytes of tensors per file (default 5e9, as transformers)")
+    export.add_argument("--skip-unsupported", action="store_true",
+                        help="leave out leaves safetensors has no dtype for (PRNG keys, "
+                        "int4, complex, other float8s) instead of refusing")
 
     demo = sub.add_parser("demo", help="train, get killed with SIGKILL, resume: the main job",
                           description="Trains a small Flax NNX model with optax on synthetic "
@@ -102,6 +125,16 @@ def _console(stderr: bool = False) -> Any:
 # ---------------------------------------------------------------- commands
 
 
+def _refuse_orbax(path: Any) -> None:
+    """A usage error saying so when ``path`` is an Orbax checkpoint or run directory."""
+    from ._read import orbax as _orbax
+    from ._storage import location as _location
+
+    found = _orbax.describe(_location.locate(path))
+    if found is not None:
+        raise UsageError(found)
+
+
 def _cmd_ls(args: argparse.Namespace) -> int:
     from ._commit import atomic as _commit
     from ._report import render as _display, listing as _listing
@@ -119,6 +152,7 @@ def _cmd_ls(args: argparse.Namespace) -> int:
         print(json.dumps([e.as_dict() for e in listing], indent=2))
         return EXIT_OK
     if not listing:
+        _refuse_orbax(directory)
         print(f"no checkpoints in {listing.directory}")
         return EXIT_OK
     console = _console()
@@ -142,6 +176,7 @@ def _resolve_checkpoint(path: str) -> tuple[str, str | None]:
         return path, None
     if not where.exists():
         raise UsageError(f"no such file or directory: {path}")
+    _refuse_orbax(where)
     latest = _api.latest_checkpoint(where) if where.is_dir() else None
     if latest is None:
         return path, None  # let the reader explain what is wrong with it
@@ -180,6 +215,7 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
         raise UsageError(f"no such file or directory: {path}")
     if not where.is_dir():
         raise UsageError(f"{path} is a file, not a checkpoint or a directory of checkpoints")
+    _refuse_orbax(where)
     data = (_format.PACKED, _format.ARRAYS)
     if any(n in data or _names.data_token(n) is not None for n in where.subdirs()):
         return [], [f"UNCOMMITTED {path}: checkpoint data without a commit record "
@@ -203,9 +239,8 @@ def _verify_targets(path: str) -> tuple[list[str], list[str], list[str]]:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from . import _api
-    from ._report import describe as _describe, render as _display
+    from ._report import render as _display
     from .errors import CheckpointError
-
     from ._storage import location as _location
 
     progress = sys.stderr.isatty() if args.progress is None else args.progress
@@ -220,19 +255,37 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         name = (args.path if target == root else
                 target[len(root) + 1:] if target.startswith(root + "/") else target)
         try:
-            _api.verify(target, progress=progress)
+            summary = _api.verify(target, progress=progress)
         except CheckpointError as e:
             damaged.append(target)
             print(f"DAMAGED {name}:")
             for line in str(e).splitlines():
                 print(f"  {line}")
             continue
-        info = _describe.inspect(target)
-        print(f"OK {name} ({len(info.leaves)} leaves, {_display.human_bytes(info.nbytes)})")
+        print(f"OK {name} ({summary.leaves} leaves, {_display.human_bytes(summary.nbytes)})")
     if damaged:
         print(f"jaxckpt verify: {len(damaged)} damaged in {args.path} "
               f"({len(targets)} checkpoint(s) read)", file=sys.stderr)
         return EXIT_DAMAGED
+    return EXIT_OK
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from ._export import safetensors as _safetensors
+    from ._report import render as _display
+
+    path, note = _resolve_checkpoint(args.ckpt)
+    try:
+        done = _safetensors.export_safetensors(
+            path, args.out, prefix=args.prefix, select=args.select,
+            max_shard_bytes=args.max_shard_bytes, skip_unsupported=args.skip_unsupported)
+    except (FileExistsError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    print(f"exported {path}" + (f" ({note})" if note else "") + f" to {args.out}: "
+          f"{done['tensors']} tensors, {_display.human_bytes(done['total_size'])} in "
+          f"{len(done['files'])} file(s)")
+    if done["skipped"]:
+        print(f"skipped (no safetensors dtype): {', '.join(done['skipped'])}")
     return EXIT_OK
 
 
@@ -242,7 +295,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _demo.main(args)
 
 
-_COMMANDS = {"ls": _cmd_ls, "show": _cmd_show, "verify": _cmd_verify, "demo": _cmd_demo}
+_COMMANDS = {"ls": _cmd_ls, "show": _cmd_show, "verify": _cmd_verify, "export": _cmd_export,
+             "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,6 +36,21 @@ def test_import_loads_no_heavy_dependency():
     assert json.loads(p.stdout.strip().splitlines()[-1]) == []
 
 
+def test_cli_help_and_usage_errors_import_no_jax():
+    """``jaxckpt --help`` took 2.5 s, all of it importing jax (issue 19): the package
+    loads its public names on first use, and the command line imports them only
+    for a command that reads a checkpoint."""
+    p = _python("""
+        import io, json, sys, contextlib
+        from jaxckpt.cli import main
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            codes = [main(["--help"]), main(["export", "--help"]), main(["bogus"])]
+        print(json.dumps([codes, "jax" in sys.modules]))
+    """)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert json.loads(p.stdout.strip().splitlines()[-1]) == [[0, 0, 2], False]
+
+
 def test_public_names_work_before_tensorstore_is_imported(tmp_path):
     """Every public name resolves; a save and a restore import tensorstore on
     the caller's thread (locating the path) and round-trip the tree."""

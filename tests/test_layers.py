@@ -20,7 +20,7 @@ LAYERS = [
     {"_read"},
     {"_directory"},
     {"_save"},
-    {"_report"},
+    {"_report", "_export"},
     {"_managed_restore", "_api"},
     {"manager", "tf_compat", "_demo"},
     {"cli", "__init__", "__main__"},

@@ -32,7 +32,8 @@ def test_python_snippets_run_in_order(tmp_path):
     python = [body for lang, body in BLOCKS if lang == "python"
               and not any(s in body for s in ("s3://", "gs://", "jax.distributed",
                                                   "save_in_jit", "save_on_preemption",
-                                                  "save_interval_s=", "keep_best="))]
+                                                  "save_interval_s=", "keep_best=",
+                                                  "export_safetensors"))]
     assert len(python) == 3
     ns = _exec(python[0], {}, tmp_path)  # the Flax training loop
     run = str(tmp_path / "run")
@@ -102,3 +103,11 @@ def test_migration_snippets_run(title, other, given, tmp_path):
         ns["checkpoints"] = checkpoints
     exec(compile(left, f"README.md ({title}, {other} side)", "exec"), ns)
     assert np.array_equal(np.asarray(ns["state"]["params"]["w"]), np.ones((4, 4)))
+
+
+def test_safetensors_snippet_runs(tmp_path):
+    pytest.importorskip("safetensors")
+    found = [body for lang, body in BLOCKS if lang == "python" and "export_safetensors" in body]
+    assert len(found) == 1
+    ns = _exec(found[0], {}, tmp_path)
+    assert ns["done"]["tensors"] == 2 and str(ns["jaxckpt"].verify(tmp_path / "export-me")).startswith("OK")

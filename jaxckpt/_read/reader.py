@@ -15,6 +15,7 @@ import numpy as np
 from .. import _tree
 from .._format import (digest as _digest, manifest as _format, check as _manifest_check,
                        names as _names)
+from . import orbax as _orbax
 from .._storage import arrays as _arrays, location as _location
 from .._storage.location import Dir
 from ..errors import CheckpointError, CheckpointNotFoundError, CorruptCheckpointError
@@ -42,6 +43,9 @@ def _read_manifest(path: str | Dir) -> tuple[dict, bytes]:
             raise CheckpointNotFoundError(
                 f"{where} is a CheckpointManager directory, not a checkpoint; restore one of "
                 "its checkpoints (see jaxckpt.latest_checkpoint(directory))")
+        orbax = _orbax.describe(where) if where.exists() else None
+        if orbax is not None:
+            raise CheckpointNotFoundError(orbax)
         if where.exists():
             raise CheckpointNotFoundError(
                 f"{where} is not a committed checkpoint (no {_format.MANIFEST}); it may be "
@@ -391,21 +395,43 @@ class Reader:
             recorded = self._digests[id(leaf)] = _digest.pieces(leaf)
         return recorded
 
+    def file_of(self, leaf: dict) -> str:
+        """The file (relative to the checkpoint) that holds ``leaf``'s bytes: its
+        packed shard file, its own array's directory, or ``""`` (none)."""
+        kind = _format.where_kind(leaf)
+        data = self.manifest.get("data")
+        top = data + "/" if data else ""
+        if kind == _format.WHERE_ARRAY:
+            return f"{top}{_format.ARRAYS}/{_format.array_name(leaf)}"
+        if kind == _format.WHERE_PACKED and "packed_inline" not in self.manifest:
+            offset = _format.packed_span(leaf)[0]
+            shard = self.manifest.get("packed_shard", self.manifest["packed_nbytes"]) or 1
+            return f"{top}{_format.PACKED}/c/{offset // shard}"
+        return ""
+
     def verify(self, on_leaf: Callable[[dict], None] | None = None) -> list[str]:
         """Reads every stored byte, each recorded piece whole so that every
-        digest is checked; returns messages naming each damaged leaf.
+        digest is checked; returns messages naming each damaged leaf (and
+        ``self.damage``: ``(file, key path, message)`` for each).
 
         Raises:
             CheckpointNotFoundError: the checkpoint was deleted meanwhile.
             ReplacedWhileReading: it was replaced meanwhile.
         """
-        problems = []
+        problems: list[str] = []
+        self.damage: list[tuple[str, str, str]] = []
+
+        def add(leaf: dict, messages: list[str]) -> None:
+            problems.extend(messages)
+            self.damage.extend((self.file_of(leaf), _tree.path_str(leaf["path"]), m)
+                               for m in messages)
+
         arrays = [leaf for leaf in self.leaves if leaf["kind"] != "py"]
         packed = [leaf for leaf in arrays if _format.where_kind(leaf) == _format.WHERE_PACKED]
         if packed and "packed_inline" in self.manifest:  # checked with the manifest
             inline = np.frombuffer(self.manifest["packed_inline"], np.uint8)
             for leaf in packed:
-                problems += self._packed_mismatch(leaf, inline[_format.packed_slice(leaf)])
+                add(leaf, self._packed_mismatch(leaf, inline[_format.packed_slice(leaf)]))
                 if on_leaf:
                     on_leaf(leaf)
         elif packed:
@@ -417,12 +443,14 @@ class Reader:
             except Exception as e:
                 first = e
             if first is not None and store is None:
-                problems += [str(self.damaged(leaf, first, check=False)) for leaf in packed]
+                for leaf in packed:
+                    add(leaf, [str(self.damaged(leaf, first, check=False))])
             elif first is not None:
-                problems += self._damaged_packed(store, packed)
+                for leaf in packed:
+                    add(leaf, self._damaged_packed(store, [leaf]))
             else:
                 for leaf in packed:
-                    problems += self._packed_mismatch(leaf, whole[_format.packed_slice(leaf)])
+                    add(leaf, self._packed_mismatch(leaf, whole[_format.packed_slice(leaf)]))
             if on_leaf:
                 for leaf in packed:
                     on_leaf(leaf)
@@ -433,7 +461,7 @@ class Reader:
             try:
                 self.read_arrays([(leaf, pieces or [()])])
             except CorruptCheckpointError as e:
-                problems.append(str(e))
+                add(leaf, [str(e)])
             if on_leaf:
                 on_leaf(leaf)
         if problems:

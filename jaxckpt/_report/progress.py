@@ -1,4 +1,5 @@
-"""Progress bars for restore and verify (``progress=True``), drawn by rich on stderr.
+"""Progress bars for restore and verify (``progress=True``), drawn by rich on stderr
+(in Jupyter: in the cell's output).
 
 rich is imported only when a bar is asked for, so ``import jaxckpt`` stays
 cheap. Off, ``bar`` is a no-op that imports nothing.
@@ -15,15 +16,22 @@ from typing import Callable, Iterator
 from .._read import reader as _reader
 
 
-def _console():
+def _console(jupyter: bool | None = None):
+    """The bar's console: stderr on a terminal or in a log; in Jupyter the cell's
+    ordinary output (stderr there is a red box that reads as an error), as a
+    live widget where ipywidgets is installed, else plain text lines.
+    ``jupyter``: None detects it (rich looks for an IPython kernel)."""
     from rich.console import Console
 
     console = Console(stderr=True)
-    if console.is_jupyter and importlib.util.find_spec("ipywidgets") is None:
-        # rich's live display in Jupyter needs ipywidgets (and warns without
-        # it); plain text on the cell's stderr works everywhere.
-        console = Console(file=sys.stderr, force_jupyter=False, force_terminal=False)
-    return console
+    if jupyter is None:
+        jupyter = console.is_jupyter
+    if not jupyter:
+        return console
+    if importlib.util.find_spec("ipywidgets") is not None:
+        return Console(force_jupyter=True)
+    # rich's live display in Jupyter needs ipywidgets (and warns without it).
+    return Console(file=sys.stdout, force_jupyter=False, force_terminal=False)
 
 
 @contextlib.contextmanager

@@ -1,0 +1,1 @@
+"""Leaving jaxckpt's format: export to (and import from) other libraries' files."""
