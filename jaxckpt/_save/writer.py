@@ -25,6 +25,12 @@ from typing import Callable
 log = logging.getLogger("jaxckpt")
 
 
+# The caller's waits wake this often: a SIGINT that arrives just before a wait
+# blocks runs its handler (KeyboardInterrupt) only once the wait returns, and a
+# wait for a slot may otherwise last as long as a whole write.
+_WAKE_S = 0.25
+
+
 class Writer:
     """Runs submitted jobs in order on one daemon thread.
 
@@ -105,7 +111,7 @@ class Writer:
         self._check_process()
         with self._cond:
             while not self._closed and len(self._jobs) + self._running >= self._max_pending:
-                self._cond.wait()
+                self._cond.wait(_WAKE_S)
             if self._closed:
                 raise RuntimeError("writer is closed")
             # Notify first: the thread cannot look before this block ends, and an
@@ -118,7 +124,7 @@ class Writer:
         self._check_process()
         with self._cond:
             while (self._jobs or self._running) and not self._finished.is_set():
-                self._cond.wait()
+                self._cond.wait(_WAKE_S)
 
     def close(self) -> None:
         """Finishes pending jobs and stops the thread; idempotent.
