@@ -40,7 +40,13 @@ def _state(i: int) -> dict:
 
 
 def _interrupt_main_when_in(code, signum: int = signal.SIGINT) -> threading.Thread:
-    """Sends ``signum`` to the main thread once ``code`` is on its stack."""
+    """Sends ``signum`` to the main thread once ``code`` is on its stack.
+
+    SIGINT gets Python's default handler first (KeyboardInterrupt): an
+    earlier test or library in this process may have left another one.
+    """
+    if signum == signal.SIGINT:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     main = threading.main_thread().ident
     seen = threading.Event()
 
