@@ -48,6 +48,8 @@ _TMP = ".orbax-checkpoint-tmp"
 _STEP_META = "_CHECKPOINT_METADATA"
 _ITEM_META = "_METADATA"
 _JSON_FILE = "metadata"  # JsonCheckpointHandler's default file name
+_METRICS = "metrics"  # the item Orbax's CheckpointManager keeps save(metrics=) in
+_COMMIT_FILE = "commit_success.txt"
 _MAX_META_BYTES = 64 << 20
 _STEP_NAME = re.compile(r"^(?:.*_)?(\d+)$")
 _PYTHON_SCALARS = (np.dtype(np.int64), np.dtype(np.float64), np.dtype(np.bool_))
@@ -83,6 +85,7 @@ class Step:
         self.path = path
         self.items = items  # (name or None for "the tree itself", "pytree" | "json", dir)
         self.meta = meta
+        self.metrics_dir: str | None = None  # Orbax's reserved "metrics" item, if any
 
     @property
     def number(self) -> int | None:
@@ -102,6 +105,8 @@ class Step:
     def metrics(self) -> dict | None:
         """Orbax's per-step metrics that are real numbers (what ``keep_best`` ranks)."""
         found = self.meta.get("metrics")
+        if not found and self.metrics_dir is not None:
+            found = _read_json_item(_ocp(), self.metrics_dir)
         if not isinstance(found, dict):
             return None
         real = {str(k): float(v) for k, v in found.items()
@@ -136,7 +141,7 @@ def _item_kind(path: str, handler: Any, name: str, step: str) -> str:
         return "json"
     if os.path.isfile(os.path.join(path, _ITEM_META)):
         return "pytree"
-    if not handler and os.path.isfile(os.path.join(path, _JSON_FILE)):
+    if not handler and _json_file(path) is not None:
         return "json"
     what = f"its handler {handler}" if handler else "no _METADATA"
     raise ValueError(f"{step}: item {name!r} is not one jaxckpt can import ({what}); "
@@ -171,6 +176,7 @@ def inspect_step(src: str | os.PathLike, items: Sequence[str] | None = None) -> 
                  [d for d in sorted(os.listdir(path)) if os.path.isdir(os.path.join(path, d))])
         handlers = handlers if isinstance(handlers, dict) else {}
         found = []
+        metrics_dir = None
         for name in names:
             item = os.path.join(path, name)
             if _TMP in name:
@@ -178,8 +184,10 @@ def inspect_step(src: str | os.PathLike, items: Sequence[str] | None = None) -> 
             if not os.path.isdir(item):
                 raise ValueError(f"{path}: {_STEP_META} names item {name!r} but there is no "
                                  f"directory {item}; a damaged or unfinished Orbax checkpoint")
-            if name in handlers or os.path.isfile(os.path.join(item, _ITEM_META)) \
-                    or os.path.isfile(os.path.join(item, _JSON_FILE)):
+            if name == _METRICS:
+                metrics_dir = item
+            elif name in handlers or os.path.isfile(os.path.join(item, _ITEM_META)) \
+                    or _json_file(item) is not None:
                 found.append((name, "", item))
         if not found:
             where = _location.locate(path)
@@ -199,7 +207,26 @@ def inspect_step(src: str | os.PathLike, items: Sequence[str] | None = None) -> 
         found = [(n, _item_kind(d, handlers.get(n), str(n), path), d) for n, _, d in found]
         if [n for n, _, _ in found] == ["default"]:
             found = [(None, found[0][1], found[0][2])]  # the single-item layout
+        step = Step(path, found, meta)
+        step.metrics_dir = metrics_dir
+        return step
     return Step(path, found, meta)
+
+
+def _json_file(item: str) -> str | None:
+    """The one file a JSON item's directory holds (JsonCheckpointHandler's ``filename``)."""
+    names = [n for n in os.listdir(item) if n != _COMMIT_FILE
+             and os.path.isfile(os.path.join(item, n))]
+    if _JSON_FILE in names:
+        return _JSON_FILE
+    return names[0] if len(names) == 1 and not names[0].startswith("_") else None
+
+
+def _read_json_item(ocp: Any, item: str) -> Any:
+    name = _json_file(item)
+    if name is None:
+        raise ValueError(f"{item}: a JSON item without its file")
+    return ocp.Checkpointer(ocp.JsonCheckpointHandler(filename=name)).restore(item)
 
 
 def _key_impls(item: str) -> dict[str, str]:
@@ -262,7 +289,7 @@ def read_tree(step: Step) -> Any:
     values = {}
     for name, kind, item in step.items:
         if kind == "json":
-            value = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(item)
+            value = _read_json_item(ocp, item)
         else:
             value = _read_pytree(ocp, item)
         if name is None:
