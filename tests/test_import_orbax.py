@@ -32,6 +32,7 @@ def _state(step: int) -> dict:
         "f16": np.float16([0.5, -0.0, 65504.0]),
         "i64": np.arange(3, dtype=np.int64) - 2**40,
         "key": jax.random.key(step),
+        "rbg_key": jax.random.key(step, impl="rbg"),
         "zero_d": jnp.float32(1.5 + step),
         "layers": [jnp.ones((2,)), jnp.zeros((1, 1), jnp.int32)],
         "step": step,

@@ -239,7 +239,9 @@ def _key_impls(item: str) -> dict[str, str]:
         data = _read_json(os.path.join(where, name), "array metadata")
         for entry in (data.get("array_metadatas") or []) if isinstance(data, dict) else []:
             meta = entry.get("array_metadata") if isinstance(entry, dict) else None
-            ext = meta.get("ext_metadata") if isinstance(meta, dict) else None
+            if not isinstance(meta, dict):
+                continue
+            ext = meta.get("ext_metadata")
             if isinstance(ext, dict) and ext.get("random_key_impl"):
                 impls[str(meta.get("param_name"))] = str(ext["random_key_impl"])
     return impls
