@@ -24,6 +24,8 @@ if _typing.TYPE_CHECKING:
     from ._export.safetensors import export_safetensors as export_safetensors
     from .errors import ForkedManagerError as ForkedManagerError
     from ._export.safetensors import import_safetensors as import_safetensors
+    from ._import.orbax import import_orbax as import_orbax
+    from ._import.orbax import import_orbax_run as import_orbax_run
     from ._report.describe import inspect as inspect
     from ._api import latest_checkpoint as latest_checkpoint
     from ._report.describe import LeafInfo as LeafInfo
@@ -58,6 +60,8 @@ _PUBLIC = {
     "export_safetensors": "._export.safetensors",
     "ForkedManagerError": ".errors",
     "import_safetensors": "._export.safetensors",
+    "import_orbax": "._import.orbax",
+    "import_orbax_run": "._import.orbax",
     "inspect": "._report.describe",
     "latest_checkpoint": "._api",
     "LeafInfo": "._report.describe",

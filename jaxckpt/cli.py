@@ -4,6 +4,7 @@
     jaxckpt show PATH [--json]     the tree: key path, shape, dtype, bytes per leaf, totals
     jaxckpt verify PATH_OR_DIR     re-read every byte against its checksum
     jaxckpt export CKPT OUT        write Hugging Face safetensors shards and their index
+    jaxckpt import-orbax SRC DEST  convert an Orbax checkpoint (or a whole Orbax run)
     jaxckpt demo                   train, get SIGKILLed, resume (see ``jaxckpt demo --help``)
 
 Exit status: 0 all good, 1 something is damaged (each damaged leaf or
@@ -82,6 +83,22 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--skip-unsupported", action="store_true",
                         help="leave out leaves safetensors has no dtype for (PRNG keys, "
                         "int4, complex, other float8s) instead of refusing")
+
+    imp = sub.add_parser("import-orbax", help="convert an Orbax checkpoint or run directory",
+                         description="Convert the Orbax checkpoint SRC (a step directory of an "
+                         "Orbax CheckpointManager, OCDBT or not, or a checkpointer's directory) "
+                         "into the new jaxckpt checkpoint DEST, bit-exact; or, when SRC is an "
+                         "Orbax CheckpointManager directory, every finished step N into "
+                         "DEST/<name>-N of a jaxckpt manager directory, so that a "
+                         "jaxckpt.CheckpointManager on DEST continues the numbering. Reads "
+                         "with Orbax: pip install 'jaxckpt[orbax]'.")
+    imp.add_argument("src", metavar="SRC")
+    imp.add_argument("dest", metavar="DEST")
+    imp.add_argument("--checkpoint-name", default="ckpt",
+                     help="for a run directory: the checkpoint name prefix (default ckpt)")
+    imp.add_argument("--items", default=None,
+                     help="comma-separated Orbax items to import (default: every PyTree "
+                     "and JSON item)")
 
     demo = sub.add_parser("demo", help="train, get killed with SIGKILL, resume: the main job",
                           description="Trains a small Flax NNX model with optax on synthetic "
@@ -289,6 +306,24 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_import_orbax(args: argparse.Namespace) -> int:
+    from ._import import orbax as _import
+
+    items = [i for i in args.items.split(",") if i] if args.items else None
+    try:
+        if _import.describe_source(args.src) == "run":
+            paths = _import.import_orbax_run(args.src, args.dest, items=items,
+                                             checkpoint_name=args.checkpoint_name)
+            print(f"imported {len(paths)} Orbax step(s) from {args.src} into {args.dest}: "
+                  + ", ".join(p.rsplit("/", 1)[-1] for p in paths))
+        else:
+            path = _import.import_orbax(args.src, args.dest, items=items)
+            print(f"imported Orbax checkpoint {args.src} as {path}")
+    except ImportError as e:
+        raise UsageError(str(e)) from None
+    return EXIT_OK
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import _demo
 
@@ -296,7 +331,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"ls": _cmd_ls, "show": _cmd_show, "verify": _cmd_verify, "export": _cmd_export,
-             "demo": _cmd_demo}
+             "import-orbax": _cmd_import_orbax, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,7 @@ def test_orbax_directories_are_recognised(orbax_run, command, capsys):
                        (os.path.join(orbax_run, "2", "default"), "is an Orbax checkpoint")):
         rc, out, err = _run(capsys, command, path)
         assert rc == 2 and out == "", (command, path, out)
-        assert what in err and "cannot read Orbax checkpoints yet" in err, err
+        assert what in err and f"jaxckpt import-orbax {path} DEST" in err, err
         assert "no checkpoints" not in err and "interrupted" not in err
 
 

@@ -23,6 +23,7 @@ LAYERS = [
     {"_report", "_export"},
     {"_managed_restore", "_api"},
     {"manager", "tf_compat", "_demo"},
+    {"_import"},
     {"cli", "__init__", "__main__"},
 ]
 

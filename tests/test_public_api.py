@@ -60,7 +60,7 @@ NOT_STAR_EXPORTED = sorted([
     "CheckpointEntry", "CheckpointInfo", "CheckpointList", "LeafInfo", "SaveStats",
     "SaveSummary", "IntervalChoice", "VerifySummary",
     # leaving for other libraries' formats (issue 19)
-    "export_safetensors", "import_safetensors",
+    "export_safetensors", "import_safetensors", "import_orbax", "import_orbax_run",
     # narrower errors (each also a CheckpointError and a built-in)
     "CoordinationError", "CoordinationTimeoutError", "DirectoryLockedError",
     "ForkedManagerError", "ManagerClosedError", "ReadOnlyManagerError",

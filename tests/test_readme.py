@@ -33,7 +33,7 @@ def test_python_snippets_run_in_order(tmp_path):
               and not any(s in body for s in ("s3://", "gs://", "jax.distributed",
                                                   "save_in_jit", "save_on_preemption",
                                                   "save_interval_s=", "keep_best=",
-                                                  "export_safetensors"))]
+                                                  "export_safetensors", "import_orbax"))]
     assert len(python) == 3
     ns = _exec(python[0], {}, tmp_path)  # the Flax training loop
     run = str(tmp_path / "run")
@@ -111,3 +111,11 @@ def test_safetensors_snippet_runs(tmp_path):
     assert len(found) == 1
     ns = _exec(found[0], {}, tmp_path)
     assert ns["done"]["tensors"] == 2 and str(ns["jaxckpt"].verify(tmp_path / "export-me")).startswith("OK")
+
+
+def test_orbax_import_snippet_runs(tmp_path):
+    pytest.importorskip("orbax.checkpoint")
+    found = [body for lang, body in BLOCKS if lang == "python" and "import_orbax" in body]
+    assert len(found) == 1
+    ns = _exec(found[0], {}, tmp_path)
+    assert [os.path.basename(p) for p in ns["mngr"].checkpoints] == ["ckpt-300", "ckpt-301"]

@@ -21,10 +21,10 @@ _STEP_MARKERS = ("_CHECKPOINT_METADATA",)
 _ITEM_MARKERS = ("_METADATA", "manifest.ocdbt")
 _STEP_NAME = re.compile(r"^(?:.*_)?(\d+)$")
 
-# The import the issue asks for does not exist yet; say so honestly.
-HINT = ("jaxckpt cannot read Orbax checkpoints yet (an import command is planned); "
-        "restore it with orbax.checkpoint and save the tree with jaxckpt.save or a "
-        "jaxckpt.CheckpointManager (see the README, 'Migrating from Orbax')")
+HINT = ("jaxckpt reads its own format only: convert it with 'jaxckpt import-orbax {path} "
+        "DEST' (a run directory: every step, into a manager directory), or "
+        "jaxckpt.import_orbax / jaxckpt.import_orbax_run; needs orbax-checkpoint "
+        "(pip install 'jaxckpt[orbax]'); see the README, 'Importing from Orbax'")
 
 
 def _has(where: Dir, name: str) -> bool:
@@ -63,10 +63,10 @@ def describe(where: Dir) -> str | None:
     """A sentence saying that ``where`` is an Orbax checkpoint or run directory,
     with ``HINT``; None if it is neither."""
     if is_step(where):
-        return f"{where} is an Orbax checkpoint, not a jaxckpt one. {HINT}."
+        return f"{where} is an Orbax checkpoint, not a jaxckpt one. {HINT.format(path=where)}."
     found = steps(where)
     if found:
         shown = ", ".join(map(str, found[:8])) + (", ..." if len(found) > 8 else "")
         return (f"{where} is an Orbax CheckpointManager directory ({len(found)} step(s): "
-                f"{shown}), not a jaxckpt one. {HINT}.")
+                f"{shown}), not a jaxckpt one. {HINT.format(path=where)}.")
     return None

@@ -1,0 +1,1 @@
+"""Bringing other libraries' checkpoints in: written with jaxckpt's own save path."""
