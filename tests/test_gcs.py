@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -175,6 +176,21 @@ def test_writer_killed_mid_save_on_gcs_leaves_previous_checkpoint_latest(gcs):
     assert check_sound(d, crash_state) == last + 1
 
 
+@pytest.mark.slow
+def test_readme_emulator_snippet_runs(gcs):
+    server, bucket = gcs
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "README.md")
+    with open(readme, encoding="utf-8") as f:
+        blocks = re.findall(r"^```python\n(.*?)^```", f.read(), re.M | re.S)
+    (code,) = [b for b in blocks if 'os.environ["STORAGE_EMULATOR_HOST"]' in b]
+    code = code.replace("localhost:4443", server.env["STORAGE_EMULATOR_HOST"])
+    exec(compile(code.replace("test-bucket", bucket), "README.md", "exec"),
+         {"np": np, "jaxckpt": jaxckpt})
+    assert {k.split("/")[2] for k in server.keys(bucket, "runs/exp1/")} == {
+        "checkpoint", "ckpt-2", "ckpt-3"}
+
+
 @pytest.mark.parametrize("value, want", [
     ("127.0.0.1:9023", "http://127.0.0.1:9023"),
     ("http://localhost:4443/", "http://localhost:4443"),
@@ -196,6 +212,7 @@ def test_tensorstore_endpoint_set_by_the_user_wins(monkeypatch):
     monkeypatch.setenv("TENSORSTORE_GCS_HTTP_URL", "http://proxy.internal:8080")
     _context.point_gcs_at_emulator()
     assert os.environ["TENSORSTORE_GCS_HTTP_URL"] == "http://proxy.internal:8080"
+    assert "GOOGLE_AUTH_TOKEN_FOR_TESTING" not in os.environ  # its credentials as usual
 
 
 @pytest.mark.parametrize("value", ["http://", "ftp://host:1", "host name:1"])

@@ -91,8 +91,8 @@ def point_gcs_at_emulator() -> None:
 
     tensorstore's ``gcs`` driver has no endpoint field; it reads
     ``TENSORSTORE_GCS_HTTP_URL`` when the process opens its first ``gs://``
-    store. Called before every ``gs://`` URL is located: sets that variable
-    from ``STORAGE_EMULATOR_HOST`` unless the user set it, and, as Google's
+    store. Called whenever a ``gs://`` URL is located: sets that variable
+    from ``STORAGE_EMULATOR_HOST`` unless the user set it, and then, as Google's
     libraries do for an emulator, sends no real credentials there (a
     placeholder bearer token instead of the application-default chain, which
     on a cloud VM would fetch the VM's token for a local server).
@@ -108,7 +108,9 @@ def point_gcs_at_emulator() -> None:
     if scheme not in ("http", "https") or not rest.strip("/") or any(c.isspace() for c in url):
         raise ValueError(f"{GCS_EMULATOR_ENV} must be host:port or an http(s):// URL, "
                          f"got {raw!r}")
-    os.environ.setdefault(_GCS_URL_ENV, url.rstrip("/"))
+    if os.environ.get(_GCS_URL_ENV):
+        return  # the user's own tensorstore setting (and credentials) decide
+    os.environ[_GCS_URL_ENV] = url.rstrip("/")
     os.environ.setdefault(_GCS_TOKEN_ENV, "emulator")
 
 
