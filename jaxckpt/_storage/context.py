@@ -80,6 +80,40 @@ def _request_limits(timeout: float) -> tuple[dict, int]:
     return retries, stall
 
 
+GCS_EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+_GCS_URL_ENV = "TENSORSTORE_GCS_HTTP_URL"
+_GCS_TOKEN_ENV = "GOOGLE_AUTH_TOKEN_FOR_TESTING"
+
+
+def point_gcs_at_emulator() -> None:
+    """Honours ``STORAGE_EMULATOR_HOST`` (``host:port`` or a URL), the variable
+    Google's own client libraries read for a GCS emulator.
+
+    tensorstore's ``gcs`` driver has no endpoint field; it reads
+    ``TENSORSTORE_GCS_HTTP_URL`` when the process opens its first ``gs://``
+    store. Called whenever a ``gs://`` URL is located: sets that variable
+    from ``STORAGE_EMULATOR_HOST`` unless the user set it, and then, as Google's
+    libraries do for an emulator, sends no real credentials there (a
+    placeholder bearer token instead of the application-default chain, which
+    on a cloud VM would fetch the VM's token for a local server).
+
+    Raises:
+        ValueError: ``STORAGE_EMULATOR_HOST`` is set but names no host.
+    """
+    raw = os.environ.get(GCS_EMULATOR_ENV, "").strip()
+    if not raw:
+        return
+    url = raw if "://" in raw else f"http://{raw}"
+    scheme, _, rest = url.partition("://")
+    if scheme not in ("http", "https") or not rest.strip("/") or any(c.isspace() for c in url):
+        raise ValueError(f"{GCS_EMULATOR_ENV} must be host:port or an http(s):// URL, "
+                         f"got {raw!r}")
+    if os.environ.get(_GCS_URL_ENV):
+        return  # the user's own tensorstore setting (and credentials) decide
+    os.environ[_GCS_URL_ENV] = url.rstrip("/")
+    os.environ.setdefault(_GCS_TOKEN_ENV, "emulator")
+
+
 def context() -> ts.Context:
     """The process-wide tensorstore context.
 

@@ -11,7 +11,9 @@ S3 URLs follow the AWS SDKs' environment: ``AWS_ENDPOINT_URL_S3`` or
 ``AWS_ENDPOINT_URL`` for a private endpoint, ``AWS_REGION`` or
 ``AWS_DEFAULT_REGION``; credentials come from tensorstore's default AWS chain
 (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, profiles, instance
-metadata). GCS URLs use Google's application-default credentials. The process-wide
+metadata). GCS URLs use Google's application-default credentials, and
+``STORAGE_EMULATOR_HOST`` (or tensorstore's ``TENSORSTORE_GCS_HTTP_URL``) for an
+emulator or private endpoint (``_context.point_gcs_at_emulator``). The process-wide
 tensorstore context and the object-store request limits are in
 ``_storage/context``.
 
@@ -430,6 +432,7 @@ def locate(path: str | os.PathLike | Dir) -> Dir:
     url = f"{scheme}://{bucket}/{key}" if key else f"{scheme}://{bucket}"
     if scheme == "s3":
         return KvDir(url, _aws_spec(bucket, prefix))
+    _context.point_gcs_at_emulator()
     return KvDir(url, {"driver": "gcs", "bucket": bucket, "path": prefix})
 
 
